@@ -1,0 +1,101 @@
+"""The on-disk format of one state piece: tensors in ``NAME.safetensors``, the rest in ``NAME.json``.
+
+Any nesting of dicts, lists, tuples, scalars, strings, None and tensors round-trips exactly:
+tensors are replaced by references into the safetensors file, tuples and non-string dict keys
+are tagged. Nothing is pickled, so loading cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+_T, _TUP, _ITEMS, _FLOAT = "__tensor__", "__tuple__", "__items__", "__float__"
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint file that is not ours, is damaged, or was written by an incompatible version."""
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().to("cpu").contiguous().clone()
+        return {_T: path}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {_ITEMS: [[k, _encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {_TUP: [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {_FLOAT: repr(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {path} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _T in obj:
+            return tensors[obj[_T]]
+        if _TUP in obj:
+            return tuple(_decode(v, tensors) for v in obj[_TUP])
+        if _ITEMS in obj:
+            return {k: _decode(v, tensors) for k, v in obj[_ITEMS]}
+        if _FLOAT in obj:
+            return float(obj[_FLOAT])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def save_state(directory: Path, name: str, state: Any) -> list[Path]:
+    """Write one state piece; returns the files written."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(state, tensors, name)
+    json_path = directory / f"{name}.json"
+    json_path.write_text(json.dumps({"format_version": FORMAT_VERSION, "state": tree}, allow_nan=False))
+    written = [json_path]
+    if tensors:
+        st_path = directory / f"{name}.safetensors"
+        save_file(tensors, str(st_path))
+        written.append(st_path)
+    return written
+
+
+def load_state(directory: Path, name: str) -> Any:
+    """Read one state piece written by :func:`save_state`; damaged or foreign files raise."""
+    json_path = directory / f"{name}.json"
+    if not json_path.is_file():
+        raise CheckpointFormatError(f"checkpoint {directory} has no '{name}' state ({json_path.name} missing)")
+    try:
+        doc = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointFormatError(f"{json_path} is not valid JSON ({err})") from None
+    version = doc.get("format_version") if isinstance(doc, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{json_path} has checkpoint format version {version!r}; this chefgenius reads version "
+            f"{FORMAT_VERSION} (use the chefgenius release that wrote it)"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    st_path = directory / f"{name}.safetensors"
+    if st_path.exists():
+        try:
+            tensors = load_file(str(st_path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointFormatError(f"{st_path} is not a valid safetensors file ({err})") from None
+    try:
+        return _decode(doc["state"], tensors)
+    except KeyError as err:
+        raise CheckpointFormatError(f"{st_path} lacks tensor {err}; the checkpoint is damaged") from None

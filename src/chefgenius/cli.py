@@ -1,0 +1,303 @@
+"""Thin command-line entry points: parse, build, call. Logic lives in the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .config import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train recipe-generation models that resume exactly after any stop.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect recipe data.")
+ckpt_app = typer.Typer(no_args_is_help=True, help="List, inspect, verify, diff and export checkpoints.")
+app.add_typer(data_app, name="data")
+app.add_typer(ckpt_app, name="ckpt")
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn known user mistakes into one line on stderr and exit code 2 (write failures: 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .checkpoint import CheckpointFormatError, CheckpointWriteError, ResumeError
+        from .data.sources import DataError
+        from .generate import GenerationError
+        from .model import ModelLoadError
+        from .trainer import RunDirError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, RunDirError, ResumeError, ModelLoadError, GenerationError,
+                CheckpointFormatError) as err:
+            _fail(str(err), 2)
+        except CheckpointWriteError as err:
+            _fail(f"{err.strerror}; earlier checkpoints are intact (free space or fix the path, then rerun "
+                  "the same command to resume)", 1)
+        except KeyboardInterrupt:
+            typer.echo("aborted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. training.batch_size=16.")] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run directory.")] = Path("runs/default"),
+    resume: Annotated[str, typer.Option(help="auto (newest valid checkpoint), never, or a checkpoint path.")] = "auto",
+    allow_change: Annotated[Optional[list[str]], typer.Option("--allow-change",
+                            help="Accept a changed config key on resume (repeatable).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    sample: Annotated[bool, typer.Option(help="Print a generated recipe at the end.")] = True,
+) -> None:
+    """Train a model; resumes from the newest valid checkpoint in OUTPUT_DIR when there is one."""
+    from .config import load_config
+    from .trainer import Trainer
+
+    overrides = list(set_ or [])
+    if device:
+        overrides.append(f"training.device={device}")
+    cfg = load_config(config, overrides)
+    trainer = Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ()))
+    result = trainer.fit()
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+    if result.status == "completed":
+        typer.echo(f"done: {result.step} steps in {result.seconds:.1f}s; best validation loss "
+                   f"{result.best_val_loss:.4f}; final model in {result.final_dir}")
+        _write_report(output_dir)
+        if sample and cfg.evaluation.prompts:
+            from .data.format import parse_recipe, render_recipe
+            from .generate import GenerationSettings, generate_texts
+
+            prompt = cfg.evaluation.prompts[0]
+            text = generate_texts(trainer.model, trainer.tokenizer, trainer.is_seq2seq, prompt,
+                                  GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens))[0]
+            typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
+
+
+def _write_report(run_dir: Path) -> None:
+    try:
+        from .report import write_report
+    except ImportError:
+        return
+    try:
+        path = write_report(run_dir)
+        typer.echo(f"report: {path}")
+    except Exception as err:  # the model is saved; a plotting problem must not fail the run
+        typer.echo(f"warning: could not write the run report ({err}); run 'chefgenius report {run_dir}'", err=True)
+
+
+def _load_model(run: Optional[Path], model: Optional[str], device: str):
+    import torch
+
+    from .model import load_for_inference
+
+    if (run is None) == (model is None):
+        raise ConfigError("pass exactly one of --run DIR and --model PATH")
+    if run is not None:
+        if not (run / "final").is_dir():
+            raise ConfigError(f"{run} has no final/ model (training not complete); use --model {run}/checkpoints/STEP")
+        path: Any = run / "final"
+    else:
+        path = model
+    m, tok, seq2seq = load_for_inference(path)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    return m.to(dev), tok, seq2seq
+
+
+@app.command()
+@user_errors
+def generate(
+    ingredients: Annotated[Optional[str], typer.Option(help="Comma-separated ingredients.")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run directory (uses its final/ model).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model dir, checkpoint dir or hub id.")] = None,
+    title: Annotated[Optional[str], typer.Option(help="Fix the recipe title.")] = None,
+    num: Annotated[int, typer.Option(min=1, help="Recipes per prompt.")] = 1,
+    preset: Annotated[str, typer.Option(help="greedy, balanced, creative or beam.")] = "balanced",
+    temperature: Annotated[Optional[float], typer.Option(min=0.01)] = None,
+    top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0)] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option(min=1.0)] = None,
+    no_repeat_ngram_size: Annotated[Optional[int], typer.Option(min=0)] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    seed: Annotated[int, typer.Option(help="Same seed, same text.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the parsed structure as JSON.")] = False,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="File with one ingredient list per line.")] = None,
+    output_file: Annotated[Optional[Path], typer.Option("--output", help="JSONL output for --input.")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Generate recipes from ingredients."""
+    from .data.format import parse_recipe, render_recipe
+    from .generate import GenerationSettings, generate_texts
+
+    if (ingredients is None) == (input_file is None):
+        raise ConfigError("pass --ingredients 'a, b, c' or --input FILE (one ingredient list per line)")
+    settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  top_k=top_k, repetition_penalty=repetition_penalty,
+                                  no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)
+    settings.generate_kwargs(num)  # validates the preset before the model loads
+    m, tok, seq2seq = _load_model(run, model, device)
+    if input_file is not None:
+        if not input_file.is_file():
+            raise ConfigError(f"--input {input_file} does not exist")
+        from tqdm.auto import tqdm
+
+        prompts = [line.strip() for line in input_file.read_text().splitlines() if line.strip()]
+        out = open(output_file, "w") if output_file else sys.stdout
+        try:
+            for p in tqdm(prompts, desc="generate", file=sys.stderr):
+                for i, text in enumerate(generate_texts(m, tok, seq2seq, p, settings, num=num, title=title)):
+                    parsed = parse_recipe(text)
+                    out.write(json.dumps({"ingredients": p, "index": i, "text": text, "title": parsed.title,
+                                          "ingredients_list": list(parsed.ingredients),
+                                          "directions": list(parsed.directions)}) + "\n")
+        finally:
+            if output_file:
+                out.close()
+        return
+    texts = generate_texts(m, tok, seq2seq, ingredients, settings, num=num, title=title)
+    for i, text in enumerate(texts):
+        parsed = parse_recipe(text)
+        if as_json:
+            typer.echo(json.dumps({"title": parsed.title, "ingredients": list(parsed.ingredients),
+                                   "directions": list(parsed.directions), "complete": parsed.is_complete}))
+        else:
+            if i:
+                typer.echo("\n" + "-" * 40 + "\n")
+            typer.echo(render_recipe(parsed) if parsed.is_complete else text)
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    path: Annotated[str, typer.Argument(help="CSV, JSONL, dataset dir or hub id.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, csv, jsonl, hf.")] = "auto",
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Use this config's quality rules.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="Examples per drop reason.")] = 3,
+) -> None:
+    """Rows read / kept / dropped per reason, with examples."""
+    from .config import load_config
+    from .data.clean import clean_recipes
+    from .data.sources import read_source
+
+    cfg = load_config(config, [*(set_ or []), f"data.format={fmt}"])
+    kept, report = clean_recipes(read_source(path, cfg.data.format), cfg.data.quality)
+    report.max_examples = examples
+    typer.echo(f"{path}: read {report.num_read}, kept {report.num_kept}, dropped {report.num_dropped}")
+    for reason, n in report.dropped.most_common():
+        typer.echo(f"  dropped {n:5d}  {reason}")
+        for ex in report.examples.get(reason, [])[:examples]:
+            typer.echo(f"           e.g. {ex}")
+    for what, n in report.repaired.most_common():
+        typer.echo(f"  repaired {n:4d}  {what}")
+
+
+@ckpt_app.command("list")
+@user_errors
+def ckpt_list(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """One row per checkpoint with validity, latest and best."""
+    from .checkpoint.inspect import list_run
+
+    rows = list_run(run_dir)
+    if not rows:
+        raise ConfigError(f"{run_dir} holds no checkpoints")
+    typer.echo(f"{'checkpoint':<16}{'step':>8}{'epoch':>7}{'val_loss':>10}{'size':>10}  status")
+    for r in rows:
+        mark = " ".join(x for x, on in (("latest", r["latest"]), ("best", r["best"])) if on)
+        status = "valid" if r["valid"] else f"INVALID: {r['problem']}"
+        vl = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+        ep = str(r["epoch"]) if r["epoch"] is not None else "-"
+        typer.echo(f"{r['name']:<16}{r['step']:>8}{ep:>7}{vl:>10}{r['bytes'] / 1e6:>8.1f}MB  {status} {mark}".rstrip())
+
+
+@ckpt_app.command("inspect")
+@user_errors
+def ckpt_inspect(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Summarise what a checkpoint holds."""
+    from .checkpoint.inspect import inspect_checkpoint, to_json
+
+    info = inspect_checkpoint(path)
+    if as_json:
+        typer.echo(to_json(info))
+        return
+    typer.echo(f"{path}: step {info['step']}, format v{info['format_version']}, "
+               f"{'valid' if info['valid'] else 'INVALID: ' + str(info['problem'])}")
+    typer.echo(f"  position: {info['position']}")
+    typer.echo(f"  data: {info['data']}")
+    typer.echo(f"  versions: {info['versions']}")
+    typer.echo(f"  train state: {info['train_state']}")
+    typer.echo(f"  sampler: {info['sampler']}")
+    typer.echo(f"  rng: {info['rng']}")
+    for name, s in info["pieces"].items():
+        typer.echo(f"  {name:<36} {s['tensors']:>5} tensors {s['bytes'] / 1e6:>9.2f} MB")
+    typer.echo(f"  model: {info['config']['model']}")
+
+
+@ckpt_app.command("verify")
+def ckpt_verify(path: Path) -> None:
+    """Exit 0 when every file matches the manifest, else 1 naming the bad file."""
+    from .checkpoint import verify_checkpoint
+
+    if not path.is_dir():
+        _fail(f"{path} is not a checkpoint directory", 1)
+    problem = verify_checkpoint(path)
+    if problem:
+        _fail(problem, 1)
+    typer.echo(f"{path}: OK")
+
+
+@ckpt_app.command("diff")
+@user_errors
+def ckpt_diff(a: Path, b: Path) -> None:
+    """Config and state differences between two checkpoints."""
+    from .checkpoint.inspect import diff_checkpoints
+
+    diff = diff_checkpoints(a, b)
+    if not diff:
+        typer.echo("no differences in config or state summary")
+    for section, changes in diff.items():
+        typer.echo(f"[{section}]")
+        for key, (va, vb) in changes.items():
+            typer.echo(f"  {key}: {va!r} -> {vb!r}")
+
+
+@ckpt_app.command("export")
+@user_errors
+def ckpt_export(path: Path, out: Path,
+                merge_lora: Annotated[bool, typer.Option("--merge-lora/--no-merge-lora")] = True) -> None:
+    """Write a Hugging Face model directory (LoRA merged unless --no-merge-lora)."""
+    from .checkpoint import verify_checkpoint
+    from .model import load_for_inference
+
+    if (path / "MANIFEST.json").exists():
+        problem = verify_checkpoint(path)
+        if problem:
+            raise ConfigError(f"refusing to export: {problem}")
+    model, tok, _ = load_for_inference(path, merge_lora=merge_lora)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    typer.echo(f"exported {path} to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

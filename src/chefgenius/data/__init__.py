@@ -1,0 +1,1 @@
+"""Data path: sources -> clean -> split -> format -> tokenised cache -> resumable sampler."""

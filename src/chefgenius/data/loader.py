@@ -1,0 +1,240 @@
+"""Tokenised on-disk cache, the resumable sampler, and batch collation.
+
+The sampler is the data-order state: ``(epoch, position)`` with position counted in global
+samples. Epoch ``e``'s order is a permutation drawn from a generator seeded by ``(seed, e)``, so
+resuming jumps straight to any position without replaying earlier batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .format import recipe_to_example
+from .sources import Recipe
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir(configured: str | None) -> Path:
+    if configured:
+        return Path(configured)
+    env = os.environ.get("CHEFGENIUS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "chefgenius"
+
+
+@dataclass
+class TokenizedData:
+    """Variable-length examples; ``labels`` use -100 for positions outside the loss."""
+
+    input_ids: list[torch.Tensor]
+    labels: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> list[int]:
+        return [len(x) + len(y) for x, y in zip(self.input_ids, self.labels)]
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def encode_example(tokenizer: Any, prompt: str, target: str | None, *, is_seq2seq: bool,
+                   max_prompt_tokens: int, max_target_tokens: int, mask_prompt: bool = True
+                   ) -> tuple[list[int], list[int]]:
+    """Token ids of one example; with ``target=None`` only the generation prompt is built."""
+    eos = tokenizer.eos_token_id
+    if is_seq2seq:
+        src = tokenizer.encode(prompt, add_special_tokens=False)[: max_prompt_tokens - 1] + [eos]
+        if target is None:
+            return src, []
+        tgt = (tokenizer.encode(target, add_special_tokens=False) + [eos])[:max_target_tokens]
+        return src, tgt
+    src = tokenizer.encode(prompt + "\n", add_special_tokens=False)[:max_prompt_tokens]
+    if target is None:
+        return src, []
+    tgt = (tokenizer.encode(target, add_special_tokens=False) + [eos])[:max_target_tokens]
+    ids = src + tgt
+    labels = ([-100] * len(src) if mask_prompt else list(src)) + tgt
+    return ids, labels
+
+
+def tokenize_recipes(recipes: list[Recipe], tokenizer: Any, *, is_seq2seq: bool, max_prompt_tokens: int,
+                     max_target_tokens: int, mask_prompt: bool) -> TokenizedData:
+    inputs, labels = [], []
+    for r in recipes:
+        prompt, target = recipe_to_example(r)
+        ids, lab = encode_example(tokenizer, prompt, target, is_seq2seq=is_seq2seq,
+                                  max_prompt_tokens=max_prompt_tokens, max_target_tokens=max_target_tokens,
+                                  mask_prompt=mask_prompt)
+        inputs.append(torch.tensor(ids, dtype=torch.int64))
+        labels.append(torch.tensor(lab, dtype=torch.int64))
+    return TokenizedData(inputs, labels)
+
+
+def _pack(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    flat = torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.int64)
+    return flat.to(torch.int32), offsets
+
+
+def _unpack(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    flat = flat.to(torch.int64)
+    return [flat[offsets[i]:offsets[i + 1]].clone() for i in range(len(offsets) - 1)]
+
+
+def cached_tokenize(recipes: list[Recipe], tokenizer: Any, *, split_fingerprint: str, cache_dir: Path,
+                    is_seq2seq: bool, max_prompt_tokens: int, max_target_tokens: int, mask_prompt: bool
+                    ) -> tuple[TokenizedData, bool]:
+    """Tokenise once per (data, tokenizer, lengths); returns the data and whether the cache hit."""
+    key = hashlib.sha256(
+        f"{CACHE_VERSION}|{split_fingerprint}|{tokenizer_digest(tokenizer)}|{is_seq2seq}|"
+        f"{max_prompt_tokens}|{max_target_tokens}|{mask_prompt}".encode()
+    ).hexdigest()[:24]
+    path = cache_dir / "tokens" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            t = load_file(str(path))
+            data = TokenizedData(_unpack(t["input_ids"], t["input_offsets"]), _unpack(t["labels"], t["label_offsets"]))
+            if len(data) == len(recipes):
+                return data, True
+        except Exception as err:  # a damaged cache entry is rebuilt, and we say so
+            print(f"warning: token cache {path} is unreadable ({err}); re-tokenising")
+    data = tokenize_recipes(recipes, tokenizer, is_seq2seq=is_seq2seq, max_prompt_tokens=max_prompt_tokens,
+                            max_target_tokens=max_target_tokens, mask_prompt=mask_prompt)
+    ids, ioff = _pack(data.input_ids)
+    lab, loff = _pack(data.labels)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"input_ids": ids, "input_offsets": ioff, "labels": lab, "label_offsets": loff}, str(tmp))
+        os.replace(tmp, path)
+    except OSError as err:
+        print(f"warning: cannot write token cache {path} ({err.strerror}); continuing without a cache")
+    return data, False
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, *, is_seq2seq: bool) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch; padding never enters the loss."""
+    inputs = [b[0] for b in batch]
+    labels = [b[1] for b in batch]
+    width = max(len(x) for x in inputs)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.int64)
+    attention = torch.zeros((len(batch), width), dtype=torch.int64)
+    for i, x in enumerate(inputs):
+        input_ids[i, : len(x)] = x
+        attention[i, : len(x)] = 1
+    lwidth = max(len(y) for y in labels)
+    label_ids = torch.full((len(batch), lwidth), -100, dtype=torch.int64)
+    for i, y in enumerate(labels):
+        label_ids[i, : len(y)] = y
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids}
+
+
+class ResumableSampler:
+    """Yields the sample indices of each optimizer step; state is ``(epoch, position)``.
+
+    An optimizer step takes ``batch_size * grad_accum * world_size`` samples, or what is left of
+    the epoch: the last step of an epoch is deliberately smaller rather than spilling into the
+    next epoch, so every epoch sees each sample exactly once and epochs start on a step boundary.
+    """
+
+    def __init__(self, lengths: list[int], *, batch_size: int, grad_accum: int, seed: int, shuffle: bool = True,
+                 group_by_length: bool = False, world_size: int = 1, rank: int = 0) -> None:
+        if not lengths:
+            raise ValueError("the training split is empty")
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.grad_accum = grad_accum
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.world_size = world_size
+        self.rank = rank
+        self.epoch = 0
+        self.position = 0
+        self._order_epoch = -1
+        self._order: np.ndarray = np.arange(0)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.num_samples / self.samples_per_step)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Global sample order of ``epoch``: a pure function of (seed, epoch)."""
+        if epoch == self._order_epoch:
+            return self._order
+        n = self.num_samples
+        if not self.shuffle:
+            order = np.arange(n)
+        else:
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
+            order = rng.permutation(n)
+            if self.group_by_length:
+                order = self._group(order, rng)
+        self._order_epoch, self._order = epoch, order
+        return order
+
+    def _group(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # Sort within windows of 50 batches, then shuffle whole batches: less padding, still random.
+        window = self.batch_size * self.world_size * 50
+        lengths = np.asarray(self.lengths)
+        chunks = []
+        for start in range(0, len(order), window):
+            part = order[start:start + window]
+            chunks.append(part[np.argsort(-lengths[part], kind="stable")])
+        grouped = np.concatenate(chunks)
+        width = self.batch_size * self.world_size
+        batches = [grouped[i:i + width] for i in range(0, len(grouped), width)]
+        perm = rng.permutation(len(batches))
+        return np.concatenate([batches[i] for i in perm])
+
+    def next_step(self) -> list[list[int]]:
+        """Micro-batches (this rank's indices) of the next optimizer step; advances the state."""
+        order = self.epoch_order(self.epoch)
+        end = min(self.position + self.samples_per_step, self.num_samples)
+        chunk = order[self.position:end]
+        micro = []
+        width = self.batch_size * self.world_size
+        for start in range(0, len(chunk), width):
+            global_batch = chunk[start:start + width]
+            mine = np.array_split(global_batch, self.world_size)[self.rank]
+            if len(mine):
+                micro.append([int(i) for i in mine])
+        self.position = end
+        if self.position >= self.num_samples:
+            self.epoch += 1
+            self.position = 0
+        return micro
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "num_samples": self.num_samples,
+                "samples_per_step": self.samples_per_step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_samples"] != self.num_samples:
+            raise ValueError(f"sampler state is for {state['num_samples']} samples, the data has {self.num_samples}")
+        if state["seed"] != self.seed:
+            raise ValueError(f"sampler state has seed {state['seed']}, the config has {self.seed}")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])

@@ -1,0 +1,182 @@
+"""Read recipes from RecipeNLG CSV, JSONL or Hugging Face datasets into :class:`Recipe` records.
+
+Rows that cannot be parsed are not fatal: they come back as :class:`RowError` with a reason so
+that the caller counts them. Only a file that cannot be read at all raises :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+REQUIRED_FIELDS = ("title", "ingredients", "directions")
+
+
+class DataError(ValueError):
+    """The data source itself is unusable (missing file, missing columns, nothing left)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    title: str
+    ingredients: tuple[str, ...]
+    directions: tuple[str, ...]
+    quality_score: float | None = None
+    source_row: int = -1
+    ner: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int
+    reason: str
+    excerpt: str
+
+
+def bundled_corpus_path() -> Path:
+    return Path(str(resources.files("chefgenius") / "data" / "corpus" / "recipes.jsonl"))
+
+
+def _as_list(value: Any, name: str) -> list[str]:
+    """Lists stay lists; strings are JSON lists (RecipeNLG) or newline-separated text (JSONL)."""
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"{name} is not a valid JSON list") from None
+            if not isinstance(items, list):
+                raise ValueError(f"{name} is not a list")
+        else:
+            items = text.splitlines()
+    elif value is None:
+        raise ValueError(f"{name} is missing")
+    else:
+        raise ValueError(f"{name} has type {type(value).__name__}, expected list or string")
+    if not all(isinstance(x, str) for x in items):
+        raise ValueError(f"{name} holds non-text items")
+    return [x.strip() for x in items]
+
+
+def _to_recipe(row: dict[str, Any], index: int) -> Recipe | RowError:
+    excerpt = str(row.get("title") or row)[:80]
+    try:
+        title = row.get("title")
+        if not isinstance(title, str):
+            raise ValueError("title is missing")
+        score = row.get("quality_score")
+        if score is not None and not isinstance(score, (int, float)):
+            try:
+                score = float(score)
+            except ValueError:
+                raise ValueError("quality_score is not a number") from None
+        ner_raw = row.get("NER", row.get("ner"))
+        ner = tuple(_as_list(ner_raw, "NER")) if ner_raw not in (None, "") else ()
+        return Recipe(
+            title=title.strip(),
+            ner=ner,
+            ingredients=tuple(_as_list(row.get("ingredients"), "ingredients")),
+            directions=tuple(_as_list(row.get("directions"), "directions")),
+            quality_score=None if score is None else float(score),
+            source_row=index,
+        )
+    except ValueError as err:
+        return RowError(index, str(err), excerpt)
+
+
+def read_csv(path: Path) -> Iterator[Recipe | RowError]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_FIELDS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(
+                f"{path} lacks column(s) {', '.join(missing)}; a RecipeNLG CSV needs title, ingredients, directions"
+            )
+        index = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                yield RowError(index, f"unparseable CSV row: {err}", "")
+                index += 1
+                continue
+            if None in row:  # more cells than header columns
+                yield RowError(index, "row has more cells than the header", str(row.get("title"))[:80])
+            elif any(row.get(c) is None for c in REQUIRED_FIELDS):
+                yield RowError(index, "row has fewer cells than the header", str(row.get("title"))[:80])
+            else:
+                yield _to_recipe(row, index)
+            index += 1
+
+
+def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield RowError(index, f"invalid JSON: {err.msg}", line[:80])
+                continue
+            if not isinstance(row, dict):
+                yield RowError(index, "line is not a JSON object", line[:80])
+                continue
+            yield _to_recipe(row, index)
+
+
+def read_hf(path_or_id: str, split: str) -> Iterator[Recipe | RowError]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a Hugging Face dataset needs the 'hf' extra: pip install 'chefgenius[hf]'") from None
+    local = Path(path_or_id)
+    try:
+        if local.is_dir() and (local / "dataset_info.json").exists():
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(path_or_id, split=split)
+    except Exception as err:  # datasets raises many types; report one line and stop
+        raise DataError(f"cannot load dataset {path_or_id!r} split {split!r}: {err}".splitlines()[0]) from None
+    missing = [c for c in REQUIRED_FIELDS if c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset {path_or_id} lacks column(s) {', '.join(missing)}")
+    for index, row in enumerate(ds):
+        yield _to_recipe(row, index)
+
+
+def read_source(path: str | None, fmt: str = "auto", hf_split: str = "train") -> Iterator[Recipe | RowError]:
+    """Recipes or row errors from the configured source; ``None`` means the bundled corpus."""
+    if path is None:
+        return read_jsonl(bundled_corpus_path())
+    p = Path(path)
+    if fmt == "auto":
+        if p.is_file():
+            fmt = "csv" if p.suffix.lower() in (".csv", ".tsv") else "jsonl"
+        elif p.is_dir():
+            fmt = "hf"
+        elif "/" in path and not p.suffix:
+            fmt = "hf"  # looks like a hub id
+        else:
+            raise DataError(f"data file {path} does not exist (set data.path to a CSV, JSONL or dataset)")
+    if fmt in ("csv", "jsonl") and not p.is_file():
+        raise DataError(f"data file {path} does not exist (set data.path to a CSV, JSONL or dataset)")
+    if fmt == "csv":
+        return read_csv(p)
+    if fmt == "jsonl":
+        return read_jsonl(p)
+    return read_hf(path, hf_split)

@@ -1,0 +1,93 @@
+"""Recipe generation with decoding presets; prompts are built exactly as in training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .data.format import format_prompt, title_prefix
+from .data.loader import encode_example
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "greedy": {"do_sample": False, "num_beams": 1},
+    "balanced": {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1},
+    "creative": {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 0, "repetition_penalty": 1.05},
+    "beam": {"do_sample": False, "num_beams": 4, "no_repeat_ngram_size": 4, "early_stopping": True,
+             "length_penalty": 1.0},
+}
+
+
+class GenerationError(ValueError):
+    """Bad generation arguments (unknown preset, empty ingredients)."""
+
+
+@dataclass
+class GenerationSettings:
+    preset: str = "greedy"
+    max_new_tokens: int = 256
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    seed: int = 0
+
+    def generate_kwargs(self, num: int) -> dict[str, Any]:
+        if self.preset not in PRESETS:
+            raise GenerationError(f"unknown generation preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        kw = dict(PRESETS[self.preset])
+        for key in ("temperature", "top_p", "top_k", "repetition_penalty", "no_repeat_ngram_size"):
+            value = getattr(self, key)
+            if value is not None:
+                kw[key] = value
+        if kw.get("num_beams", 1) > 1:
+            kw["num_beams"] = max(kw["num_beams"], num)
+        elif (self.temperature is not None or self.top_p is not None) and not kw.get("do_sample"):
+            kw["do_sample"] = True  # asking for a temperature means sampling
+        kw["max_new_tokens"] = self.max_new_tokens
+        kw["num_return_sequences"] = num
+        return kw
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ingredients: list[str] | str,
+                   settings: GenerationSettings, *, num: int = 1, title: str | None = None,
+                   max_prompt_tokens: int = 64) -> list[str]:
+    """Generated recipe texts (target format) for one ingredient list. Same seed, same text."""
+    prompt = format_prompt(ingredients)
+    if prompt.strip() == format_prompt([]).strip():
+        raise GenerationError("no ingredients given; pass e.g. --ingredients 'chicken, rice, onion'")
+    kwargs = settings.generate_kwargs(num)
+    src, _ = encode_example(tokenizer, prompt, None, is_seq2seq=is_seq2seq, max_prompt_tokens=max_prompt_tokens,
+                            max_target_tokens=1)
+    device = _device(model)
+    prefix_text = title_prefix(title) if title else ""
+    prefix_ids = tokenizer.encode(prefix_text, add_special_tokens=False) if prefix_text else []
+    was_training = model.training
+    model.eval()
+    # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
+        if is_seq2seq:
+            input_ids = torch.tensor([src], device=device)
+            extra = {}
+            if prefix_ids:
+                start = model.config.decoder_start_token_id
+                extra["decoder_input_ids"] = torch.tensor([[start, *prefix_ids]], device=device)
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra, **common)
+            texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+        else:
+            input_ids = torch.tensor([src + prefix_ids], device=device)
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **common)
+            new = out[:, len(src) + len(prefix_ids):]
+            texts = [prefix_text + tokenizer.decode(o, skip_special_tokens=True) for o in new]
+    if was_training:
+        model.train()
+    return [t.strip() for t in texts]

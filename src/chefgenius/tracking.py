@@ -1,0 +1,72 @@
+"""Where metrics go: metrics.jsonl always, TensorBoard and Weights & Biases when asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import LoggingConfig
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write; the resume rewrite drops it
+    return out
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Drop entries logged after ``step`` (they will be logged again), atomically."""
+    if not path.is_file():
+        return
+    kept = [e for e in read_jsonl(path) if e.get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any]) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("a")
+        self._tb = None
+        self._wandb = None
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError("logging.tensorboard needs the 'tensorboard' extra: "
+                                   "pip install 'chefgenius[tensorboard]'") from None
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("logging.wandb needs the 'wandb' extra: pip install 'chefgenius[wandb]'") from None
+            self._wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=config_dict,
+                                     name=run_dir.name, resume="allow", id=run_dir.name)
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()
+        step = entry.get("step", 0)
+        numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+        if self._tb is not None:
+            for k, v in numbers.items():
+                self._tb.add_scalar(k.replace("eval_", "eval/") if k.startswith("eval_") else f"train/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

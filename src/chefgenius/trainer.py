@@ -1,0 +1,519 @@
+"""The one Trainer: build everything from a config, train, evaluate, checkpoint, resume exactly.
+
+Exactness rests on three rules: every piece of state is saved at optimizer-step boundaries and
+restored before the next step; nothing outside the training step draws from the training RNGs
+(sample generation forks the RNG); and the data order is a pure function of (seed, epoch,
+position). See README "Exact resume" for the guarantees and their limits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+import yaml
+
+from . import __version__
+from .checkpoint import (
+    CheckpointWriteError,
+    ResumeError,
+    apply_retention,
+    find_resumable,
+    list_checkpoints,
+    load_training_checkpoint,
+    read_meta,
+    remove_temporaries,
+    save_training_checkpoint,
+    verify_checkpoint,
+)
+from .checkpoint.rng import seed_everything
+from .config import Config, trajectory_differences
+from .data.format import recipe_to_example
+from .data.loader import ResumableSampler, TokenizedData, cached_tokenize, collate, default_cache_dir
+from .data.prepare import prepare_recipes
+from .distributed import print0, rank, world_size
+from .generate import GenerationSettings, generate_texts
+from .model import (
+    apply_lora,
+    build_from_scratch,
+    load_lora_adapter,
+    load_pretrained,
+    load_tokenizer,
+    model_family,
+    save_model,
+    train_tokenizer,
+    unwrap,
+)
+from .optim import build_optimizer, build_scheduler
+from .tracking import MetricsWriter, truncate_after
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked (exit code 2)."""
+
+
+@dataclass
+class TrainState:
+    """The trainer's own progress; the data position lives in the sampler."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_step: int | None = None
+    num_bad_evals: int = 0
+    stopped_early: bool = False
+    num_tokens: int = 0
+    loss_history: list[list[float]] = field(default_factory=list)
+    eval_history: list[dict[str, float]] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = set(self.__dataclass_fields__) - set(state)
+        if missing:
+            raise ValueError(f"train state lacks {', '.join(sorted(missing))}")
+        for k in self.__dataclass_fields__:
+            setattr(self, k, state[k])
+
+
+@dataclass
+class FitResult:
+    status: str  # "completed" | "already_complete" | "interrupted"
+    step: int
+    final_dir: Path | None
+    best_val_loss: float
+    last_val_loss: float | None
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunDirError(f"training.device={name} but no CUDA device is visible (use --device cpu)")
+    return dev
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool
+                   ) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over target tokens and their count, so accumulation can divide once."""
+    if is_seq2seq:
+        labels = batch["labels"]
+        decoder_input_ids = unwrap(model).prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=decoder_input_ids).logits
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())
+
+
+def versions() -> dict[str, str]:
+    return {"chefgenius": __version__, "torch": str(torch.__version__), "transformers": str(transformers.__version__),
+            "python": sys.version.split()[0]}
+
+
+class Trainer:
+    """Builds a run from a config (fresh or resumed) and trains it with :meth:`fit`."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: str = "auto",
+                 allow_changes: tuple[str, ...] = (), on_step: Callable[[Trainer], None] | None = None,
+                 log: Callable[..., None] = print0) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.final_dir = self.run_dir / "final"
+        self.on_step = on_step
+        self.log = log
+        self.rank, self.world_size = rank(), world_size()
+        tc = cfg.training
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        if tc.determinism == "strict":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        self.device = resolve_device(tc.device)
+        seed_everything(tc.seed + self.rank)
+
+        self.resume_from = self._select_checkpoint(resume)
+        meta = read_meta(self.resume_from) if self.resume_from else None
+        changes = self._check_config(meta, allow_changes) if meta else []
+
+        self.data = prepare_recipes(cfg.data)
+        if meta and meta["train_fingerprint"] != self.data.train_fingerprint and not self._allowed("data", allow_changes):
+            raise ResumeError(
+                f"cannot resume: the training data changed (fingerprint {self.data.train_fingerprint}, checkpoint "
+                f"has {meta['train_fingerprint']}); restore the data or pass --allow-change data"
+            )
+        self.tokenizer, self.model, self.is_seq2seq = self._build_model()
+        self.model.to(self.device)
+        self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
+
+        cache = default_cache_dir(cfg.data.cache_dir)
+        kw = dict(is_seq2seq=self.is_seq2seq, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                  max_target_tokens=cfg.data.max_target_tokens, mask_prompt=cfg.data.mask_prompt, cache_dir=cache)
+        self.train_data, hit = cached_tokenize(self.data.train, self.tokenizer,
+                                               split_fingerprint=self.data.train_fingerprint, **kw)
+        self.val_data, _ = cached_tokenize(self.data.val, self.tokenizer,
+                                           split_fingerprint=self.data.val_fingerprint, **kw)
+        self.sampler = ResumableSampler(self.train_data.lengths(), batch_size=tc.batch_size,
+                                        grad_accum=tc.grad_accum, seed=tc.seed, shuffle=tc.shuffle,
+                                        group_by_length=tc.group_by_length, world_size=self.world_size,
+                                        rank=self.rank)
+        self.total_steps = tc.max_steps or tc.num_epochs * self.sampler.steps_per_epoch
+        self.optimizer = build_optimizer(self.model, tc, self.device)
+        self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
+        self.state = TrainState()
+        self._stop_signal: int | None = None
+        self._last_eval: dict[str, float] | None = None
+        self.log(f"data: {len(self.train_data)} train / {len(self.val_data)} val recipes "
+                 f"(fingerprint {self.data.train_fingerprint}, token cache {'hit' if hit else 'built'}); "
+                 f"{self.sampler.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+
+        if self.resume_from is not None:
+            t0 = time.perf_counter()
+            load_training_checkpoint(self.resume_from, pieces=self._pieces(), rank=self.rank)  # RNG restored last
+            self.state.resumes.append({"step": self.state.step, "from": self.resume_from.name})
+            self.state.config_changes.extend(changes)
+            self.log(f"resumed from {self.resume_from} at step {self.state.step} "
+                     f"(epoch {self.sampler.epoch}, sample {self.sampler.position}) in {time.perf_counter() - t0:.2f}s")
+            truncate_after(self.run_dir / "metrics.jsonl", self.state.step)
+            truncate_after(self.run_dir / "samples.jsonl", self.state.step)
+
+    # ----- set-up -------------------------------------------------------------------------------
+
+    def _select_checkpoint(self, resume: str) -> Path | None:
+        if resume not in ("auto", "never"):
+            path = Path(resume)
+            if not path.is_dir():
+                raise RunDirError(f"--resume {resume}: no such checkpoint directory")
+            problem = verify_checkpoint(path)
+            if problem:
+                raise ResumeError(f"--resume {resume}: checkpoint does not verify: {problem}")
+            return path
+        for removed in remove_temporaries(self.ckpt_root):
+            self.log(f"removed {removed.name}: left by an interrupted save")
+        existing = list_checkpoints(self.ckpt_root)
+        if resume == "never":
+            if existing:
+                raise RunDirError(f"{self.run_dir} already holds checkpoints; pass --resume auto to continue it, "
+                                  "or choose a new --output-dir")
+            return None
+        if not existing:
+            return None
+        info, skipped = find_resumable(self.ckpt_root)
+        for bad, why in skipped:
+            self.log(f"skipping checkpoint {bad.path.name}: {why}")
+        if info is None:
+            raise ResumeError(f"{self.run_dir} holds checkpoints but none verifies; run 'chefgenius ckpt list "
+                              f"{self.run_dir}' and remove or repair them, or use a new --output-dir")
+        return info.path
+
+    @staticmethod
+    def _allowed(key: str, allow: tuple[str, ...]) -> bool:
+        return any(key == a or key.startswith(a + ".") for a in allow)
+
+    def _check_config(self, meta: dict[str, Any], allow: tuple[str, ...]) -> list[dict[str, Any]]:
+        fmt = meta.get("versions", {})
+        diffs = trajectory_differences(meta["config"], self.cfg.to_dict())
+        refused = [d for d in diffs if not self._allowed(d[0], allow)]
+        if refused:
+            listing = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in refused)
+            keys = " ".join(f"--allow-change {k}" for k, _, _ in refused)
+            raise ResumeError(f"cannot resume: config differs from the checkpoint ({listing}); "
+                              f"restore it or accept deliberately with {keys}")
+        for k, a, b in diffs:
+            self.log(f"config change accepted on resume: {k}: {a!r} -> {b!r}")
+        if fmt.get("torch") and fmt.get("torch") != torch.__version__:
+            self.log(f"warning: checkpoint written with torch {fmt['torch']}, running {torch.__version__}; "
+                     "exactness is only guaranteed on the same versions")
+        return [{"key": k, "old": a, "new": b} for k, a, b in diffs]
+
+    def _base_model_dir(self) -> Path:
+        return self.run_dir / "base_model"
+
+    def _build_model(self) -> tuple[Any, torch.nn.Module, bool]:
+        mc = self.cfg.model
+        ckpt = self.resume_from
+        if ckpt is not None:
+            tokenizer = load_tokenizer(ckpt / "tokenizer")
+        elif mc.from_scratch:
+            texts = [p + "\n" + t for p, t in map(recipe_to_example, self.data.train)]
+            tokenizer = train_tokenizer(texts, mc.vocab_size)
+        else:
+            tokenizer = load_tokenizer(mc.name_or_path)
+        max_positions = self.cfg.data.max_prompt_tokens + self.cfg.data.max_target_tokens + 8
+        if mc.use_lora:
+            base_src = mc.name_or_path
+            if mc.from_scratch:
+                # A from-scratch base is not trained; stored once per run so adapters always find it.
+                if ckpt is None:
+                    base = build_from_scratch(mc, tokenizer, max_positions)
+                    base.save_pretrained(str(self._base_model_dir()))
+                    tokenizer.save_pretrained(str(self._base_model_dir()))
+                base_src = str(self._base_model_dir())
+            base = load_pretrained(base_src)
+            seq2seq = bool(base.config.is_encoder_decoder)
+            if ckpt is not None:
+                model = load_lora_adapter(base, ckpt / "model", trainable=True)
+            else:
+                model = apply_lora(base, mc, base.config.model_type, seq2seq)
+        elif ckpt is not None:
+            model = load_pretrained(ckpt / "model")
+        elif mc.from_scratch:
+            model = build_from_scratch(mc, tokenizer, max_positions)
+        else:
+            model = load_pretrained(mc.name_or_path)
+        seq2seq = bool(unwrap(model).config.is_encoder_decoder)
+        if len(tokenizer) > unwrap(model).get_input_embeddings().weight.shape[0]:
+            unwrap(model).resize_token_embeddings(len(tokenizer))
+        if mc.gradient_checkpointing:
+            unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            unwrap(model).config.use_cache = False
+        if self.cfg.training.precision == "bf16-pure":
+            model.to(torch.bfloat16)
+        return tokenizer, model, seq2seq
+
+    def _pieces(self) -> dict[str, Any]:
+        pieces: dict[str, Any] = {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampler": self.sampler,
+                                  "train_state": self.state}
+        if self.scaler is not None:
+            pieces["scaler"] = self.scaler
+        return pieces
+
+    # ----- training -----------------------------------------------------------------------------
+
+    def _autocast(self):
+        p = self.cfg.training.precision
+        if p in ("bf16", "fp16"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+        return nullcontext()
+
+    def _batch(self, data: TokenizedData, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate([(data.input_ids[i], data.labels[i]) for i in indices], self.tokenizer.pad_token_id,
+                        is_seq2seq=self.is_seq2seq)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
+        """One optimizer step over its micro-batches; loss is the token mean over all of them."""
+        self.forward_model.train()
+        batches = [self._batch(self.train_data, mb) for mb in micro_batches]
+        shift = 0 if self.is_seq2seq else 1
+        num_tokens = sum(int((b["labels"][:, shift:] != -100).sum()) for b in batches)
+        total = torch.zeros((), device=self.device)
+        for batch in batches:
+            with self._autocast():
+                loss_sum, _ = token_loss_sum(self.forward_model, batch, self.is_seq2seq)
+            # Dividing by the step's token count (not per micro-batch) makes accumulation exact.
+            loss = loss_sum / max(1, num_tokens)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss_sum.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = self.cfg.training.max_grad_norm or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": float(total) / max(1, num_tokens), "grad_norm": float(grad_norm), "lr": lr,
+                "tokens": num_tokens}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.forward_model.eval()
+        total, count = 0.0, 0
+        bs = self.cfg.training.batch_size
+        indices = list(range(len(self.val_data)))
+        batches = [indices[i:i + bs] for i in range(0, len(indices), bs)]
+        if self.cfg.evaluation.max_batches:
+            batches = batches[: self.cfg.evaluation.max_batches]
+        for mb in batches:
+            with self._autocast():
+                loss_sum, n = token_loss_sum(self.forward_model, self._batch(self.val_data, mb), self.is_seq2seq)
+            total += float(loss_sum)
+            count += n
+        loss = total / max(1, count)
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+    def _record_eval(self, metrics: dict[str, float]) -> None:
+        st, ec = self.state, self.cfg.evaluation
+        loss = metrics["eval_loss"]
+        if loss < st.best_val_loss - ec.early_stopping_threshold:
+            st.best_val_loss, st.best_step, st.num_bad_evals = loss, st.step, 0
+        else:
+            st.num_bad_evals += 1
+            if ec.early_stopping_patience and st.num_bad_evals >= ec.early_stopping_patience:
+                st.stopped_early = True
+        st.eval_history.append({"step": st.step, **metrics})
+
+    def _sample_prompts(self) -> list[dict[str, Any]]:
+        ec = self.cfg.evaluation
+        settings = GenerationSettings(preset=ec.generation_preset, max_new_tokens=ec.max_new_tokens, seed=0)
+        model = self.model
+        return [{"step": self.state.step, "ingredients": p,
+                 "text": generate_texts(model, self.tokenizer, self.is_seq2seq, p, settings,
+                                        max_prompt_tokens=self.cfg.data.max_prompt_tokens)[0]}
+                for p in ec.prompts]
+
+    def _meta(self) -> dict[str, Any]:
+        return {"step": self.state.step, "epoch": self.sampler.epoch, "position": self.sampler.position,
+                "val_loss": self._last_eval["eval_loss"] if self._last_eval else None,
+                "config": self.cfg.to_dict(), "versions": versions(),
+                "train_fingerprint": self.data.train_fingerprint, "val_fingerprint": self.data.val_fingerprint,
+                "split_seed": self.cfg.data.split_seed, "is_seq2seq": self.is_seq2seq,
+                "model_family": model_family(self.model), "world_size": self.world_size, "created": time.time()}
+
+    def save_checkpoint(self) -> Path | None:
+        step = self.state.step
+        try:
+            path = save_training_checkpoint(self.ckpt_root, step, pieces=self._pieces(), meta=self._meta(),
+                                            save_model=lambda d: save_model(self.model, self.tokenizer, d),
+                                            rank=self.rank)
+        except CheckpointWriteError as err:
+            if self.cfg.checkpoint.on_error == "stop":
+                raise
+            self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
+                     f"(checkpoint.on_error=continue): {err.strerror}")
+            return None
+        protect = [int(self.resume_from.name.split("-")[1])] if self.resume_from else []
+        for removed in apply_retention(self.ckpt_root, keep_last=self.cfg.checkpoint.keep_last,
+                                       keep_best=self.cfg.checkpoint.keep_best, protect=protect):
+            self.log(f"retention: removed {removed.name}")
+        return path
+
+    def _write_final(self) -> Path:
+        tmp = self.run_dir / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, self.tokenizer, tmp)
+        summary = {"step": self.state.step, "best_val_loss": self.state.best_val_loss,
+                   "best_step": self.state.best_step, "stopped_early": self.state.stopped_early,
+                   "train_fingerprint": self.data.train_fingerprint, "versions": versions()}
+        (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+        if self.final_dir.exists():
+            shutil.rmtree(self.final_dir)
+        os.replace(tmp, self.final_dir)
+        return self.final_dir
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt  # second signal: abort now
+            self._stop_signal = signum
+            self.log(f"\nreceived {signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+                     "(press Ctrl-C again to abort)")
+
+        old = {}
+        if self.rank == 0 and _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, handler)
+        return old
+
+    def fit(self) -> FitResult:
+        t0 = time.perf_counter()
+        if self.final_dir.is_dir() and (self.final_dir / "summary.yaml").is_file():
+            self.log(f"{self.run_dir} is already complete (final/ exists); nothing to do")
+            return FitResult("already_complete", self.state.step, self.final_dir, self.state.best_val_loss,
+                             None, 0.0)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        writer = MetricsWriter(self.run_dir, self.cfg.logging, self.cfg.to_dict())
+        if self.resume_from is not None:
+            writer.log({"event": "resume", "step": self.state.step, "checkpoint": self.resume_from.name})
+        old_handlers = self._install_signal_handlers()
+        try:
+            self._loop(writer)
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            writer.close()
+        elapsed = time.perf_counter() - t0
+        last = self.state.eval_history[-1]["eval_loss"] if self.state.eval_history else None
+        if self._stop_signal is not None:
+            return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, last, elapsed)
+        final = self._write_final()
+        self.log(f"training complete at step {self.state.step}: final model in {final}")
+        return FitResult("completed", self.state.step, final, self.state.best_val_loss, last, elapsed)
+
+    def _is_done(self) -> bool:
+        return self.state.step >= self.total_steps or self.state.stopped_early
+
+    def _loop(self, writer: MetricsWriter) -> None:
+        from tqdm.auto import tqdm
+
+        st, cc, lc, ec = self.state, self.cfg.checkpoint, self.cfg.logging, self.cfg.evaluation
+        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", dynamic_ncols=True, file=sys.stderr,
+                   disable=not lc.progress_bar or self.rank != 0)
+        window_t, window_tokens = time.perf_counter(), 0
+        saved_at = st.step if self.resume_from else -1
+        while not self._is_done() and self._stop_signal is None:
+            epoch_before = self.sampler.epoch
+            out = self.train_step(self.sampler.next_step())
+            st.step += 1
+            st.num_tokens += out["tokens"]
+            st.loss_history.append([st.step, out["loss"]])
+            window_tokens += out["tokens"]
+            epoch_end = self.sampler.epoch != epoch_before
+            epoch_float = self.sampler.epoch + self.sampler.position / self.sampler.num_samples
+            if st.step % lc.every_steps == 0 or self._is_done():
+                n = (st.step - 1) % lc.every_steps + 1
+                now = time.perf_counter()
+                writer.log({"step": st.step, "epoch": round(epoch_float, 4),
+                            "loss": sum(x[1] for x in st.loss_history[-n:]) / n, "lr": out["lr"],
+                            "grad_norm": out["grad_norm"], "tokens_per_s": window_tokens / max(now - window_t, 1e-9)})
+                window_t, window_tokens = now, 0
+            self._last_eval = None
+            if (ec.every_steps and st.step % ec.every_steps == 0) or epoch_end or self._is_done():
+                self._last_eval = self.evaluate()
+                improved_before = st.best_step
+                self._record_eval(self._last_eval)
+                writer.log({"step": st.step, "epoch": round(epoch_float, 4), **self._last_eval})
+                if ec.prompts:
+                    with (self.run_dir / "samples.jsonl").open("a") as f:
+                        for s in self._sample_prompts():
+                            f.write(json.dumps(s) + "\n")
+                is_new_best = st.best_step != improved_before
+            else:
+                is_new_best = False
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch_float:.2f}", loss=f"{out['loss']:.3f}")
+            if st.step % cc.every_steps == 0 or is_new_best or self._is_done() or self._stop_signal is not None:
+                self.save_checkpoint()
+                saved_at = st.step
+            if self.on_step is not None:
+                self.on_step(self)
+        bar.close()
+        if self._stop_signal is not None and saved_at != st.step:
+            self.save_checkpoint()
+        if self._stop_signal is not None:
+            self.log(f"stopped at step {st.step}; checkpoint saved; run the same command again to resume")
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
