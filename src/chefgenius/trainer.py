@@ -196,8 +196,10 @@ class Trainer:
             self.state.config_changes.extend(changes)
             self.log(f"resumed from {self.resume_from} at step {self.state.step} "
                      f"(epoch {self.sampler.epoch}, sample {self.sampler.position}) in {time.perf_counter() - t0:.2f}s")
-            truncate_after(self.run_dir / "metrics.jsonl", self.state.step)
-            truncate_after(self.run_dir / "samples.jsonl", self.state.step)
+        # Entries logged after the restored step (or by a run killed before its first checkpoint)
+        # will be logged again; dropping them keeps metrics.jsonl reading like one run.
+        truncate_after(self.run_dir / "metrics.jsonl", self.state.step)
+        truncate_after(self.run_dir / "samples.jsonl", self.state.step)
 
     # ----- set-up -------------------------------------------------------------------------------
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny, fast config and helpers that train and compare runs exactly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chefgenius.config import Config, build_config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    os.environ["CHEFGENIUS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    torch.set_num_threads(1)  # same thread count in-process and in CLI subprocesses: exactness needs it
+    yield
+
+
+def tiny_config(**sections) -> Config:
+    """A run of a dozen steps on the bundled corpus with every feature that touches exactness on."""
+    raw = {
+        "data": {"max_prompt_tokens": 24, "max_target_tokens": 96, "val_fraction": 0.15},
+        "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 400, "dropout": 0.1},
+        "training": {"seed": 7, "num_epochs": 2, "batch_size": 4, "grad_accum": 3, "learning_rate": 3e-3,
+                     "warmup_steps": 3, "schedule": "cosine", "max_grad_norm": 0.5, "num_threads": 1},
+        "evaluation": {"every_steps": 5, "max_batches": 2, "prompts": []},
+        "checkpoint": {"every_steps": 4, "keep_last": 2, "keep_best": 1},
+        "logging": {"every_steps": 1, "progress_bar": False},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return build_config(raw)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    model_dir = run_dir / "final" / "model"
+    files = sorted(model_dir.glob("*.safetensors"))
+    assert files, f"no safetensors in {model_dir}"
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"tensor {k} differs"
+
+
+def quiet(*args, **kwargs) -> None:
+    pass

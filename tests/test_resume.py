@@ -1,0 +1,153 @@
+"""The exactness contract: a run stopped anywhere and resumed ends bit-identical to one that never stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chefgenius.checkpoint import ResumeError, list_checkpoints
+from chefgenius.trainer import Trainer
+
+from .conftest import assert_same_weights, final_weights, quiet, tiny_config
+
+
+class Crash(RuntimeError):
+    """Stands in for a kill: raised after the optimizer step (and any checkpoint) of a given step."""
+
+
+def _crash_at(step: int):
+    def hook(trainer: Trainer) -> None:
+        if trainer.state.step == step:
+            raise Crash(step)
+
+    return hook
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(e["step"], e["loss"]) for e in entries if "loss" in e]
+
+
+def eval_losses(run_dir: Path) -> list[tuple[int, float]]:
+    entries = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(e["step"], e["eval_loss"]) for e in entries if "eval_loss" in e]
+
+
+def run_with_stops(cfg, run_dir: Path, stops: list[int]) -> Trainer:
+    for step in stops:
+        with pytest.raises(Crash):
+            Trainer(cfg, run_dir, on_step=_crash_at(step), log=quiet).fit()
+    trainer = Trainer(cfg, run_dir, log=quiet)
+    assert trainer.fit().status == "completed"
+    return trainer
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    assert_same_weights(final_weights(a), final_weights(b))
+    la, lb = train_losses(a), train_losses(b)
+    assert la == lb and len(la) > 0  # exact float equality, every step
+    assert eval_losses(a) == eval_losses(b)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_stops_mid_epoch_at_epoch_boundary_and_after_eval(tmp_path, family):
+    cfg = tiny_config(model={"from_scratch": family})
+    straight = Trainer(cfg, tmp_path / "straight", log=quiet)
+    spe = straight.sampler.steps_per_epoch
+    assert straight.fit().status == "completed"
+    # 6: between checkpoints 4 and 8 (steps 5-6 recomputed); spe: epoch boundary; 10: right after the eval at 10.
+    stops = sorted({6, spe, 10})
+    resumed = run_with_stops(cfg, tmp_path / "resumed", stops)
+    assert resumed.state.step == straight.state.step
+    assert len(resumed.state.resumes) == len(stops)
+    assert_identical_runs(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_bf16_autocast_resume_is_exact(tmp_path):
+    cfg = tiny_config(training={"precision": "bf16", "num_epochs": 1})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    run_with_stops(cfg, tmp_path / "b", [5])
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")
+
+
+def test_lora_resume_is_exact_and_saves_only_adapters(tmp_path):
+    pytest.importorskip("peft")
+    cfg = tiny_config(model={"use_lora": True, "lora_r": 4}, training={"num_epochs": 1, "learning_rate": 1e-2})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    run_with_stops(cfg, tmp_path / "b", [3])
+    weights = final_weights(tmp_path / "a")
+    assert weights and all("lora_" in k for k in weights)
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")
+
+
+def test_resume_refuses_changed_trajectory_config_and_allows_named_changes(tmp_path):
+    cfg = tiny_config(training={"num_epochs": 1})
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path, on_step=_crash_at(4), log=quiet).fit()
+    changed = tiny_config(training={"num_epochs": 1, "learning_rate": 1e-4, "batch_size": 2})
+    with pytest.raises(ResumeError) as err:
+        Trainer(changed, tmp_path, log=quiet)
+    assert "training.learning_rate" in str(err.value) and "training.batch_size" in str(err.value)
+    longer = tiny_config(training={"num_epochs": 2})
+    trainer = Trainer(longer, tmp_path, allow_changes=("training.num_epochs",), log=quiet)
+    assert trainer.state.config_changes == [{"key": "training.num_epochs", "old": 1, "new": 2}]
+    assert trainer.fit().status == "completed"
+    assert trainer.state.step == trainer.total_steps == 2 * trainer.sampler.steps_per_epoch
+
+
+def test_resume_never_refuses_a_dir_with_checkpoints(tmp_path):
+    from chefgenius.trainer import RunDirError
+
+    cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1})
+    Trainer(cfg, tmp_path, log=quiet).fit()
+    with pytest.raises(RunDirError, match="already holds checkpoints"):
+        Trainer(cfg, tmp_path, resume="never", log=quiet)
+
+
+def test_missing_optimizer_state_is_an_error_not_a_fresh_start(tmp_path):
+    cfg = tiny_config(training={"num_epochs": 1})
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path, on_step=_crash_at(4), log=quiet).fit()
+    ckpt = list_checkpoints(tmp_path / "checkpoints")[-1].path
+    (ckpt / "optimizer.json").unlink()
+    (ckpt / "MANIFEST.json").unlink()  # make the mutilated checkpoint "valid" to reach the loader
+    from chefgenius.checkpoint.store import write_manifest
+
+    write_manifest(ckpt, 4)
+    with pytest.raises(ResumeError, match="optimizer"):
+        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet)
+
+
+def test_optimizer_state_for_other_parameters_is_refused(tmp_path):
+    from chefgenius.checkpoint.format import load_state, save_state
+    from chefgenius.checkpoint.store import write_manifest
+
+    cfg = tiny_config(training={"num_epochs": 1})
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path, on_step=_crash_at(4), log=quiet).fit()
+    ckpt = list_checkpoints(tmp_path / "checkpoints")[-1].path
+    state = load_state(ckpt, "optimizer")
+    state["param_groups"][0]["param_names"][0], state["param_groups"][0]["param_names"][1] = (
+        state["param_groups"][0]["param_names"][1], state["param_groups"][0]["param_names"][0])
+    save_state(ckpt, "optimizer", state)
+    (ckpt / "MANIFEST.json").unlink()
+    write_manifest(ckpt, 4)
+    with pytest.raises(ResumeError, match="order or names changed"):
+        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet)
+
+
+def test_checkpoint_holds_every_piece_of_state(tmp_path):
+    from chefgenius.checkpoint.inspect import inspect_checkpoint
+
+    cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1, "precision": "fp16"})
+    Trainer(cfg, tmp_path, log=quiet).fit()
+    ckpt = list_checkpoints(tmp_path / "checkpoints")[-1].path
+    info = inspect_checkpoint(ckpt)
+    names = {Path(p).name for p in info["pieces"]}
+    assert {"optimizer.safetensors", "rng.safetensors", "scheduler.json", "sampler.json",
+            "train_state.json", "scaler.json"} <= names
+    assert info["rng"]["rank-00000"][:3] == ["python", "numpy", "torch_cpu"]
+    assert info["versions"]["torch"] and info["data"]["train_fingerprint"]
+    assert (ckpt / "model" / "model.safetensors").is_file() and (ckpt / "tokenizer").is_dir()
