@@ -27,8 +27,9 @@ def tiny_config(**sections) -> Config:
         "data": {"max_prompt_tokens": 24, "max_target_tokens": 96, "val_fraction": 0.15},
         "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 400, "dropout": 0.1},
         "training": {"seed": 7, "num_epochs": 2, "batch_size": 4, "grad_accum": 3, "learning_rate": 3e-3,
-                     "warmup_steps": 3, "schedule": "cosine", "max_grad_norm": 0.5, "num_threads": 1},
-        "evaluation": {"every_steps": 5, "max_batches": 2, "prompts": []},
+                     "warmup_steps": 3, "schedule": "cosine", "max_grad_norm": 0.5, "num_threads": 1,
+                     "group_by_length": False},
+        "evaluation": {"every_steps": 5, "at_epoch_end": True, "max_batches": 2, "prompts": []},
         "checkpoint": {"every_steps": 4, "keep_last": 2, "keep_best": 1},
         "logging": {"every_steps": 1, "progress_bar": False},
     }

@@ -40,10 +40,10 @@ class DataConfig(_Strict):
     format: Literal["auto", "csv", "jsonl", "hf"] = Field("auto", description="Source format.")
     hf_split: str = Field("train", description="Split to read from a Hugging Face dataset.")
     max_recipes: int | None = Field(None, ge=1, description="Read at most this many rows (debugging).")
-    val_fraction: float = Field(0.1, description="Share of recipes in validation, in (0, 1).")
+    val_fraction: float = Field(0.15, description="Share of recipes in validation, in (0, 1).")
     split_seed: int = Field(1234, description="Seed of the content-hash train/validation split.")
     max_prompt_tokens: int = Field(64, ge=4, description="Prompt (ingredient list) token budget.")
-    max_target_tokens: int = Field(320, ge=8, description="Target (recipe) token budget.")
+    max_target_tokens: int = Field(256, ge=8, description="Target (recipe) token budget.")
     mask_prompt: bool = Field(True, description="Causal LM: exclude prompt tokens from the loss.")
     cache_dir: str | None = Field(None, description="Token cache; default $CHEFGENIUS_CACHE or ~/.cache.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
@@ -83,22 +83,22 @@ class ModelConfig(_Strict):
 
 class TrainingConfig(_Strict):
     seed: int = Field(42, description="Seed of model init, dropout and data order (plus rank).")
-    num_epochs: int = Field(3, ge=1, description="Passes over the training split.")
+    num_epochs: int = Field(50, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Recipes per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
+    learning_rate: float = Field(2e-3, gt=0.0, description="Peak learning rate.")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW decay (never on biases and norms).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
-    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="LR after warmup.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup length in optimizer steps.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("cosine", description="LR after warmup.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup length in optimizer steps.")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final LR as a share of the peak.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip gradients to this norm.")
     precision: Literal["fp32", "bf16", "fp16", "bf16-pure"] = Field(
         "fp32", description="bf16/fp16 = autocast over fp32 master weights; bf16-pure casts the model."
     )
-    group_by_length: bool = Field(False, description="Batch similar lengths together (deterministic).")
+    group_by_length: bool = Field(True, description="Batch similar lengths together (deterministic).")
     shuffle: bool = Field(True, description="Shuffle the order of each epoch.")
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
     determinism: Literal["default", "strict"] = Field(
@@ -116,7 +116,8 @@ class TrainingConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    every_steps: int | None = Field(50, ge=1, description="Validate every N optimizer steps (and at epoch end).")
+    every_steps: int | None = Field(50, ge=1, description="Validate every N optimizer steps.")
+    at_epoch_end: bool = Field(False, description="Also validate at the end of every epoch.")
     max_batches: int | None = Field(None, ge=1, description="Cap on validation batches per evaluation.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evals without gain.")
     early_stopping_threshold: float = Field(0.0, ge=0.0, description="Minimum loss drop that counts.")
@@ -129,7 +130,7 @@ class EvaluationConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    every_steps: int = Field(50, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
+    every_steps: int = Field(100, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Keep the newest N checkpoints.")
     keep_best: int = Field(1, ge=0, description="Also keep the K best by validation loss.")
     on_error: Literal["stop", "continue"] = Field("stop", description="On a failed save: stop, or log and go on.")
@@ -163,7 +164,7 @@ TRAJECTORY_KEYS: tuple[str, ...] = (
     "training.grad_accum", "training.learning_rate", "training.weight_decay", "training.adam_betas",
     "training.adam_eps", "training.schedule", "training.warmup_steps", "training.min_lr_ratio",
     "training.max_grad_norm", "training.precision", "training.group_by_length", "training.shuffle",
-    "evaluation.every_steps", "evaluation.max_batches", "evaluation.early_stopping_patience",
+    "evaluation.every_steps", "evaluation.at_epoch_end", "evaluation.max_batches", "evaluation.early_stopping_patience",
     "evaluation.early_stopping_threshold",
 )
 

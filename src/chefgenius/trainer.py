@@ -489,7 +489,7 @@ class Trainer:
                             "grad_norm": out["grad_norm"], "tokens_per_s": window_tokens / max(now - window_t, 1e-9)})
                 window_t, window_tokens = now, 0
             self._last_eval = None
-            if (ec.every_steps and st.step % ec.every_steps == 0) or epoch_end or self._is_done():
+            if (ec.every_steps and st.step % ec.every_steps == 0) or (epoch_end and ec.at_epoch_end) or self._is_done():
                 self._last_eval = self.evaluate()
                 improved_before = st.best_step
                 self._record_eval(self._last_eval)
