@@ -1,0 +1,169 @@
+"""Checkpoint format, atomic commit, verification, fallback, retention, write failures, safety."""
+
+from __future__ import annotations
+
+import errno
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from chefgenius.checkpoint import (
+    CheckpointFormatError,
+    CheckpointWriteError,
+    find_resumable,
+    list_checkpoints,
+    load_state,
+    save_state,
+    verify_checkpoint,
+)
+from chefgenius.checkpoint.store import commit_checkpoint, select_retained, write_manifest, CheckpointInfo
+from chefgenius.trainer import Trainer
+
+from .conftest import assert_same_weights, final_weights, quiet, tiny_config
+
+
+def test_state_round_trips_exactly_without_pickle(tmp_path):
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+             "param_groups": [{"betas": (0.9, 0.999), "params": [0], "lr": 1e-3, "name": None}],
+             "best": math.inf, "flags": [True, 1, "x"]}
+    save_state(tmp_path, "opt", state)
+    back = load_state(tmp_path, "opt")
+    assert back["param_groups"][0]["betas"] == (0.9, 0.999) and back["best"] == math.inf
+    assert list(back["state"]) == [0] and torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    assert back["flags"] == [True, 1, "x"]
+
+
+def test_foreign_format_version_is_refused(tmp_path):
+    save_state(tmp_path, "x", {"a": 1})
+    p = tmp_path / "x.json"
+    p.write_text(p.read_text().replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(CheckpointFormatError, match="version 99"):
+        load_state(tmp_path, "x")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickle_in_place_of_a_tensor_file_is_refused_and_never_runs(tmp_path):
+    payload = _Payload()
+    payload.marker = str(tmp_path / "pwned")
+    save_state(tmp_path, "opt", {"t": torch.zeros(2)})
+    (tmp_path / "opt.safetensors").write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointFormatError, match="not a valid safetensors"):
+        load_state(tmp_path, "opt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_commit_is_atomic_and_manifest_detects_damage(tmp_path):
+    def write(d: Path) -> None:
+        save_state(d, "a", {"w": torch.arange(10.0)})
+
+    ckpt = commit_checkpoint(tmp_path, 5, write)
+    assert ckpt.name == "step-0000005" and verify_checkpoint(ckpt) is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    data = bytearray((ckpt / "a.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (ckpt / "a.safetensors").write_bytes(bytes(data))
+    assert "a.safetensors" in verify_checkpoint(ckpt) and "SHA-256" in verify_checkpoint(ckpt)
+
+
+def test_failed_write_leaves_no_temporary_and_names_the_cause(tmp_path, monkeypatch):
+    commit_checkpoint(tmp_path, 1, lambda d: save_state(d, "a", {"x": 1}))
+
+    def full_disk(d: Path) -> None:
+        save_state(d, "a", {"x": 1})
+        raise OSError(errno.ENOSPC, "No space left on device", str(d / "b.safetensors"))
+
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        commit_checkpoint(tmp_path, 2, full_disk)
+    assert [c.step for c in list_checkpoints(tmp_path)] == [1]
+    assert verify_checkpoint(tmp_path / "step-0000001") is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_retention_keeps_last_best_and_protected():
+    infos = [CheckpointInfo(s, Path(f"step-{s}")) for s in (10, 20, 30, 40, 50)]
+    losses = {10: 3.0, 20: 1.0, 30: 2.0, 40: None, 50: 2.5}
+    assert select_retained(infos, losses, keep_last=2, keep_best=1, protect=[10]) == {40, 50, 20, 10}
+
+
+def _crash_at(step):
+    def hook(trainer):
+        if trainer.state.step == step:
+            raise RuntimeError("simulated kill")
+    return hook
+
+
+def test_corrupt_newest_checkpoints_fall_back_and_still_end_exact(tmp_path):
+    cfg = tiny_config(training={"num_epochs": 2}, checkpoint={"every_steps": 2, "keep_last": 10})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    with pytest.raises(RuntimeError):
+        Trainer(cfg, tmp_path / "b", on_step=_crash_at(8), log=quiet).fit()
+    ckpts = list_checkpoints(tmp_path / "b" / "checkpoints")
+    newest, second, third = ckpts[-1].path, ckpts[-2].path, ckpts[-3].path
+    data = bytearray((newest / "optimizer.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01                                   # one flipped byte
+    (newest / "optimizer.safetensors").write_bytes(bytes(data))
+    (second / "MANIFEST.json").unlink()                            # a deleted manifest
+    with (third / "model" / "model.safetensors").open("r+b") as f:  # a truncated file
+        f.truncate(100)
+    logs: list[str] = []
+    info, skipped = find_resumable(tmp_path / "b" / "checkpoints")
+    assert [s[0].path for s in skipped] == [newest, second, third]
+    trainer = Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a))))
+    assert trainer.resume_from == info.path
+    assert any("skipping checkpoint" in line and newest.name in line for line in logs)
+    trainer.fit()
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+
+
+def test_resume_path_to_corrupt_checkpoint_is_an_error(tmp_path):
+    from chefgenius.checkpoint import ResumeError
+
+    cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1})
+    Trainer(cfg, tmp_path, log=quiet).fit()
+    ckpt = list_checkpoints(tmp_path / "checkpoints")[-1].path
+    (ckpt / "sampler.json").write_text("{}")
+    with pytest.raises(ResumeError, match="sampler.json"):
+        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet)
+
+
+def test_enospc_during_training_save_stops_with_error_and_keeps_earlier(tmp_path, monkeypatch):
+    import chefgenius.checkpoint.state as state_mod
+
+    real = state_mod.save_state
+
+    def full_disk_at_step_4(directory, name, state):
+        if "step-0000004" in str(directory):
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory / f"{name}.safetensors"))
+        return real(directory, name, state)
+
+    monkeypatch.setattr(state_mod, "save_state", full_disk_at_step_4)
+    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2})
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        Trainer(cfg, tmp_path, log=quiet).fit()
+    ckpts = list_checkpoints(tmp_path / "checkpoints")
+    assert [c.step for c in ckpts] == [2] and verify_checkpoint(ckpts[0].path) is None
+    assert not (tmp_path / "final").exists()
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+    # checkpoint.on_error=continue keeps training and says so loudly.
+    logs: list[str] = []
+    cfg2 = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2, "on_error": "continue"})
+    result = Trainer(cfg2, tmp_path / "c", log=lambda *a: logs.append(" ".join(map(str, a)))).fit()
+    assert result.status == "completed" and any("FAILED" in line for line in logs)
+    assert 4 not in [c.step for c in list_checkpoints(tmp_path / "c" / "checkpoints")]
+
+
+def test_write_manifest_covers_nested_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "f.bin").write_bytes(b"abc")
+    write_manifest(tmp_path, 3)
+    assert verify_checkpoint(tmp_path) is None
+    (tmp_path / "sub" / "f.bin").unlink()
+    assert "sub/f.bin is missing" in verify_checkpoint(tmp_path)
