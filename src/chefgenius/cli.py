@@ -90,10 +90,8 @@ def train(
 
 
 def _write_report(run_dir: Path) -> None:
-    try:
-        from .report import write_report
-    except ImportError:
-        return
+    from .report import write_report
+
     try:
         path = write_report(run_dir)
         typer.echo(f"report: {path}")
@@ -180,6 +178,53 @@ def generate(
             if i:
                 typer.echo("\n" + "-" * 40 + "\n")
             typer.echo(render_recipe(parsed) if parsed.is_complete else text)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run: Annotated[Path, typer.Option(help="Run directory.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Evaluate this checkpoint instead of final/.")] = None,
+    split: Annotated[str, typer.Option(help="val or train.")] = "val",
+    num_samples: Annotated[int, typer.Option(min=0, help="Recipes to generate for text metrics.")] = 20,
+    preset: Annotated[str, typer.Option(help="Decoding preset for the samples.")] = "greedy",
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1)] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Loss, perplexity and text metrics (BLEU, ROUGE, ingredient recall, structure, repetition)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import evaluate_run
+    from .generate import PRESETS
+
+    if split not in ("val", "train"):
+        raise ConfigError(f"--split must be val or train, got {split!r}")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    result = evaluate_run(run, checkpoint=checkpoint, split=split, num_samples=num_samples, preset=preset,
+                          max_new_tokens=max_new_tokens, device=device)
+    table = Table(title=f"{result['model']} on {split} ({result['recipes']} recipes, "
+                        f"{result['num_samples']} generated, {preset})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
+                "structure_score", "distinct_2", "repeated_4gram_rate", "length_words"):
+        if key in result:
+            table.add_row(key, f"{result[key]:.4f}")
+    Console().print(table)
+    typer.echo(f"wrote {run / 'eval.json'}")
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Write PNG plots and a self-contained HTML page into RUN_DIR/report/."""
+    from .report import write_report
+
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ConfigError(f"{run_dir} has no metrics.jsonl; pass a run directory written by 'chefgenius train'")
+    typer.echo(f"wrote {write_report(run_dir)}")
 
 
 @data_app.command("check")

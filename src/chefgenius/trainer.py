@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import transformers
 import yaml
 
@@ -45,6 +44,7 @@ from .data.format import recipe_to_example
 from .data.loader import ResumableSampler, TokenizedData, cached_tokenize, collate, default_cache_dir
 from .data.prepare import prepare_recipes
 from .distributed import print0, rank, world_size
+from .evaluate import token_loss_sum, validation_loss
 from .generate import GenerationSettings, generate_texts
 from .model import (
     apply_lora,
@@ -108,22 +108,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RunDirError(f"training.device={name} but no CUDA device is visible (use --device cpu)")
     return dev
-
-
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool
-                   ) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over target tokens and their count, so accumulation can divide once."""
-    if is_seq2seq:
-        labels = batch["labels"]
-        decoder_input_ids = unwrap(model).prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=decoder_input_ids).logits
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((labels != -100).sum())
 
 
 def versions() -> dict[str, str]:
@@ -345,22 +329,10 @@ class Trainer:
         return {"loss": float(total) / max(1, num_tokens), "grad_norm": float(grad_norm), "lr": lr,
                 "tokens": num_tokens}
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        self.forward_model.eval()
-        total, count = 0.0, 0
-        bs = self.cfg.training.batch_size
-        indices = list(range(len(self.val_data)))
-        batches = [indices[i:i + bs] for i in range(0, len(indices), bs)]
-        if self.cfg.evaluation.max_batches:
-            batches = batches[: self.cfg.evaluation.max_batches]
-        for mb in batches:
-            with self._autocast():
-                loss_sum, n = token_loss_sum(self.forward_model, self._batch(self.val_data, mb), self.is_seq2seq)
-            total += float(loss_sum)
-            count += n
-        loss = total / max(1, count)
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+        return validation_loss(self.forward_model, self.val_data, pad_id=self.tokenizer.pad_token_id,
+                               is_seq2seq=self.is_seq2seq, batch_size=self.cfg.training.batch_size,
+                               max_batches=self.cfg.evaluation.max_batches, autocast=self._autocast())
 
     def _record_eval(self, metrics: dict[str, float]) -> None:
         st, ec = self.state, self.cfg.evaluation

@@ -1,0 +1,167 @@
+"""The command line, end to end on a tiny run: train, generate, data check, ckpt, eval, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from chefgenius.cli import app
+
+from .conftest import SHARED_DATA, tiny_config
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    cfg = tiny_config(training={"num_epochs": 2}, evaluation={"prompts": ["egg, milk"], "max_new_tokens": 40})
+    (root / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    result = invoke("train", "--config", root / "c.yaml", "--output-dir", root / "run")
+    assert result.exit_code == 0, result.output
+    assert "sample recipe for: egg, milk" in result.output
+    return root / "run"
+
+
+def test_train_writes_run_directory_and_is_idempotent(tiny_run):
+    assert (tiny_run / "config.yaml").is_file() and (tiny_run / "final" / "model").is_dir()
+    entries = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    train = [e for e in entries if "loss" in e]
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(train[0])
+    assert [e["step"] for e in train] == list(range(1, len(train) + 1))
+    assert any("eval_perplexity" in e for e in entries)
+    assert (tiny_run / "report" / "index.html").is_file() and (tiny_run / "report" / "loss.png").is_file()
+    again = invoke("train", "--config", tiny_run.parent / "c.yaml", "--output-dir", tiny_run)
+    assert again.exit_code == 0 and "already complete" in again.output
+
+
+def test_final_loads_with_auto_classes(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_run / "final" / "model")
+    tok = AutoTokenizer.from_pretrained(tiny_run / "final" / "tokenizer")
+    assert model.config.vocab_size == len(tok)
+
+
+def test_generate_is_deterministic_per_seed(tiny_run):
+    args = ("generate", "--run", tiny_run, "--ingredients", "egg, milk, sugar", "--max-new-tokens", "30",
+            "--preset", "creative")
+    a, b, c = invoke(*args, "--seed", "1"), invoke(*args, "--seed", "1"), invoke(*args, "--seed", "2")
+    assert a.exit_code == 0, a.output
+    assert a.output == b.output and a.output != c.output
+    js = invoke("generate", "--run", tiny_run, "--ingredients", "egg", "--json", "--max-new-tokens", "20")
+    assert set(json.loads(js.output.splitlines()[-1])) == {"title", "ingredients", "directions", "complete"}
+
+
+def test_generate_batch_from_file(tiny_run, tmp_path):
+    (tmp_path / "p.txt").write_text("egg, milk\n\nrice, onion\n")
+    out = tmp_path / "out.jsonl"
+    r = invoke("generate", "--run", tiny_run, "--input", tmp_path / "p.txt", "--output", out, "--num", "2",
+               "--max-new-tokens", "16")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["ingredients"], x["index"]) for x in rows] == [("egg, milk", 0), ("egg, milk", 1),
+                                                              ("rice, onion", 0), ("rice, onion", 1)]
+
+
+def test_ckpt_tool(tiny_run, tmp_path):
+    listing = invoke("ckpt", "list", tiny_run)
+    assert listing.exit_code == 0 and "latest" in listing.output and "best" in listing.output
+    ckpts = sorted((tiny_run / "checkpoints").glob("step-*"))
+    assert invoke("ckpt", "verify", ckpts[-1]).exit_code == 0
+    inspected = json.loads(invoke("ckpt", "inspect", ckpts[-1], "--json").output)
+    assert inspected["rng"]["rank-00000"][:3] == ["python", "numpy", "torch_cpu"]
+    diff = invoke("ckpt", "diff", ckpts[0], ckpts[-1])
+    assert diff.exit_code == 0 and "step" in diff.output
+    export = invoke("ckpt", "export", ckpts[-1], tmp_path / "hf")
+    assert export.exit_code == 0, export.output
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf") is not None
+    # damage -> verify names the file, list says why
+    target = ckpts[-1] / "scheduler.json"
+    target.write_text(target.read_text() + " ")
+    bad = invoke("ckpt", "verify", ckpts[-1])
+    assert bad.exit_code == 1 and "scheduler.json" in bad.output
+    assert "INVALID" in invoke("ckpt", "list", tiny_run).output
+
+
+def test_eval_and_report(tiny_run):
+    r = invoke("eval", "--run", tiny_run, "--num-samples", "2", "--max-new-tokens", "30")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tiny_run / "eval.json").read_text())
+    for key in ("eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
+                "structure_score", "distinct_2", "length_words"):
+        assert isinstance(result[key], float), key
+    assert result["num_samples"] == 2
+    rep = invoke("report", tiny_run)
+    assert rep.exit_code == 0 and "eval" in (tiny_run / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("train", "--set", "training.bacth_size=4"), "unknown config key 'training.bacth_size'"),
+    (("train", "--set", "data.val_fraction=0"), "data.val_fraction must be in (0, 1)"),
+    (("train", "--config", "missing.yaml"), "does not exist"),
+    (("generate", "--ingredients", "egg", "--model", "/nonexistent/dir"), "error:"),
+    (("generate", "--ingredients", "egg", "--run", "/nonexistent", "--preset", "wild"), "unknown generation preset"),
+])
+def test_user_errors_are_one_line_exit_2(args, fragment):
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert fragment in r.output and "Traceback" not in r.output
+
+
+def test_empty_and_malformed_data_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",title,ingredients,directions,link,source,NER\n0,X,not json,[],a,b,[]\n")
+    r = invoke("train", "--output-dir", tmp_path / "run", "--set", f"data.path={bad}")
+    assert r.exit_code == 2 and "no usable recipes" in r.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = invoke("train", "--output-dir", tmp_path / "run", "--set", f"data.path={empty}")
+    assert r.exit_code == 2 and "file is empty" in r.output
+    nocols = tmp_path / "nocols.csv"
+    nocols.write_text("name,steps\na,b\n")
+    r = invoke("data", "check", nocols)
+    assert r.exit_code == 2 and "lacks column" in r.output
+
+
+def test_data_check_reports_reasons_and_examples():
+    path = SHARED_DATA / "recipenlg-junk-sample.csv"
+    if not path.exists():
+        pytest.skip(f"{path} absent (shared data folder not provided)")
+    r = invoke("data", "check", path)
+    assert r.exit_code == 0
+    assert "read 10" in r.output and "repaired" in r.output and "exclamation_runs" in r.output
+
+
+def test_recipenlg_sample_trains_and_generates(tmp_path):
+    path = SHARED_DATA / "recipenlg-sample-1k.csv"
+    if not path.exists():
+        pytest.skip(f"{path} absent (shared data folder not provided)")
+    cfg = tiny_config(data={"path": str(path), "max_recipes": 300}, training={"max_steps": 6, "warmup_steps": 2},
+                      evaluation={"prompts": ["beef, onion"], "max_new_tokens": 24})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    r = invoke("train", "--config", tmp_path / "c.yaml", "--output-dir", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert "sample recipe for: beef, onion" in r.output
+    g = invoke("generate", "--run", tmp_path / "run", "--ingredients", "beef, onion", "--max-new-tokens", "20")
+    assert g.exit_code == 0 and g.output.strip()
+
+
+def test_hf_dataset_directory_source(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from chefgenius.data.sources import Recipe, read_source
+
+    ds = datasets.Dataset.from_dict({"title": ["A"], "ingredients": [["1 egg", "salt"]], "directions": [["Fry."]]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    rows = list(read_source(str(tmp_path / "ds")))
+    assert rows == [Recipe("A", ("1 egg", "salt"), ("Fry.",), source_row=0)]
