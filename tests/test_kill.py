@@ -48,3 +48,30 @@ def test_ten_random_kills_some_during_checkpoint_writes(tmp_path):
     from .test_resume import train_losses
 
     assert train_losses(tmp_path / "run") == train_losses(tmp_path / "ref")
+
+
+def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from chefgenius.soak import _last_step, train_command
+
+    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 100})
+    _reference(cfg, tmp_path / "ref")
+    config = _write_config(cfg, tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while _last_step(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out.decode()
+    assert b"checkpoint saved" in out
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert len(ckpts) == 1 and ckpts[0].step >= 3 and verify_checkpoint(ckpts[0].path) is None
+    assert not (run / "final").exists()
+    done = subprocess.run(train_command(config, run), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(run))

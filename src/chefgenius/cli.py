@@ -74,7 +74,7 @@ def train(
     trainer = Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ()))
     result = trainer.fit()
     if result.status == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (result.stop_signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
     if result.status == "completed":
         typer.echo(f"done: {result.step} steps in {result.seconds:.1f}s; best validation loss "
                    f"{result.best_val_loss:.4f}; final model in {result.final_dir}")

@@ -99,6 +99,7 @@ class FitResult:
     best_val_loss: float
     last_val_loss: float | None
     seconds: float
+    stop_signal: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -428,7 +429,8 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         last = self.state.eval_history[-1]["eval_loss"] if self.state.eval_history else None
         if self._stop_signal is not None:
-            return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, last, elapsed)
+            return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, last, elapsed,
+                             self._stop_signal)
         final = self._write_final()
         self.log(f"training complete at step {self.state.step}: final model in {final}")
         return FitResult("completed", self.state.step, final, self.state.best_val_loss, last, elapsed)
