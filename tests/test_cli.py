@@ -165,3 +165,21 @@ def test_hf_dataset_directory_source(tmp_path):
     ds.save_to_disk(str(tmp_path / "ds"))
     rows = list(read_source(str(tmp_path / "ds")))
     assert rows == [Recipe("A", ("1 egg", "salt"), ("Fry.",), source_row=0)]
+
+
+def test_generate_with_title_keeps_the_title(tiny_run):
+    r = invoke("generate", "--run", tiny_run, "--ingredients", "egg, milk", "--title", "Morning Eggs", "--json",
+               "--max-new-tokens", "20", "--preset", "greedy")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[-1])["title"].startswith("Morning Eggs")
+
+
+def test_tensorboard_logging_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    from chefgenius.trainer import Trainer
+
+    from .conftest import quiet
+
+    cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1}, logging={"tensorboard": True, "every_steps": 1})
+    Trainer(cfg, tmp_path, log=quiet).fit()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -46,3 +46,10 @@ def test_trajectory_differences_ignore_logging():
     a = Config().to_dict()
     b = load_config(None, ["logging.every_steps=3", "training.seed=1"]).to_dict()
     assert [d[0] for d in trajectory_differences(a, b)] == ["training.seed"]
+
+
+def test_impossible_combinations_are_refused():
+    with pytest.raises(ConfigError, match="early_stopping_patience needs evaluations"):
+        load_config(None, ["evaluation.early_stopping_patience=2", "evaluation.every_steps=null"])
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        load_config(None, ["training.max_steps=5", "training.warmup_steps=10"])

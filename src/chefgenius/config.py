@@ -152,6 +152,16 @@ class Config(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        ev = self.evaluation
+        if ev.early_stopping_patience and not ev.every_steps and not ev.at_epoch_end:
+            raise ValueError("evaluation.early_stopping_patience needs evaluations: set evaluation.every_steps "
+                             "or evaluation.at_epoch_end=true")
+        if self.model.use_lora and self.training.precision == "bf16-pure":
+            raise ValueError("training.precision=bf16-pure with model.use_lora is not supported; use bf16 autocast")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -171,10 +181,12 @@ TRAJECTORY_KEYS: tuple[str, ...] = (
 
 def _format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
+    key = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}' (check the spelling; see configs/default.yaml for valid keys)"
+    if first["type"] == "value_error":  # our own validators already name the keys involved
+        return f"invalid config: {msg}"
     return f"invalid config value for '{key}': {msg}"
 
 

@@ -356,7 +356,9 @@ class Trainer:
                 for p in ec.prompts]
 
     def _meta(self) -> dict[str, Any]:
+        # Checkpoints are only taken between optimizer steps, so the accumulation phase is always 0.
         return {"step": self.state.step, "epoch": self.sampler.epoch, "position": self.sampler.position,
+                "accumulation_phase": 0,
                 "val_loss": self._last_eval["eval_loss"] if self._last_eval else None,
                 "config": self.cfg.to_dict(), "versions": versions(),
                 "train_fingerprint": self.data.train_fingerprint, "val_fingerprint": self.data.val_fingerprint,
