@@ -38,3 +38,20 @@ def test_round_trip_through_trained_tokenizer_and_newline_dropping_decode():
     collapsed = " ".join(decoded.split())
     parsed = parse_recipe(collapsed)
     assert (parsed.title, parsed.ingredients, parsed.directions) == (R.title, R.ingredients, R.directions)
+
+
+def test_round_trip_through_a_t5_style_unigram_tokenizer():
+    """T5's fast tokenizer pipeline (whitespace split + metaspace, unigram) drops newlines."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    tok.decoder = decoders.Metaspace()
+    text = format_target(R.title, R.ingredients, R.directions)
+    tok.train_from_iterator([text] * 20, trainers.UnigramTrainer(vocab_size=120, special_tokens=["<unk>"],
+                                                                  unk_token="<unk>"))
+    decoded = tok.decode(tok.encode(text).ids)
+    assert "\n" not in decoded  # the newlines are really gone
+    parsed = parse_recipe(decoded)
+    assert (parsed.title, parsed.ingredients, parsed.directions) == (R.title, R.ingredients, R.directions)
