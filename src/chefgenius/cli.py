@@ -71,6 +71,9 @@ def train(
     if device:
         overrides.append(f"training.device={device}")
     cfg = load_config(config, overrides)
+    if cfg.data.path and Path(cfg.data.path).exists():
+        # Recorded absolute so that eval, report and resume work from any working directory.
+        cfg.data.path = str(Path(cfg.data.path).resolve())
     trainer = Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ()))
     result = trainer.fit()
     if result.status == "interrupted":
