@@ -180,7 +180,8 @@ class Trainer:
             self.state.resumes.append({"step": self.state.step, "from": self.resume_from.name})
             self.state.config_changes.extend(changes)
             self.log(f"resumed from {self.resume_from} at step {self.state.step} "
-                     f"(epoch {self.sampler.epoch}, sample {self.sampler.position}) in {time.perf_counter() - t0:.2f}s")
+                     f"(epoch {self.sampler.epoch}, sample {self.sampler.position}); state loaded in "
+                     f"{(time.perf_counter() - t0) * 1000:.0f} ms")
         # Entries logged after the restored step (or by a run killed before its first checkpoint)
         # will be logged again; dropping them keeps metrics.jsonl reading like one run.
         truncate_after(self.run_dir / "metrics.jsonl", self.state.step)
