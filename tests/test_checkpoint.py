@@ -19,7 +19,7 @@ from chefgenius.checkpoint import (
     save_state,
     verify_checkpoint,
 )
-from chefgenius.checkpoint.store import commit_checkpoint, select_retained, write_manifest, CheckpointInfo
+from chefgenius.checkpoint.store import CheckpointInfo, commit_checkpoint, select_retained, write_manifest
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config

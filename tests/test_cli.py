@@ -33,6 +33,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_train_writes_run_directory_and_is_idempotent(tiny_run):
     assert (tiny_run / "config.yaml").is_file() and (tiny_run / "final" / "model").is_dir()
+    assert invoke("ckpt", "verify", tiny_run / "final").exit_code == 0  # final/ is committed atomically too
     entries = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     train = [e for e in entries if "loss" in e]
     assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"} <= set(train[0])

@@ -138,7 +138,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     seed: Annotated[int, typer.Option(help="Same seed, same text.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the parsed structure as JSON.")] = False,
-    input_file: Annotated[Optional[Path], typer.Option("--input", help="File with one ingredient list per line.")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="One ingredient list per line.")] = None,
     output_file: Annotated[Optional[Path], typer.Option("--output", help="JSONL output for --input.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:

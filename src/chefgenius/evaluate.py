@@ -167,7 +167,8 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
     data = prepare_recipes(cfg.data)
     recipes = data.val if split == "val" else data.train
     fp = data.val_fingerprint if split == "val" else data.train_fingerprint
-    tokens, _ = cached_tokenize(recipes, tokenizer, split_fingerprint=fp, cache_dir=default_cache_dir(cfg.data.cache_dir),
+    cache = default_cache_dir(cfg.data.cache_dir)
+    tokens, _ = cached_tokenize(recipes, tokenizer, split_fingerprint=fp, cache_dir=cache,
                                 is_seq2seq=seq2seq, max_prompt_tokens=cfg.data.max_prompt_tokens,
                                 max_target_tokens=cfg.data.max_target_tokens, mask_prompt=cfg.data.mask_prompt)
     result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(recipes)}

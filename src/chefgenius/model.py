@@ -111,7 +111,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> tor
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     try:
         return cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"cannot load model weights from {path}: {str(err).splitlines()[0]} "
             "(a HF model dir with model.safetensors is needed)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ from .checkpoint import (
     CheckpointWriteError,
     ResumeError,
     apply_retention,
+    commit_directory,
     find_resumable,
     list_checkpoints,
     load_training_checkpoint,
@@ -143,7 +143,8 @@ class Trainer:
         changes = self._check_config(meta, allow_changes) if meta else []
 
         self.data = prepare_recipes(cfg.data)
-        if meta and meta["train_fingerprint"] != self.data.train_fingerprint and not self._allowed("data", allow_changes):
+        data_changed = meta is not None and meta["train_fingerprint"] != self.data.train_fingerprint
+        if data_changed and not self._allowed("data", allow_changes):
             raise ResumeError(
                 f"cannot resume: the training data changed (fingerprint {self.data.train_fingerprint}, checkpoint "
                 f"has {meta['train_fingerprint']}); restore the data or pass --allow-change data"
@@ -385,17 +386,15 @@ class Trainer:
         return path
 
     def _write_final(self) -> Path:
-        tmp = self.run_dir / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, self.tokenizer, tmp)
         summary = {"step": self.state.step, "best_val_loss": self.state.best_val_loss,
                    "best_step": self.state.best_step, "stopped_early": self.state.stopped_early,
                    "train_fingerprint": self.data.train_fingerprint, "versions": versions()}
-        (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-        if self.final_dir.exists():
-            shutil.rmtree(self.final_dir)
-        os.replace(tmp, self.final_dir)
-        return self.final_dir
+
+        def write(tmp: Path) -> None:
+            save_model(self.model, self.tokenizer, tmp)
+            (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+
+        return commit_directory(self.final_dir, self.state.step, write)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, frame: Any) -> None:

@@ -7,6 +7,7 @@ from .store import (
     CheckpointWriteError,
     apply_retention,
     checkpoint_dir,
+    commit_directory,
     find_resumable,
     list_checkpoints,
     remove_temporaries,
@@ -15,7 +16,7 @@ from .store import (
 
 __all__ = [
     "FORMAT_VERSION", "CheckpointFormatError", "CheckpointInfo", "CheckpointWriteError", "ResumeError",
-    "apply_retention", "checkpoint_dir", "find_resumable", "list_checkpoints", "load_state",
+    "apply_retention", "checkpoint_dir", "commit_directory", "find_resumable", "list_checkpoints", "load_state",
     "load_training_checkpoint", "read_meta", "remove_temporaries", "save_state", "save_training_checkpoint",
     "verify_checkpoint",
 ]

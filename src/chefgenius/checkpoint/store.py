@@ -148,9 +148,9 @@ def find_resumable(root: Path) -> tuple[CheckpointInfo | None, list[tuple[Checkp
     return None, skipped
 
 
-def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)``, then fsync, manifest and rename atomically into place."""
-    final = checkpoint_dir(root, step)
+def commit_directory(final: Path, step: int, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp_dir)`` beside ``final``, then fsync, manifest and rename atomically into place."""
+    root = final.parent
     tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -173,11 +173,15 @@ def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err.strerror or str(err)
         where = err.filename or tmp
-        raise CheckpointWriteError(err.errno, f"cannot write checkpoint step {step} at {where}: {reason}") from err
+        raise CheckpointWriteError(err.errno, f"cannot write {final.name} (step {step}) at {where}: {reason}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> Path:
+    return commit_directory(checkpoint_dir(root, step), step, write)
 
 
 def write_states(directory: Path, states: dict[str, Any]) -> None:

@@ -35,7 +35,8 @@ _QUANTITY = re.compile(
     r"qt|quarts?|pt|pints?|envelopes?|bunch|heads?|large|medium|small|whole)\.?\s+)*",
     re.IGNORECASE,
 )
-_PREP = re.compile(r",.*$|\(.*?\)|\b(?:chopped|minced|diced|sliced|grated|shredded|fresh|frozen|cooked|toasted|softened|melted|beaten)\b",
+_PREP = re.compile(r",.*$|\(.*?\)|\b(?:chopped|minced|diced|sliced|grated|shredded|fresh|frozen|cooked|toasted|"
+                   r"softened|melted|beaten)\b",
                    re.IGNORECASE)
 
 

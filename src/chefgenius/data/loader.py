@@ -126,7 +126,8 @@ def cached_tokenize(recipes: list[Recipe], tokenizer: Any, *, split_fingerprint:
     return data, False
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, *, is_seq2seq: bool) -> dict[str, torch.Tensor]:
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, *, is_seq2seq: bool
+            ) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch; padding never enters the loss."""
     inputs = [b[0] for b in batch]
     labels = [b[1] for b in batch]
