@@ -6,7 +6,6 @@ Nothing here unpickles: weights are read only from safetensors (``use_safetensor
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +169,6 @@ def load_for_inference(path: str | Path, merge_lora: bool = True) -> tuple[torch
             model = model.merge_and_unload()
         seq2seq = bool(getattr(unwrap(model).config, "is_encoder_decoder", False))
     else:
-        if not p.exists() and os.sep not in str(path) and "/" not in str(path):
-            raise ModelLoadError(f"model path {path} does not exist (pass --run DIR or --model PATH)")
         model = load_pretrained(model_dir)
         seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     model.eval()

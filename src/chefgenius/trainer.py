@@ -446,6 +446,9 @@ class Trainer:
         st, cc, lc, ec = self.state, self.cfg.checkpoint, self.cfg.logging, self.cfg.evaluation
         bar = tqdm(total=self.total_steps, initial=st.step, desc="train", dynamic_ncols=True, file=sys.stderr,
                    disable=not lc.progress_bar or self.rank != 0)
+        log = self.log
+        if not bar.disable and log is print0:
+            self.log = lambda *args: bar.write(" ".join(map(str, args)))  # keep the bar intact below messages
         window_t, window_tokens = time.perf_counter(), 0
         saved_at = st.step if self.resume_from else -1
         while not self._is_done() and self._stop_signal is None:
@@ -485,6 +488,7 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(self)
         bar.close()
+        self.log = log
         if self._stop_signal is not None and saved_at != st.step:
             self.save_checkpoint()
         if self._stop_signal is not None:
