@@ -75,3 +75,29 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path):
     done = subprocess.run(train_command(config, run), capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(run))
+
+
+def test_second_ctrl_c_aborts_without_leaving_a_broken_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from chefgenius.soak import _last_step, train_command
+
+    cfg = tiny_config(training={"num_epochs": 2}, checkpoint={"every_steps": 2})
+    config = _write_config(cfg, tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while _last_step(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # two signals sent at once coalesce into one
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out.decode()
+    assert b"aborted" in out and b"checkpoint saved" not in out
+    assert not (run / "final").exists()
+    root = run / "checkpoints"
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+    assert all(verify_checkpoint(c.path) is None for c in list_checkpoints(root))

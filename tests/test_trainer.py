@@ -1,0 +1,72 @@
+"""Trainer mechanics: loss scaling under accumulation, token cache, early stopping, schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chefgenius.optim import lr_factor, param_groups
+from chefgenius.trainer import Trainer
+
+from .conftest import quiet, tiny_config
+
+
+def _first_step(tmp_path, name, batch_size, grad_accum):
+    cfg = tiny_config(model={"dropout": 0.0}, training={"batch_size": batch_size, "grad_accum": grad_accum,
+                                                         "shuffle": False, "max_steps": 1, "warmup_steps": 0,
+                                                         "max_grad_norm": None})
+    t = Trainer(cfg, tmp_path / name, log=quiet)
+    grads = {}
+
+    def capture(optimizer, args, kwargs):
+        grads.update({n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None})
+
+    t.optimizer.register_step_pre_hook(capture)
+    out = t.train_step(t.sampler.next_step())
+    return out, grads
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    """Loss is the token mean over the whole step, so 3 x 4 accumulated equals 1 x 12 (up to float order)."""
+    big, g_big = _first_step(tmp_path, "big", 12, 1)
+    acc, g_acc = _first_step(tmp_path, "acc", 4, 3)
+    assert big["tokens"] == acc["tokens"]
+    assert acc["loss"] == pytest.approx(big["loss"], rel=1e-5)
+    assert acc["grad_norm"] == pytest.approx(big["grad_norm"], rel=1e-4)
+    assert g_big.keys() == g_acc.keys()
+    for n in g_big:
+        assert torch.allclose(g_big[n], g_acc[n], rtol=1e-3, atol=1e-7), n
+
+
+def test_second_run_hits_the_token_cache(tmp_path):
+    logs: list[str] = []
+    cfg = tiny_config(training={"max_steps": 1, "warmup_steps": 0}, data={"max_target_tokens": 90})
+    Trainer(cfg, tmp_path / "a", log=lambda *a: logs.append(" ".join(map(str, a))))
+    Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a))))
+    assert "token cache built" in logs[0] and "token cache hit" in logs[1]
+
+
+def test_early_stopping_counts_evaluations(tmp_path):
+    cfg = tiny_config(training={"num_epochs": 20, "learning_rate": 0.5, "max_grad_norm": None},
+                      evaluation={"every_steps": 2, "at_epoch_end": False, "early_stopping_patience": 2,
+                                  "early_stopping_threshold": 100.0})
+    t = Trainer(cfg, tmp_path, log=quiet)
+    result = t.fit()
+    # The threshold makes every evaluation after the first a non-improvement: stop at the third evaluation.
+    assert t.state.stopped_early and result.step == 6 and len(t.state.eval_history) == 3
+    assert (tmp_path / "final").is_dir()
+
+
+def test_no_weight_decay_on_biases_and_norms(tmp_path):
+    t = Trainer(tiny_config(training={"max_steps": 1, "warmup_steps": 0}), tmp_path, log=quiet)
+    decay, no_decay = param_groups(t.model, 0.1)
+    assert all(not n.endswith(".bias") and "ln_" not in n for n in decay["param_names"])
+    assert any("ln_f" in n for n in no_decay["param_names"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_schedules():
+    assert lr_factor(0, warmup=4, total=10, schedule="linear", min_ratio=0.0) == 0.25
+    assert lr_factor(4, warmup=4, total=10, schedule="cosine", min_ratio=0.1) == pytest.approx(1.0)
+    assert lr_factor(10, warmup=4, total=10, schedule="cosine", min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(7, warmup=4, total=10, schedule="linear", min_ratio=0.0) == pytest.approx(0.5)
+    assert lr_factor(9, warmup=4, total=10, schedule="constant", min_ratio=0.0) == 1.0
