@@ -70,3 +70,11 @@ def test_schedules():
     assert lr_factor(10, warmup=4, total=10, schedule="cosine", min_ratio=0.1) == pytest.approx(0.1)
     assert lr_factor(7, warmup=4, total=10, schedule="linear", min_ratio=0.0) == pytest.approx(0.5)
     assert lr_factor(9, warmup=4, total=10, schedule="constant", min_ratio=0.0) == 1.0
+
+
+def test_multi_process_launch_is_refused_not_silently_unsynced(tmp_path, monkeypatch):
+    from chefgenius.trainer import RunDirError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RunDirError, match="multi-process training is not supported yet"):
+        Trainer(tiny_config(), tmp_path, log=quiet)

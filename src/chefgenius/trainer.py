@@ -129,6 +129,10 @@ class Trainer:
         self.on_step = on_step
         self.log = log
         self.rank, self.world_size = rank(), world_size()
+        if self.world_size > 1:
+            # Sampler and checkpoint format are per-rank ready; gradient sync is not written yet.
+            raise RunDirError(f"WORLD_SIZE={self.world_size}: multi-process training is not supported yet; "
+                              "run a single process")
         tc = cfg.training
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
