@@ -129,7 +129,7 @@ def generate(
     model: Annotated[Optional[str], typer.Option(help="Model dir, checkpoint dir or hub id.")] = None,
     title: Annotated[Optional[str], typer.Option(help="Fix the recipe title.")] = None,
     num: Annotated[int, typer.Option(min=1, help="Recipes per prompt.")] = 1,
-    preset: Annotated[str, typer.Option(help="greedy, balanced, creative or beam.")] = "balanced",
+    preset: Annotated[str, typer.Option(help="greedy, balanced, creative or beam.")] = "greedy",
     temperature: Annotated[Optional[float], typer.Option(min=0.01)] = None,
     top_p: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
     top_k: Annotated[Optional[int], typer.Option(min=0)] = None,

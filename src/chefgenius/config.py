@@ -83,7 +83,7 @@ class ModelConfig(_Strict):
 
 class TrainingConfig(_Strict):
     seed: int = Field(42, description="Seed of model init, dropout and data order (plus rank).")
-    num_epochs: int = Field(40, ge=1, description="Passes over the training split.")
+    num_epochs: int = Field(60, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Recipes per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .data.format import format_prompt, title_prefix
+from .data.format import TITLE_LABEL, format_prompt, title_prefix
 from .data.loader import encode_example
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -67,7 +67,8 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
     src, _ = encode_example(tokenizer, prompt, None, is_seq2seq=is_seq2seq, max_prompt_tokens=max_prompt_tokens,
                             max_target_tokens=1)
     device = _device(model)
-    prefix_text = title_prefix(title) if title else ""
+    # Every target starts with the title label, so decoding starts after it (and after a fixed title).
+    prefix_text = title_prefix(title) if title else TITLE_LABEL
     prefix_ids = tokenizer.encode(prefix_text, add_special_tokens=False) if prefix_text else []
     was_training = model.training
     model.eval()
@@ -82,7 +83,7 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
                 start = model.config.decoder_start_token_id
                 extra["decoder_input_ids"] = torch.tensor([[start, *prefix_ids]], device=device)
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra, **common)
-            texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+            texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out]  # includes the prefix
         else:
             input_ids = torch.tensor([src + prefix_ids], device=device)
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **common)
