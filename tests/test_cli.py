@@ -66,7 +66,7 @@ def test_generate_batch_from_file(tiny_run, tmp_path):
     (tmp_path / "p.txt").write_text("egg, milk\n\nrice, onion\n")
     out = tmp_path / "out.jsonl"
     r = invoke("generate", "--run", tiny_run, "--input", tmp_path / "p.txt", "--output", out, "--num", "2",
-               "--max-new-tokens", "16")
+               "--max-new-tokens", "16", "--preset", "balanced")
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["ingredients"], x["index"]) for x in rows] == [("egg, milk", 0), ("egg, milk", 1),
@@ -113,6 +113,7 @@ def test_eval_and_report(tiny_run):
     (("train", "--config", "missing.yaml"), "does not exist"),
     (("generate", "--ingredients", "egg", "--model", "/nonexistent/dir"), "error:"),
     (("generate", "--ingredients", "egg", "--run", "/nonexistent", "--preset", "wild"), "unknown generation preset"),
+    (("generate", "--ingredients", "egg", "--run", "/nonexistent", "--num", "2"), "one recipe per prompt"),
 ])
 def test_user_errors_are_one_line_exit_2(args, fragment):
     r = invoke(*args)

@@ -46,6 +46,9 @@ class GenerationSettings:
             kw["num_beams"] = max(kw["num_beams"], num)
         elif (self.temperature is not None or self.top_p is not None) and not kw.get("do_sample"):
             kw["do_sample"] = True  # asking for a temperature means sampling
+        if num > 1 and not kw.get("do_sample") and kw.get("num_beams", 1) == 1:
+            raise GenerationError(f"preset {self.preset!r} is deterministic and gives one recipe per prompt; "
+                                  "use --preset balanced, creative or beam with --num > 1")
         kw["max_new_tokens"] = self.max_new_tokens
         kw["num_return_sequences"] = num
         return kw
