@@ -185,3 +185,19 @@ def test_tensorboard_logging_writes_event_files(tmp_path):
     cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1}, logging={"tensorboard": True, "every_steps": 1})
     Trainer(cfg, tmp_path, log=quiet).fit()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_full_disk_while_logging_is_one_line_exit_1(tmp_path, monkeypatch):
+    import errno
+
+    from chefgenius import tracking
+
+    def full(self, entry):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(tracking.MetricsWriter, "log", full)
+    cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    r = invoke("train", "--config", tmp_path / "c.yaml", "--output-dir", tmp_path / "run")
+    assert r.exit_code == 1 and "No space left on device" in r.output and "metrics.jsonl" in r.output
+    assert not (tmp_path / "run" / "final").exists()

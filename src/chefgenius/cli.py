@@ -47,6 +47,10 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("aborted", err=True)
             raise typer.Exit(130) from None
+        except OSError as err:  # full disk, permissions... while writing logs, reports or outputs
+            where = f" ({err.filename})" if err.filename else ""
+            _fail(f"{err.strerror or err}{where}; checkpoints already committed are intact, fix the cause and "
+                  "rerun the same command", 1)
 
     return wrapper
 
