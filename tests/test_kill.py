@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
 from chefgenius.checkpoint import list_checkpoints, verify_checkpoint
-from chefgenius.soak import kill_and_resume
+from chefgenius.soak import last_logged_step, kill_and_resume, train_command
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
@@ -50,21 +53,21 @@ def test_ten_random_kills_some_during_checkpoint_writes(tmp_path):
     assert train_losses(tmp_path / "run") == train_losses(tmp_path / "ref")
 
 
+def _start_and_wait_for_step(config: Path, run: Path, step: int) -> subprocess.Popen:
+    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while last_logged_step(run) < step and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training ended before it could be signalled"
+    return proc
+
+
 def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    from chefgenius.soak import _last_step, train_command
-
     cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 100})
     _reference(cfg, tmp_path / "ref")
     config = _write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while _last_step(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    proc = _start_and_wait_for_step(config, run, 3)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out.decode()
@@ -78,19 +81,10 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path):
 
 
 def test_second_ctrl_c_aborts_without_leaving_a_broken_checkpoint(tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    from chefgenius.soak import _last_step, train_command
-
     cfg = tiny_config(training={"num_epochs": 2}, checkpoint={"every_steps": 2})
     config = _write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while _last_step(run) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    proc = _start_and_wait_for_step(config, run, 3)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)  # two signals sent at once coalesce into one
     proc.send_signal(signal.SIGINT)

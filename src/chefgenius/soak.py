@@ -31,7 +31,7 @@ def train_command(config: Path, run_dir: Path, extra: list[str] | None = None) -
             "--no-sample", *(extra or [])]
 
 
-def _last_step(run_dir: Path) -> int:
+def last_logged_step(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return 0
@@ -71,7 +71,7 @@ def kill_and_resume(config: Path, run_dir: Path, *, num_kills: int, seed: int = 
             result.exit_code = proc.returncode
             result.log.append(err.decode(errors="replace")[-2000:])
             return result
-        start_step = _last_step(run_dir)
+        start_step = last_logged_step(run_dir)
         want_save = during_save_every and (result.kills + 1) % during_save_every == 0
         target = start_step + rng.randint(1, 3)
         killed_in_save = False
@@ -83,7 +83,7 @@ def kill_and_resume(config: Path, run_dir: Path, *, num_kills: int, seed: int = 
                 if _saving(run_dir):
                     killed_in_save = True
                     break
-            elif _last_step(run_dir) >= target:
+            elif last_logged_step(run_dir) >= target:
                 time.sleep(rng.random() * 0.05)  # land anywhere inside a step, not only at its end
                 break
             time.sleep(0.002)

@@ -9,7 +9,7 @@ from typing import Any
 from safetensors import safe_open
 
 from .format import CheckpointFormatError, load_state
-from .store import MANIFEST, find_resumable, list_checkpoints, read_manifest, verify_checkpoint
+from .store import MANIFEST, list_checkpoints, read_manifest, verify_checkpoint
 
 
 def _dir_bytes(path: Path) -> int:
@@ -31,11 +31,11 @@ def list_run(run_dir: Path) -> list[dict[str, Any]]:
         rows.append({"name": info.path.name, "step": info.step, "epoch": meta.get("epoch"),
                      "val_loss": meta.get("val_loss"), "bytes": _dir_bytes(info.path),
                      "valid": problem is None, "problem": problem, "latest": False, "best": False})
-    latest, _ = find_resumable(root)
+    latest = next((r["step"] for r in reversed(rows) if r["valid"]), None)  # what --resume auto picks
     valid_losses = [(r["val_loss"], r["step"]) for r in rows if r["valid"] and r["val_loss"] is not None]
     best_step = min(valid_losses)[1] if valid_losses else None
     for r in rows:
-        r["latest"] = latest is not None and r["step"] == latest.step
+        r["latest"] = r["step"] == latest
         r["best"] = r["step"] == best_step
     return rows
 
@@ -59,8 +59,9 @@ def _tensor_summary(path: Path) -> dict[str, int]:
 def inspect_checkpoint(ckpt: Path) -> dict[str, Any]:
     """Everything a checkpoint holds, summarised; never unpickles."""
     manifest = read_manifest(ckpt)
-    out: dict[str, Any] = {"path": str(ckpt), "valid": verify_checkpoint(ckpt) is None,
-                           "problem": verify_checkpoint(ckpt), "format_version": manifest.get("format_version"),
+    problem = verify_checkpoint(ckpt)
+    out: dict[str, Any] = {"path": str(ckpt), "valid": problem is None,
+                           "problem": problem, "format_version": manifest.get("format_version"),
                            "step": manifest.get("step"), "files": len(manifest["files"]), "pieces": {}}
     meta = load_state(ckpt, "meta")
     out["versions"] = meta.get("versions")
