@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from chefgenius.checkpoint import list_checkpoints, verify_checkpoint
-from chefgenius.soak import last_logged_step, kill_and_resume, train_command
+from chefgenius.soak import kill_and_resume, last_logged_step, train_command
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
