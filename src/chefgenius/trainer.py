@@ -341,16 +341,17 @@ class Trainer:
                                is_seq2seq=self.is_seq2seq, batch_size=self.cfg.training.batch_size,
                                max_batches=self.cfg.evaluation.max_batches, autocast=self._autocast())
 
-    def _record_eval(self, metrics: dict[str, float]) -> None:
+    def _record_eval(self, metrics: dict[str, float]) -> bool:
+        """Update best / early-stopping state; returns whether this evaluation is a new best."""
         st, ec = self.state, self.cfg.evaluation
-        loss = metrics["eval_loss"]
-        if loss < st.best_val_loss - ec.early_stopping_threshold:
-            st.best_val_loss, st.best_step, st.num_bad_evals = loss, st.step, 0
-        else:
-            st.num_bad_evals += 1
-            if ec.early_stopping_patience and st.num_bad_evals >= ec.early_stopping_patience:
-                st.stopped_early = True
         st.eval_history.append({"step": st.step, **metrics})
+        if metrics["eval_loss"] < st.best_val_loss - ec.early_stopping_threshold:
+            st.best_val_loss, st.best_step, st.num_bad_evals = metrics["eval_loss"], st.step, 0
+            return True
+        st.num_bad_evals += 1
+        if ec.early_stopping_patience and st.num_bad_evals >= ec.early_stopping_patience:
+            st.stopped_early = True
+        return False
 
     def _sample_prompts(self) -> list[dict[str, Any]]:
         ec = self.cfg.evaluation
@@ -447,12 +448,20 @@ class Trainer:
     def _loop(self, writer: MetricsWriter) -> None:
         from tqdm.auto import tqdm
 
-        st, cc, lc, ec = self.state, self.cfg.checkpoint, self.cfg.logging, self.cfg.evaluation
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", dynamic_ncols=True, file=sys.stderr,
-                   disable=not lc.progress_bar or self.rank != 0)
+        lc = self.cfg.logging
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
+                   file=sys.stderr, disable=not lc.progress_bar or self.rank != 0)
         log = self.log
         if not bar.disable and log is print0:
             self.log = lambda *args: bar.write(" ".join(map(str, args)))  # keep the bar intact below messages
+        try:
+            self._run_steps(writer, bar)
+        finally:
+            bar.close()
+            self.log = log
+
+    def _run_steps(self, writer: MetricsWriter, bar: Any) -> None:
+        st, cc, lc, ec = self.state, self.cfg.checkpoint, self.cfg.logging, self.cfg.evaluation
         window_t, window_tokens = time.perf_counter(), 0
         saved_at = st.step if self.resume_from else -1
         while not self._is_done() and self._stop_signal is None:
@@ -463,39 +472,34 @@ class Trainer:
             st.loss_history.append([st.step, out["loss"]])
             window_tokens += out["tokens"]
             epoch_end = self.sampler.epoch != epoch_before
-            epoch_float = self.sampler.epoch + self.sampler.position / self.sampler.num_samples
+            epoch_float = round(self.sampler.epoch + self.sampler.position / self.sampler.num_samples, 4)
             if st.step % lc.every_steps == 0 or self._is_done():
-                n = (st.step - 1) % lc.every_steps + 1
+                n = (st.step - 1) % lc.every_steps + 1  # steps since the previous entry
                 now = time.perf_counter()
-                writer.log({"step": st.step, "epoch": round(epoch_float, 4),
+                writer.log({"step": st.step, "epoch": epoch_float,
                             "loss": sum(x[1] for x in st.loss_history[-n:]) / n, "lr": out["lr"],
                             "grad_norm": out["grad_norm"], "tokens_per_s": window_tokens / max(now - window_t, 1e-9)})
                 window_t, window_tokens = now, 0
             self._last_eval = None
+            is_new_best = False
             if (ec.every_steps and st.step % ec.every_steps == 0) or (epoch_end and ec.at_epoch_end) or self._is_done():
                 self._last_eval = self.evaluate()
-                improved_before = st.best_step
-                self._record_eval(self._last_eval)
-                writer.log({"step": st.step, "epoch": round(epoch_float, 4), **self._last_eval})
+                is_new_best = self._record_eval(self._last_eval)
+                writer.log({"step": st.step, "epoch": epoch_float, **self._last_eval})
                 if ec.prompts:
                     with (self.run_dir / "samples.jsonl").open("a") as f:
-                        for s in self._sample_prompts():
-                            f.write(json.dumps(s) + "\n")
-                is_new_best = st.best_step != improved_before
-            else:
-                is_new_best = False
+                        f.writelines(json.dumps(s) + "\n" for s in self._sample_prompts())
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch_float:.2f}", loss=f"{out['loss']:.3f}")
-            if st.step % cc.every_steps == 0 or is_new_best or self._is_done() or self._stop_signal is not None:
+            # A new best is saved so that keep_best has its weights.
+            if st.step % cc.every_steps == 0 or is_new_best or self._is_done():
                 self.save_checkpoint()
                 saved_at = st.step
             if self.on_step is not None:
                 self.on_step(self)
-        bar.close()
-        self.log = log
-        if self._stop_signal is not None and saved_at != st.step:
-            self.save_checkpoint()
         if self._stop_signal is not None:
+            if saved_at != st.step:
+                self.save_checkpoint()
             self.log(f"stopped at step {st.step}; checkpoint saved; run the same command again to resume")
 
 
