@@ -161,3 +161,12 @@ def test_real_recipenlg_sample_loads():
         pytest.skip(f"{path} absent (shared data folder not provided)")
     kept, report = clean_recipes(read_csv(path), QualityConfig())
     assert report.num_read == 999 and report.num_kept > 800
+
+
+def test_section_headers_are_told_from_ingredients():
+    from chefgenius.data.clean import is_section_header
+
+    for header in ("Filling", "FILLING", "For the crust:", "Cake:", "Topping", "for the sauce"):
+        assert is_section_header(header), header
+    for ingredient in ("hot sauce", "pie crust", "soy sauce", "1 c. sugar", "Sauce: 2 cups tomato puree", "salt"):
+        assert not is_section_header(ingredient), ingredient

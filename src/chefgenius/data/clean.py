@@ -19,9 +19,9 @@ from .sources import Recipe, RowError
 _BANG_RUN = re.compile(r"([!?])\1{2,}")
 _EMOTICON = re.compile(r"(?<!\w)(?:[:;=8][-']?[()\[\]DPpOo3/\\|*]|<3|\^_\^|x-?D)(?!\w)")
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF]")
-_SECTION_HEADER = re.compile(
-    r"^(?:for\s+(?:the\s+)?)?(?:[a-z]+\s+)?(?:filling|crust|topping|toppings|sauce|glaze|frosting|icing|"
-    r"dressing|marinade|batter|dough|garnish|streusel|syrup|base|meringue|assembly|optional)\s*:?$",
+_SECTION_WORD = re.compile(
+    r"(?:for\s+(?:the\s+)?)?(?:filling|crust|toppings?|sauce|glaze|frosting|icing|dressing|marinade|batter|"
+    r"dough|garnish|streusel|syrup|base|meringue|assembly|optional)",
     re.IGNORECASE,
 )
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|i've|my|we|our|me)\b", re.IGNORECASE)
@@ -73,6 +73,14 @@ def content_hash(recipe: Recipe) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
+def is_section_header(line: str) -> bool:
+    """'Filling', 'For the crust:', 'Cake:' are headers; 'hot sauce' and 'pie crust' are ingredients."""
+    text = line.strip()
+    if text.endswith(":") and len(text) <= 40 and not re.search(r"\d", text):
+        return True
+    return bool(_SECTION_WORD.fullmatch(text))
+
+
 def _repair_line(line: str, counts: Counter) -> str:
     fixed = _BANG_RUN.sub(r"\1", line)
     if fixed != line:
@@ -91,7 +99,7 @@ def repair(recipe: Recipe, counts: Counter) -> Recipe:
         line = _repair_line(line, counts)
         if not line:
             counts["empty_ingredients"] += 1
-        elif _SECTION_HEADER.match(line):
+        elif is_section_header(line):
             counts["section_headers"] += 1
         else:
             ingredients.append(line)
