@@ -258,6 +258,13 @@ def data_check(
             typer.echo(f"           e.g. {ex}")
     for what, n in report.repaired.most_common():
         typer.echo(f"  repaired {n:4d}  {what}")
+    if kept:
+        scores = sorted(r.quality_score or 0.0 for r in kept)
+        typer.echo(f"  quality score of kept recipes: min {scores[0]:.2f}, median {scores[len(scores) // 2]:.2f} "
+                   f"(threshold data.quality.min_quality={cfg.data.quality.min_quality})")
+        for r in sorted(kept, key=lambda r: r.quality_score or 0.0)[:examples]:
+            if (r.quality_score or 0.0) < 1.0:
+                typer.echo(f"           lowest: row {r.source_row}: {r.title[:60]!r} score={r.quality_score:.2f}")
 
 
 @ckpt_app.command("list")
