@@ -167,3 +167,24 @@ def test_write_manifest_covers_nested_files(tmp_path):
     assert verify_checkpoint(tmp_path) is None
     (tmp_path / "sub" / "f.bin").unlink()
     assert "sub/f.bin is missing" in verify_checkpoint(tmp_path)
+
+
+def test_kill_while_writing_final_leaves_no_final_and_rerun_completes(tmp_path, monkeypatch):
+    import chefgenius.trainer as trainer_mod
+
+    cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1})
+    real = trainer_mod.commit_directory
+
+    def killed(final, step, write):
+        (final.parent / f".tmp-{final.name}-999").mkdir()
+        raise KeyboardInterrupt  # stands in for the kill, mid-write
+
+    monkeypatch.setattr(trainer_mod, "commit_directory", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    assert not (tmp_path / "a" / "final").exists()
+    monkeypatch.setattr(trainer_mod, "commit_directory", real)
+    assert Trainer(cfg, tmp_path / "a", log=quiet).fit().status == "completed"
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".tmp")]
+    Trainer(cfg, tmp_path / "b", log=quiet).fit()
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))

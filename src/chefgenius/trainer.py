@@ -203,7 +203,7 @@ class Trainer:
             if problem:
                 raise ResumeError(f"--resume {resume}: checkpoint does not verify: {problem}")
             return path
-        for removed in remove_temporaries(self.ckpt_root):
+        for removed in [*remove_temporaries(self.ckpt_root), *remove_temporaries(self.run_dir)]:
             self.log(f"removed {removed.name}: left by an interrupted save")
         existing = list_checkpoints(self.ckpt_root)
         if resume == "never":
