@@ -65,8 +65,9 @@ def test_stops_mid_epoch_at_epoch_boundary_and_after_eval(tmp_path, family):
     assert_identical_runs(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_bf16_autocast_resume_is_exact(tmp_path):
-    cfg = tiny_config(training={"precision": "bf16", "num_epochs": 1})
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_resume_is_exact(tmp_path, precision):
+    cfg = tiny_config(training={"precision": precision, "num_epochs": 1})
     Trainer(cfg, tmp_path / "a", log=quiet).fit()
     run_with_stops(cfg, tmp_path / "b", [5])
     assert_identical_runs(tmp_path / "a", tmp_path / "b")
