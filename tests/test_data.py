@@ -84,6 +84,7 @@ def test_junk_sample_file_is_repaired_and_scored(tmp_path):
     assert report.num_read == 10
     assert report.repaired["exclamation_runs"] >= 4 and report.repaired["section_headers"] >= 1
     assert all("!!" not in " ".join(r.directions) for r in kept)
+    assert "Homemade Butter" not in [r.title for r in kept] and report.dropped["low_quality"] >= 1
     assert report.num_kept + report.num_dropped == report.num_read
 
 
@@ -170,3 +171,10 @@ def test_section_headers_are_told_from_ingredients():
         assert is_section_header(header), header
     for ingredient in ("hot sauce", "pie crust", "soy sauce", "1 c. sugar", "Sauce: 2 cups tomato puree", "salt"):
         assert not is_section_header(ingredient), ingredient
+
+
+def test_commentary_lowers_the_score_but_plain_steps_do_not():
+    chatty = recipe(directions=("Mix.", "I have used this recipe with great success; enjoy!", "My family loves it."))
+    plain = recipe(directions=("Mix the butter and sugar.", "Bake for 30 minutes.", "Serve with a review of nothing."))
+    assert quality_score(chatty, []) <= 0.5
+    assert quality_score(plain, []) == 0.9  # "review" is commentary even here: one fixed penalty

@@ -25,6 +25,11 @@ _SECTION_WORD = re.compile(
     re.IGNORECASE,
 )
 _FIRST_PERSON = re.compile(r"\b(?:i|i'm|i've|my|we|our|me)\b", re.IGNORECASE)
+_COMMENTARY = re.compile(
+    r"\b(?:enjoy|delicious|reviews?|reviewer|this recipe|my (?:family|kids|husband|wife|mom|mother)|"
+    r"(?:i|we) (?:use|used|like|love|prefer|always|usually))\b",
+    re.IGNORECASE,
+)
 _SHOUT = re.compile(r"\b[A-Z]{4,}\b")
 _URL = re.compile(r"https?://|www\.", re.IGNORECASE)
 _WS = re.compile(r"\s+")
@@ -129,8 +134,9 @@ def quality_score(recipe: Recipe, junk_words: Iterable[str], original: Recipe | 
     if words:
         pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
         score -= 0.15 * min(3, len(pattern.findall(text)))
-    first_person = len(_FIRST_PERSON.findall(" ".join(recipe.directions)))
-    score -= 0.1 * min(3, first_person)
+    directions = " ".join(recipe.directions)
+    score -= 0.1 * min(3, len(_FIRST_PERSON.findall(directions)))
+    score -= 0.1 * min(3, len(_COMMENTARY.findall(directions)))  # chatter about the recipe, not steps
     if len(_SHOUT.findall(text)) >= 2:
         score -= 0.1
     return max(0.0, round(score, 4))
