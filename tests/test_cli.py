@@ -114,6 +114,8 @@ def test_eval_and_report(tiny_run):
     (("generate", "--ingredients", "egg", "--model", "/nonexistent/dir"), "error:"),
     (("generate", "--ingredients", "egg", "--run", "/nonexistent", "--preset", "wild"), "unknown generation preset"),
     (("generate", "--ingredients", "egg", "--run", "/nonexistent", "--num", "2"), "one recipe per prompt"),
+    (("eval", "--run", "/nonexistent", "--preset", "wild"), "unknown generation preset"),
+    (("report", "/nonexistent"), "has no metrics.jsonl"),
 ])
 def test_user_errors_are_one_line_exit_2(args, fragment):
     r = invoke(*args)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.format import parse_recipe
-from .data.loader import TokenizedData, collate
+from .data.loader import TokenizedData, make_batch
 from .model import unwrap
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -50,9 +50,7 @@ def validation_loss(model: torch.nn.Module, data: TokenizedData, *, pad_id: int,
     total, count = 0.0, 0
     starts = list(range(0, len(data), batch_size))[:max_batches]
     for start in starts:
-        idx = range(start, min(start + batch_size, len(data)))
-        batch = collate([(data.input_ids[i], data.labels[i]) for i in idx], pad_id, is_seq2seq=is_seq2seq)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = make_batch(data, range(start, min(start + batch_size, len(data))), pad_id, device)
         with autocast if autocast is not None else nullcontext():
             loss_sum, n = token_loss_sum(model, batch, is_seq2seq)
         total += float(loss_sum)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
 from .tracking import read_jsonl
 
 
@@ -44,7 +45,7 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     entries = read_jsonl(run_dir / "metrics.jsonl")
     if not entries:
-        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} is missing or empty; is this a run directory?")
+        raise ConfigError(f"{run_dir} has no metrics.jsonl entries; pass a run directory written by 'chefgenius train'")
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     train = [e for e in entries if "loss" in e]

@@ -41,7 +41,7 @@ from .checkpoint import (
 from .checkpoint.rng import seed_everything
 from .config import Config, trajectory_differences
 from .data.format import recipe_to_example
-from .data.loader import ResumableSampler, TokenizedData, cached_tokenize, collate, default_cache_dir
+from .data.loader import ResumableSampler, cached_tokenize, default_cache_dir, make_batch
 from .data.prepare import prepare_recipes
 from .distributed import print0, rank, world_size
 from .evaluate import token_loss_sum, validation_loss
@@ -301,15 +301,10 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
         return nullcontext()
 
-    def _batch(self, data: TokenizedData, indices: list[int]) -> dict[str, torch.Tensor]:
-        batch = collate([(data.input_ids[i], data.labels[i]) for i in indices], self.tokenizer.pad_token_id,
-                        is_seq2seq=self.is_seq2seq)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
     def train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
         """One optimizer step over its micro-batches; loss is the token mean over all of them."""
         self.forward_model.train()
-        batches = [self._batch(self.train_data, mb) for mb in micro_batches]
+        batches = [make_batch(self.train_data, mb, self.tokenizer.pad_token_id, self.device) for mb in micro_batches]
         shift = 0 if self.is_seq2seq else 1
         num_tokens = sum(int((b["labels"][:, shift:] != -100).sum()) for b in batches)
         total = torch.zeros((), device=self.device)
@@ -356,9 +351,8 @@ class Trainer:
     def _sample_prompts(self) -> list[dict[str, Any]]:
         ec = self.cfg.evaluation
         settings = GenerationSettings(preset=ec.generation_preset, max_new_tokens=ec.max_new_tokens, seed=0)
-        model = self.model
         return [{"step": self.state.step, "ingredients": p,
-                 "text": generate_texts(model, self.tokenizer, self.is_seq2seq, p, settings,
+                 "text": generate_texts(self.model, self.tokenizer, self.is_seq2seq, p, settings,
                                         max_prompt_tokens=self.cfg.data.max_prompt_tokens)[0]}
                 for p in ec.prompts]
 

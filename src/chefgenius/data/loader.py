@@ -126,8 +126,7 @@ def cached_tokenize(recipes: list[Recipe], tokenizer: Any, *, split_fingerprint:
     return data, False
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, *, is_seq2seq: bool
-            ) -> dict[str, torch.Tensor]:
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch; padding never enters the loss."""
     inputs = [b[0] for b in batch]
     labels = [b[1] for b in batch]
@@ -142,6 +141,13 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, *, is_s
     for i, y in enumerate(labels):
         label_ids[i, : len(y)] = y
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids}
+
+
+def make_batch(data: TokenizedData, indices: list[int] | range, pad_id: int, device: torch.device
+               ) -> dict[str, torch.Tensor]:
+    """The padded batch of ``indices`` on ``device``; used by training and evaluation alike."""
+    batch = collate([(data.input_ids[i], data.labels[i]) for i in indices], pad_id)
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 class ResumableSampler:
