@@ -39,7 +39,7 @@ def tiny_config(**sections) -> Config:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    model_dir = run_dir / "final" / "model"
+    model_dir = run_dir / "final"
     files = sorted(model_dir.glob("*.safetensors"))
     assert files, f"no safetensors in {model_dir}"
     out: dict[str, torch.Tensor] = {}
@@ -56,3 +56,40 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def quiet(*args, **kwargs) -> None:
     pass
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """Mount a real tmpfs of a given size (needs root); skips with the reason where that is impossible."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def make(size: str, name: str = "fs") -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a real small filesystem needs root to mount a tmpfs")
+        point = tmp_path / name
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def resize_fs(point: Path, size: str) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(point)], check=True)
+
+
+def write_config(cfg: Config, path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path

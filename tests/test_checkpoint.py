@@ -92,17 +92,21 @@ def test_retention_keeps_last_best_and_protected():
     assert select_retained(infos, losses, keep_last=2, keep_best=1, protect=[10]) == {40, 50, 20, 10}
 
 
+class Crash(Exception):
+    """Stands in for a kill; a distinct type so that no unrelated error passes for it."""
+
+
 def _crash_at(step):
     def hook(trainer):
         if trainer.state.step == step:
-            raise RuntimeError("simulated kill")
+            raise Crash(step)
     return hook
 
 
 def test_corrupt_newest_checkpoints_fall_back_and_still_end_exact(tmp_path):
     cfg = tiny_config(training={"num_epochs": 2}, checkpoint={"every_steps": 2, "keep_last": 10})
     Trainer(cfg, tmp_path / "a", log=quiet).fit()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(Crash):
         Trainer(cfg, tmp_path / "b", on_step=_crash_at(8), log=quiet).fit()
     ckpts = list_checkpoints(tmp_path / "b" / "checkpoints")
     newest, second, third = ckpts[-1].path, ckpts[-2].path, ckpts[-3].path
@@ -110,12 +114,12 @@ def test_corrupt_newest_checkpoints_fall_back_and_still_end_exact(tmp_path):
     data[len(data) // 2] ^= 0x01                                   # one flipped byte
     (newest / "optimizer.safetensors").write_bytes(bytes(data))
     (second / "MANIFEST.json").unlink()                            # a deleted manifest
-    with (third / "model" / "model.safetensors").open("r+b") as f:  # a truncated file
+    with (third / "optimizer.safetensors").open("r+b") as f:  # a truncated file
         f.truncate(100)
     logs: list[str] = []
     info, skipped = find_resumable(tmp_path / "b" / "checkpoints")
     assert [s[0].path for s in skipped] == [newest, second, third]
-    trainer = Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a))))
+    trainer = Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
     assert trainer.resume_from == info.path
     assert any("skipping checkpoint" in line and newest.name in line for line in logs)
     trainer.fit()
@@ -130,7 +134,7 @@ def test_resume_path_to_corrupt_checkpoint_is_an_error(tmp_path):
     ckpt = list_checkpoints(tmp_path / "checkpoints")[-1].path
     (ckpt / "sampler.json").write_text("{}")
     with pytest.raises(ResumeError, match="sampler.json"):
-        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet)
+        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet).setup()
 
 
 def test_enospc_during_training_save_stops_with_error_and_keeps_earlier(tmp_path, monkeypatch):
@@ -170,7 +174,7 @@ def test_write_manifest_covers_nested_files(tmp_path):
 
 
 def test_kill_while_writing_final_leaves_no_final_and_rerun_completes(tmp_path, monkeypatch):
-    import chefgenius.trainer as trainer_mod
+    import chefgenius.checkpoint.manager as trainer_mod
 
     cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1})
     real = trainer_mod.commit_directory

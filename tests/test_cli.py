@@ -28,11 +28,14 @@ def tiny_run(tmp_path_factory) -> Path:
     result = invoke("train", "--config", root / "c.yaml", "--output-dir", root / "run")
     assert result.exit_code == 0, result.output
     assert "sample recipe for: egg, milk" in result.output
+    assert "data: read 114, kept 114, dropped 0" in result.output
     return root / "run"
 
 
 def test_train_writes_run_directory_and_is_idempotent(tiny_run):
-    assert (tiny_run / "config.yaml").is_file() and (tiny_run / "final" / "model").is_dir()
+    assert (tiny_run / "config.yaml").is_file() and (tiny_run / "final" / "model.safetensors").is_file()
+    report = json.loads((tiny_run / "data_report.json").read_text())
+    assert report["read"] == 114 and report["kept"] == 114 and report["dropped"] == {}
     assert invoke("ckpt", "verify", tiny_run / "final").exit_code == 0  # final/ is committed atomically too
     entries = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     train = [e for e in entries if "loss" in e]
@@ -44,12 +47,32 @@ def test_train_writes_run_directory_and_is_idempotent(tiny_run):
     assert again.exit_code == 0 and "already complete" in again.output
 
 
-def test_final_loads_with_auto_classes(tiny_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_final_is_one_hugging_face_directory(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_run / "final" / "model")
-    tok = AutoTokenizer.from_pretrained(tiny_run / "final" / "tokenizer")
+    final = tiny_run / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
     assert model.config.vocab_size == len(tok)
+    assert GenerationConfig.from_pretrained(final).eos_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("</s>")
+    pipe = pipeline("text-generation", model=str(final))
+    out = pipe("Generate a recipe with: egg, milk\nTitle:", max_new_tokens=8, do_sample=False)
+    assert out[0]["generated_text"].startswith("Generate a recipe with: egg, milk")
+
+
+def test_old_final_layout_with_model_and_tokenizer_subdirs_still_loads(tiny_run, tmp_path):
+    import shutil
+
+    from chefgenius.model import load_for_inference
+
+    old = tmp_path / "old_final"
+    (old / "model").mkdir(parents=True)
+    (old / "tokenizer").mkdir()
+    for f in (tiny_run / "final").iterdir():
+        dest = "tokenizer" if f.name.startswith("tokenizer") else "model"
+        shutil.copy(f, old / dest / f.name)
+    model, tok, seq2seq = load_for_inference(old)
+    assert not seq2seq and model.config.vocab_size == len(tok)
 
 
 def test_generate_is_deterministic_per_seed(tiny_run):
@@ -74,9 +97,17 @@ def test_generate_batch_from_file(tiny_run, tmp_path):
 
 
 def test_ckpt_tool(tiny_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from .conftest import assert_same_weights
+
     listing = invoke("ckpt", "list", tiny_run)
     assert listing.exit_code == 0 and "latest" in listing.output and "best" in listing.output
-    ckpts = sorted((tiny_run / "checkpoints").glob("step-*"))
+    copy = tmp_path / "copy"  # damaged below: a copy, so that other tests keep a valid run
+    shutil.copytree(tiny_run, copy)
+    ckpts = sorted((copy / "checkpoints").glob("step-*"))
     assert invoke("ckpt", "verify", ckpts[-1]).exit_code == 0
     inspected = json.loads(invoke("ckpt", "inspect", ckpts[-1], "--json").output)
     assert inspected["rng"]["rank-00000"][:3] == ["python", "numpy", "torch_cpu"]
@@ -84,15 +115,18 @@ def test_ckpt_tool(tiny_run, tmp_path):
     assert diff.exit_code == 0 and "step" in diff.output
     export = invoke("ckpt", "export", ckpts[-1], tmp_path / "hf")
     assert export.exit_code == 0, export.output
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf") is not None
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "hf")) == exported.config.vocab_size
+    assert_same_weights(load_file(str(tmp_path / "hf" / "model.safetensors")),
+                        load_file(str(ckpts[-1] / "model" / "model.safetensors")))
     # damage -> verify names the file, list says why
     target = ckpts[-1] / "scheduler.json"
     target.write_text(target.read_text() + " ")
     bad = invoke("ckpt", "verify", ckpts[-1])
     assert bad.exit_code == 1 and "scheduler.json" in bad.output
-    assert "INVALID" in invoke("ckpt", "list", tiny_run).output
+    assert "INVALID" in invoke("ckpt", "list", copy).output
 
 
 def test_eval_and_report(tiny_run):
@@ -120,7 +154,7 @@ def test_eval_and_report(tiny_run):
 def test_user_errors_are_one_line_exit_2(args, fragment):
     r = invoke(*args)
     assert r.exit_code == 2, r.output
-    assert fragment in r.output and "Traceback" not in r.output
+    assert fragment in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_empty_and_malformed_data_is_a_clear_error(tmp_path):

@@ -51,5 +51,49 @@ def test_trajectory_differences_ignore_logging():
 def test_impossible_combinations_are_refused():
     with pytest.raises(ConfigError, match="early_stopping_patience needs evaluations"):
         load_config(None, ["evaluation.early_stopping_patience=2", "evaluation.every_steps=null"])
-    with pytest.raises(ConfigError, match="warmup_steps"):
-        load_config(None, ["training.max_steps=5", "training.warmup_steps=10"])
+
+
+
+def test_all_problems_are_reported_at_once_on_one_line():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["training.batch_size=0", "training.learning_rate=-1", "data.val_fraction=2"])
+    msg = str(err.value)
+    assert "3 problems" in msg and "\n" not in msg
+    assert "training.batch_size" in msg and "training.learning_rate" in msg and "data.val_fraction" in msg
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("evaluation.generation_preset=wild", "evaluation.generation_preset"),
+    ("training.device=tpu", "training.device must be auto, cpu, mps, cuda or cuda:N"),
+])
+def test_values_that_used_to_fail_late_are_refused_up_front(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, [override])
+
+
+def test_config_presets_are_the_generation_presets():
+    from typing import get_args
+
+    from chefgenius.config import GenerationPreset
+    from chefgenius.generate import PRESETS
+
+    assert set(get_args(GenerationPreset)) == set(PRESETS)
+
+
+def test_missing_extras_are_refused_before_any_work(monkeypatch):
+    import importlib.util
+
+    from chefgenius.config import check_requirements
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("tensorboard", "wandb")
+                        else real(name, *a))
+    cfg = load_config(None, ["logging.tensorboard=true", "logging.wandb=true"])
+    with pytest.raises(ConfigError) as err:
+        check_requirements(cfg)
+    assert "chefgenius[tensorboard]" in str(err.value) and "chefgenius[wandb]" in str(err.value)
+
+
+def test_a_smoke_run_shorter_than_the_warmup_is_accepted():
+    cfg = load_config(None, ["training.max_steps=5"])
+    assert cfg.training.warmup_steps > cfg.training.max_steps

@@ -31,23 +31,38 @@ def test_lora_final_exports_merged_model(tmp_path):
     with torch.no_grad():
         diff = (trainer.model(input_ids=x).logits - merged(input_ids=x).logits).abs().max()
     assert diff < 1e-4  # merging folds B@A into the weights: equal up to float rounding
-    base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model")  # stored once per LoRA run
     with torch.no_grad():
         assert (base(input_ids=x).logits - merged(input_ids=x).logits).abs().max() > 1e-4  # adapters trained
 
 
-def test_compiled_model_saves_through_the_original_module(tmp_path):
-    cfg = tiny_config(model={"compile": True}, training={"max_steps": 2, "warmup_steps": 1})
-    trainer = Trainer(cfg, tmp_path, log=quiet)
-    assert trainer.forward_model is not trainer.model
-    assert not any("_orig_mod" in k for k in trainer.model.state_dict())
+def test_compiled_model_saves_plain_weights_and_resumes_exactly(tmp_path):
+    from safetensors import safe_open
+
+    from chefgenius.checkpoint import list_checkpoints
+
+    from .test_resume import Crash, _crash_at, assert_identical_runs
+
+    cfg = tiny_config(model={"compile": True}, training={"max_steps": 4, "warmup_steps": 1},
+                      checkpoint={"every_steps": 2}, evaluation={"every_steps": 100, "at_epoch_end": False})
+    straight = Trainer(cfg, tmp_path / "a", log=quiet)
+    assert straight.fit().status == "completed"
+    assert type(straight.forward_model).__name__ == "OptimizedModule"  # really compiled
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path / "b", on_step=_crash_at(3), log=quiet).fit()
+    ckpt = list_checkpoints(tmp_path / "b" / "checkpoints")[-1].path
+    with safe_open(str(ckpt / "model" / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("_orig_mod" in k for k in keys)
+    assert Trainer(cfg, tmp_path / "b", log=quiet).fit().status == "completed"
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
-    losses = []
+    from .test_resume import train_losses
+
     for gc in (False, True):
         cfg = tiny_config(model={"gradient_checkpointing": gc}, training={"max_steps": 3, "warmup_steps": 1})
-        t = Trainer(cfg, tmp_path / str(gc), log=quiet)
-        t.fit()
-        losses.append(t.state.loss_history)
-    assert losses[0] == losses[1]
+        Trainer(cfg, tmp_path / str(gc), log=quiet).fit()
+    losses = train_losses(tmp_path / "False")
+    assert len(losses) == 3 and losses == train_losses(tmp_path / "True")

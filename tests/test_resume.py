@@ -54,7 +54,7 @@ def assert_identical_runs(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 def test_stops_mid_epoch_at_epoch_boundary_and_after_eval(tmp_path, family):
     cfg = tiny_config(model={"from_scratch": family})
-    straight = Trainer(cfg, tmp_path / "straight", log=quiet)
+    straight = Trainer(cfg, tmp_path / "straight", log=quiet).setup()
     spe = straight.sampler.steps_per_epoch
     assert straight.fit().status == "completed"
     # 6: between checkpoints 4 and 8 (steps 5-6 recomputed); spe: epoch boundary; 10: right after the eval at 10.
@@ -89,22 +89,21 @@ def test_resume_refuses_changed_trajectory_config_and_allows_named_changes(tmp_p
         Trainer(cfg, tmp_path, on_step=_crash_at(4), log=quiet).fit()
     changed = tiny_config(training={"num_epochs": 1, "learning_rate": 1e-4, "batch_size": 2})
     with pytest.raises(ResumeError) as err:
-        Trainer(changed, tmp_path, log=quiet)
+        Trainer(changed, tmp_path, log=quiet).setup()
     assert "training.learning_rate" in str(err.value) and "training.batch_size" in str(err.value)
     longer = tiny_config(training={"num_epochs": 2})
-    trainer = Trainer(longer, tmp_path, allow_changes=("training.num_epochs",), log=quiet)
+    trainer = Trainer(longer, tmp_path, allow_changes=("training.num_epochs",), log=quiet).setup()
     assert trainer.state.config_changes == [{"key": "training.num_epochs", "old": 1, "new": 2}]
     assert trainer.fit().status == "completed"
     assert trainer.state.step == trainer.total_steps == 2 * trainer.sampler.steps_per_epoch
 
 
 def test_resume_never_refuses_a_dir_with_checkpoints(tmp_path):
-    from chefgenius.trainer import RunDirError
-
     cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1})
-    Trainer(cfg, tmp_path, log=quiet).fit()
-    with pytest.raises(RunDirError, match="already holds checkpoints"):
-        Trainer(cfg, tmp_path, resume="never", log=quiet)
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path, on_step=_crash_at(4), log=quiet).fit()
+    with pytest.raises(ResumeError, match="already holds checkpoints"):
+        Trainer(cfg, tmp_path, resume="never", log=quiet).setup()
 
 
 def test_missing_optimizer_state_is_an_error_not_a_fresh_start(tmp_path):
@@ -118,7 +117,7 @@ def test_missing_optimizer_state_is_an_error_not_a_fresh_start(tmp_path):
 
     write_manifest(ckpt, 4)
     with pytest.raises(ResumeError, match="optimizer"):
-        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet)
+        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet).setup()
 
 
 def test_optimizer_state_for_other_parameters_is_refused(tmp_path):
@@ -136,7 +135,7 @@ def test_optimizer_state_for_other_parameters_is_refused(tmp_path):
     (ckpt / "MANIFEST.json").unlink()
     write_manifest(ckpt, 4)
     with pytest.raises(ResumeError, match="order or names changed"):
-        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet)
+        Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet).setup()
 
 
 def test_checkpoint_holds_every_piece_of_state(tmp_path):

@@ -15,7 +15,7 @@ def _first_step(tmp_path, name, batch_size, grad_accum):
     cfg = tiny_config(model={"dropout": 0.0}, training={"batch_size": batch_size, "grad_accum": grad_accum,
                                                          "shuffle": False, "max_steps": 1, "warmup_steps": 0,
                                                          "max_grad_norm": None})
-    t = Trainer(cfg, tmp_path / name, log=quiet)
+    t = Trainer(cfg, tmp_path / name, log=quiet).setup()
     grads = {}
 
     def capture(optimizer, args, kwargs):
@@ -40,10 +40,12 @@ def test_accumulation_equals_one_big_batch(tmp_path):
 
 def test_second_run_hits_the_token_cache(tmp_path):
     logs: list[str] = []
-    cfg = tiny_config(training={"max_steps": 1, "warmup_steps": 0}, data={"max_target_tokens": 90})
-    Trainer(cfg, tmp_path / "a", log=lambda *a: logs.append(" ".join(map(str, a))))
-    Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a))))
-    assert "token cache built" in logs[0] and "token cache hit" in logs[1]
+    cfg = tiny_config(training={"max_steps": 1, "warmup_steps": 0}, data={"cache_dir": str(tmp_path / "cache")})
+    Trainer(cfg, tmp_path / "a", log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
+    Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
+    cache_lines = [line for line in logs if "token cache" in line]
+    assert len(cache_lines) == 2
+    assert "token cache built" in cache_lines[0] and "token cache hit" in cache_lines[1]
 
 
 def test_early_stopping_counts_evaluations(tmp_path):
@@ -58,7 +60,7 @@ def test_early_stopping_counts_evaluations(tmp_path):
 
 
 def test_no_weight_decay_on_biases_and_norms(tmp_path):
-    t = Trainer(tiny_config(training={"max_steps": 1, "warmup_steps": 0}), tmp_path, log=quiet)
+    t = Trainer(tiny_config(training={"max_steps": 1, "warmup_steps": 0}), tmp_path, log=quiet).setup()
     decay, no_decay = param_groups(t.model, 0.1)
     assert all(not n.endswith(".bias") and "ln_" not in n for n in decay["param_names"])
     assert any("ln_f" in n for n in no_decay["param_names"]) and no_decay["weight_decay"] == 0.0
@@ -73,7 +75,7 @@ def test_schedules():
 
 
 def test_multi_process_launch_is_refused_not_silently_unsynced(tmp_path, monkeypatch):
-    from chefgenius.trainer import RunDirError
+    from chefgenius.rundir import RunDirError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RunDirError, match="multi-process training is not supported yet"):

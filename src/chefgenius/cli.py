@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -26,7 +27,7 @@ def _fail(msg: str, code: int) -> None:
 
 
 def user_errors(fn):
-    """Turn known user mistakes into one line on stderr and exit code 2 (write failures: 1)."""
+    """Turn known user mistakes into one line on stderr and exit code 2 (failed writes: 1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,12 +35,12 @@ def user_errors(fn):
         from .data.sources import DataError
         from .generate import GenerationError
         from .model import ModelLoadError
-        from .trainer import RunDirError
+        from .rundir import RunDirError
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, RunDirError, ResumeError, ModelLoadError, GenerationError,
-                CheckpointFormatError) as err:
+                CheckpointFormatError, FileExistsError) as err:
             _fail(str(err), 2)
         except CheckpointWriteError as err:
             _fail(f"{err.strerror}; earlier checkpoints are intact (free space or fix the path, then rerun "
@@ -47,10 +48,13 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("aborted", err=True)
             raise typer.Exit(130) from None
-        except OSError as err:  # full disk, permissions... while writing logs, reports or outputs
+        except BrokenPipeError:
+            # The reader went away (`ckpt inspect ... | head`): not an error. Silence the final flush too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except OSError as err:  # full disk, permissions... while writing outputs
             where = f" ({err.filename})" if err.filename else ""
-            _fail(f"{err.strerror or err}{where}; checkpoints already committed are intact, fix the cause and "
-                  "rerun the same command", 1)
+            _fail(f"{err.strerror or err}{where}; fix the cause and rerun the same command", 1)
 
     return wrapper
 
@@ -69,6 +73,7 @@ def train(
 ) -> None:
     """Train a model; resumes from the newest valid checkpoint in OUTPUT_DIR when there is one."""
     from .config import load_config
+    from .rundir import RunDirectory
     from .trainer import Trainer
 
     overrides = list(set_ or [])
@@ -78,22 +83,35 @@ def train(
     if cfg.data.path and Path(cfg.data.path).exists():
         # Recorded absolute so that eval, report and resume work from any working directory.
         cfg.data.path = str(Path(cfg.data.path).resolve())
+    run = RunDirectory(output_dir)
+    run.check_usable()
     trainer = Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ()))
-    result = trainer.fit()
-    if result.status == "interrupted":
-        raise typer.Exit(128 + (result.stop_signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
-    if result.status == "completed":
-        typer.echo(f"done: {result.step} steps in {result.seconds:.1f}s; best validation loss "
-                   f"{result.best_val_loss:.4f}; final model in {result.final_dir}")
-        _write_report(output_dir)
-        if sample and cfg.evaluation.prompts:
-            from .data.format import parse_recipe, render_recipe
-            from .generate import GenerationSettings, generate_texts
+    with run.lock():
+        try:
+            result = trainer.fit()
+        except OSError as err:
+            from .checkpoint import CheckpointWriteError
 
-            prompt = cfg.evaluation.prompts[0]
-            text = generate_texts(trainer.model, trainer.tokenizer, trainer.is_seq2seq, prompt,
-                                  GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens))[0]
-            typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
+            if isinstance(err, CheckpointWriteError):
+                raise
+            where = f" ({err.filename})" if err.filename else ""
+            _fail(f"{err.strerror or err}{where}; checkpoints already committed are intact, fix the cause and "
+                  "rerun the same command to resume", 1)
+        if result.status == "interrupted":
+            raise typer.Exit(128 + (result.stop_signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
+        if result.status == "completed":
+            typer.echo(f"done: {result.step} steps in {result.seconds:.1f}s; best validation loss "
+                       f"{result.best_val_loss:.4f}; final model in {result.final_dir}")
+            _write_report(output_dir)
+            if sample and cfg.evaluation.prompts:
+                from .data.format import parse_recipe, render_recipe
+                from .generate import GenerationSettings, generate_texts
+
+                prompt = cfg.evaluation.prompts[0]
+                text = generate_texts(trainer.model, trainer.tokenizer, trainer.is_seq2seq, prompt,
+                                      GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens),
+                                      max_prompt_tokens=cfg.data.max_prompt_tokens).texts[0]
+                typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
 
 
 def _write_report(run_dir: Path) -> None:
@@ -102,27 +120,42 @@ def _write_report(run_dir: Path) -> None:
     try:
         path = write_report(run_dir)
         typer.echo(f"report: {path}")
-    except Exception as err:  # the model is saved; a plotting problem must not fail the run
-        typer.echo(f"warning: could not write the run report ({err}); run 'chefgenius report {run_dir}'", err=True)
+    except Exception as err:  # the model is saved; a plotting problem must not fail the run, but is said
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        typer.echo(f"WARNING: the run report was not written ({reason}); the final model is saved; run "
+                   f"'chefgenius report {run_dir}' once the cause is fixed", err=True)
 
 
 def _load_model(run: Optional[Path], model: Optional[str], device: str):
+    """Model, tokenizer, is_seq2seq and the prompt budget it was trained with."""
     import torch
 
+    from .config import build_config
     from .model import load_for_inference
+    from .rundir import RunDirectory
 
     if (run is None) == (model is None):
         raise ConfigError("pass exactly one of --run DIR and --model PATH")
+    max_prompt_tokens = 64
     if run is not None:
-        if not (run / "final").is_dir():
-            raise ConfigError(f"{run} has no final/ model (training not complete); use --model {run}/checkpoints/STEP")
-        path: Any = run / "final"
+        rd = RunDirectory(run)
+        if not rd.path.is_dir():
+            raise ConfigError(f"run directory {run} does not exist")
+        if not rd.is_complete():
+            raise ConfigError(f"{run} has no final/ model (training not complete); use --model "
+                              f"{rd.checkpoints}/step-NNNNNNN")
+        max_prompt_tokens = build_config(rd.read_config()).data.max_prompt_tokens
+        path: Any = rd.final
     else:
         path = model
+        for candidate in (Path(model), *list(Path(model).parents)[:2]):
+            if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
+                max_prompt_tokens = build_config(RunDirectory(candidate).read_config()).data.max_prompt_tokens
+                break
     m, tok, seq2seq = load_for_inference(path)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    return m.to(dev), tok, seq2seq
+    return m.to(dev), tok, seq2seq, max_prompt_tokens
 
 
 @app.command()
@@ -156,7 +189,15 @@ def generate(
                                   top_k=top_k, repetition_penalty=repetition_penalty,
                                   no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)
     settings.generate_kwargs(num)  # validates the preset before the model loads
-    m, tok, seq2seq = _load_model(run, model, device)
+    m, tok, seq2seq, max_prompt_tokens = _load_model(run, model, device)
+
+    def gen(prompt: str):
+        result = generate_texts(m, tok, seq2seq, prompt, settings, num=num, title=title,
+                                max_prompt_tokens=max_prompt_tokens)
+        for line in result.warnings(max_prompt_tokens):
+            typer.echo(f"warning: {line}", err=True)
+        return result.texts
+
     if input_file is not None:
         if not input_file.is_file():
             raise ConfigError(f"--input {input_file} does not exist")
@@ -166,7 +207,7 @@ def generate(
         out = open(output_file, "w") if output_file else sys.stdout
         try:
             for p in tqdm(prompts, desc="generate", file=sys.stderr):
-                for i, text in enumerate(generate_texts(m, tok, seq2seq, p, settings, num=num, title=title)):
+                for i, text in enumerate(gen(p)):
                     parsed = parse_recipe(text)
                     out.write(json.dumps({"ingredients": p, "index": i, "text": text, "title": parsed.title,
                                           "ingredients_list": list(parsed.ingredients),
@@ -175,7 +216,7 @@ def generate(
             if output_file:
                 out.close()
         return
-    texts = generate_texts(m, tok, seq2seq, ingredients, settings, num=num, title=title)
+    texts = gen(ingredients)
     for i, text in enumerate(texts):
         parsed = parse_recipe(text)
         if as_json:
@@ -287,14 +328,19 @@ def ckpt_list(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -
 @user_errors
 def ckpt_inspect(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Summarise what a checkpoint holds."""
+    from .checkpoint import checkpoint_problem
     from .checkpoint.inspect import inspect_checkpoint, to_json
 
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a checkpoint directory")
+    problem = checkpoint_problem(path)
+    if problem:
+        _fail(f"{path}: INVALID: {problem}", 1)
     info = inspect_checkpoint(path)
     if as_json:
         typer.echo(to_json(info))
         return
-    typer.echo(f"{path}: step {info['step']}, format v{info['format_version']}, "
-               f"{'valid' if info['valid'] else 'INVALID: ' + str(info['problem'])}")
+    typer.echo(f"{path}: step {info['step']}, format v{info['format_version']}, valid")
     typer.echo(f"  position: {info['position']}")
     typer.echo(f"  data: {info['data']}")
     typer.echo(f"  versions: {info['versions']}")
@@ -309,11 +355,11 @@ def ckpt_inspect(path: Path, as_json: Annotated[bool, typer.Option("--json")] = 
 @ckpt_app.command("verify")
 def ckpt_verify(path: Path) -> None:
     """Exit 0 when every file matches the manifest, else 1 naming the bad file."""
-    from .checkpoint import verify_checkpoint
+    from .checkpoint import checkpoint_problem
 
     if not path.is_dir():
         _fail(f"{path} is not a checkpoint directory", 1)
-    problem = verify_checkpoint(path)
+    problem = checkpoint_problem(path)
     if problem:
         _fail(problem, 1)
     typer.echo(f"{path}: OK")
@@ -337,18 +383,22 @@ def ckpt_diff(a: Path, b: Path) -> None:
 @ckpt_app.command("export")
 @user_errors
 def ckpt_export(path: Path, out: Path,
-                merge_lora: Annotated[bool, typer.Option("--merge-lora/--no-merge-lora")] = True) -> None:
-    """Write a Hugging Face model directory (LoRA merged unless --no-merge-lora)."""
-    from .checkpoint import verify_checkpoint
+                merge_lora: Annotated[bool, typer.Option("--merge-lora/--no-merge-lora")] = True,
+                force: Annotated[bool, typer.Option("--force", help="Replace a non-empty OUT directory.")] = False,
+                ) -> None:
+    """Write one Hugging Face model directory (weights and tokenizer; LoRA merged unless --no-merge-lora)."""
+    from .checkpoint import checkpoint_problem
+    from .checkpoint.manager import export_directory, write_hf_directory
     from .model import load_for_inference
 
+    if not path.is_dir():
+        raise ConfigError(f"{path} does not exist or is not a directory (pass a checkpoint or final/ directory)")
     if (path / "MANIFEST.json").exists():
-        problem = verify_checkpoint(path)
+        problem = checkpoint_problem(path)
         if problem:
             raise ConfigError(f"refusing to export: {problem}")
     model, tok, _ = load_for_inference(path, merge_lora=merge_lora)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    export_directory(out, lambda d: write_hf_directory(d, model, tok), force=force)
     typer.echo(f"exported {path} to {out}")
 
 

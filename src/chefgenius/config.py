@@ -6,15 +6,22 @@ names the key and the fix; the CLI turns that into exit code 2.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A user mistake in configuration or command-line input (exit code 2)."""
+
+
+# Decoding presets (defined in generate.py; a test keeps the two lists equal).
+GenerationPreset = Literal["greedy", "balanced", "creative", "beam"]
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class _Strict(BaseModel):
@@ -106,13 +113,12 @@ class TrainingConfig(_Strict):
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainingConfig:
-        if self.max_steps is not None and self.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"training.warmup_steps ({self.warmup_steps}) exceeds training.max_steps ({self.max_steps})"
-            )
-        return self
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"training.device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
 
 
 class EvaluationConfig(_Strict):
@@ -125,7 +131,7 @@ class EvaluationConfig(_Strict):
         default_factory=lambda: ["chicken, rice, onion"],
         description="Ingredient lists generated for at every evaluation (logged to samples.jsonl).",
     )
-    generation_preset: str = Field("greedy", description="Decoding preset for those samples.")
+    generation_preset: GenerationPreset = Field("greedy", description="Decoding preset for those samples.")
     max_new_tokens: int = Field(160, ge=1, description="Token budget of those samples.")
 
 
@@ -179,15 +185,23 @@ TRAJECTORY_KEYS: tuple[str, ...] = (
 )
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+def _format_one(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
         return f"unknown config key '{key}' (check the spelling; see configs/default.yaml for valid keys)"
-    if first["type"] == "value_error":  # our own validators already name the keys involved
-        return f"invalid config: {msg}"
-    return f"invalid config value for '{key}': {msg}"
+    if error["type"] == "value_error":  # our own validators already name the keys involved
+        return msg
+    return f"'{key}': {msg}"
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    """Every problem at once, on one line, so a user fixes them in one go."""
+    problems = list(dict.fromkeys(_format_one(e) for e in err.errors()))
+    head = "invalid config: " if len(problems) == 1 else f"invalid config ({len(problems)} problems): "
+    if len(problems) == 1 and problems[0].startswith("unknown config key"):
+        return problems[0]
+    return head + "; ".join(problems)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -228,9 +242,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist (pass an existing YAML file to --config)")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid UTF-8 text (byte {err.start}); save it as "
+                              "UTF-8") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read ({err.strerror})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections at the top level")
     for assignment in overrides or []:
@@ -238,11 +257,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(raw)
 
 
-def get_key(cfg: dict[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def check_requirements(cfg: Config) -> None:
+    """Optional packages the config needs, checked before any work starts (no import, no side effect)."""
+    needs = [("logging.tensorboard", cfg.logging.tensorboard, "tensorboard", "tensorboard"),
+             ("logging.wandb", cfg.logging.wandb, "wandb", "wandb"),
+             ("model.use_lora", cfg.model.use_lora, "peft", "lora")]
+    missing = [f"{key}=true needs the '{extra}' extra (pip install 'chefgenius[{extra}]')"
+               for key, on, module, extra in needs if on and importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError("; ".join(missing))
 
 
 def trajectory_differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -1,4 +1,4 @@
-"""Losses, perplexity and text metrics for generated recipes; ``chefgenius eval`` builds on these.
+"""Text metrics for generated recipes, and ``chefgenius eval`` over a run (losses live in losses.py).
 
 Metric functions are pure: strings in, numbers out.
 """
@@ -6,57 +6,15 @@ Metric functions are pure: strings in, numbers out.
 from __future__ import annotations
 
 import json
-import math
 import re
+import sys
 from collections import Counter
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from .data.format import parse_recipe
-from .data.loader import TokenizedData, make_batch
-from .model import unwrap
 
 _WORD = re.compile(r"[a-z0-9]+")
-
-
-# ----- losses ---------------------------------------------------------------------------------------
-
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool
-                   ) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over target tokens and their count, so accumulation can divide once."""
-    if is_seq2seq:
-        labels = batch["labels"]
-        decoder_input_ids = unwrap(model).prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=decoder_input_ids).logits
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((labels != -100).sum())
-
-
-@torch.no_grad()
-def validation_loss(model: torch.nn.Module, data: TokenizedData, *, pad_id: int, is_seq2seq: bool,
-                    batch_size: int, max_batches: int | None = None, autocast: Any = None) -> dict[str, float]:
-    """Token-mean loss and perplexity over ``data`` in file order (deterministic, no RNG)."""
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    starts = list(range(0, len(data), batch_size))[:max_batches]
-    for start in starts:
-        batch = make_batch(data, range(start, min(start + batch_size, len(data))), pad_id, device)
-        with autocast if autocast is not None else nullcontext():
-            loss_sum, n = token_loss_sum(model, batch, is_seq2seq)
-        total += float(loss_sum)
-        count += n
-    loss = total / max(1, count)
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
 
 # ----- text metrics ---------------------------------------------------------------------------------
@@ -138,54 +96,58 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
                  preset: str = "greedy", max_new_tokens: int | None = None, device: str = "cpu",
                  progress: bool = True) -> dict[str, Any]:
     """Loss/perplexity on a split and text metrics on ``num_samples`` generations; writes eval.json."""
-    import yaml
-
-    from .config import ConfigError, build_config
-    from .data.format import prompt_ingredients, recipe_to_example
-    from .data.loader import cached_tokenize, default_cache_dir
-    from .data.prepare import prepare_recipes
-    from .generate import GenerationSettings, generate_texts
-    from .model import load_for_inference
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} has no config.yaml; pass a run directory written by 'chefgenius train'")
-    cfg = build_config(yaml.safe_load(config_path.read_text()))
-    source = checkpoint or run_dir / "final"
-    if not source.is_dir():
-        raise ConfigError(f"{source} does not exist; train to completion or pass --checkpoint PATH")
-    if checkpoint is not None:
-        from .checkpoint import verify_checkpoint
-
-        problem = verify_checkpoint(checkpoint)
-        if problem:
-            raise ConfigError(f"checkpoint does not verify: {problem}")
-    model, tokenizer, seq2seq = load_for_inference(source)
-    model.to(torch.device(device))
-    data = prepare_recipes(cfg.data)
-    recipes = data.val if split == "val" else data.train
-    fp = data.val_fingerprint if split == "val" else data.train_fingerprint
-    cache = default_cache_dir(cfg.data.cache_dir)
-    tokens, _ = cached_tokenize(recipes, tokenizer, split_fingerprint=fp, cache_dir=cache,
-                                is_seq2seq=seq2seq, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                                max_target_tokens=cfg.data.max_target_tokens, mask_prompt=cfg.data.mask_prompt)
-    result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(recipes)}
-    result.update(validation_loss(model, tokens, pad_id=tokenizer.pad_token_id, is_seq2seq=seq2seq,
-                                  batch_size=cfg.training.batch_size))
-    settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens or cfg.data.max_target_tokens)
-    chosen = recipes[:num_samples]
-    prompts, hyps, refs = [], [], []
+    import torch
     from tqdm.auto import tqdm
 
-    for r in tqdm(chosen, desc="generate", disable=not progress):
-        ings = prompt_ingredients(r)
-        prompts.append(ings)
-        hyps.append(generate_texts(model, tokenizer, seq2seq, ings, settings,
-                                   max_prompt_tokens=cfg.data.max_prompt_tokens)[0])
-        refs.append(recipe_to_example(r)[1])
-    result["num_samples"] = len(hyps)
-    result["preset"] = preset
-    result.update(text_metrics(prompts, hyps, refs))
-    result["samples"] = [{"ingredients": p, "generated": h, "reference": r} for p, h, r in zip(prompts, hyps, refs)][:5]
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    from .checkpoint import checkpoint_problem
+    from .config import ConfigError, build_config
+    from .data.format import prompt_ingredients, recipe_to_example
+    from .data.prepare import prepare_recipes
+    from .data.tokenize import tokenize_split
+    from .generate import GenerationSettings, generate_texts
+    from .losses import validation_loss
+    from .model import load_for_inference
+    from .rundir import RunDirectory
+
+    run = RunDirectory(run_dir)
+    if not run.path.is_dir():
+        raise ConfigError(f"run directory {run.path} does not exist")
+    cfg = build_config(run.read_config())
+    source = checkpoint or run.final
+    if not source.is_dir():
+        raise ConfigError(f"{source} does not exist; train to completion or pass --checkpoint PATH")
+    problem = checkpoint_problem(source)
+    if problem:
+        raise ConfigError(f"{source} does not verify: {problem}")
+    with run.lock():  # eval.json must not be written while a training run owns the directory
+        model, tokenizer, seq2seq = load_for_inference(source)
+        model.to(torch.device(device))
+        data = prepare_recipes(cfg.data)
+        recipes = data.val if split == "val" else data.train
+        fp = data.val_fingerprint if split == "val" else data.train_fingerprint
+        tokens, _ = tokenize_split(recipes, fp, tokenizer, cfg.data, seq2seq,
+                                   log=lambda m: print(m, file=sys.stderr))
+        result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(recipes)}
+        result.update(validation_loss(model, tokens, pad_id=tokenizer.pad_token_id, is_seq2seq=seq2seq,
+                                      batch_size=cfg.training.batch_size))
+        settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens or cfg.data.max_target_tokens)
+        prompts, hyps, refs, num_cut, num_capped = [], [], [], 0, 0
+        for r in tqdm(recipes[:num_samples], desc="generate", disable=not progress or not num_samples):
+            ings = prompt_ingredients(r)
+            gen = generate_texts(model, tokenizer, seq2seq, ings, settings,
+                                 max_prompt_tokens=cfg.data.max_prompt_tokens)
+            num_cut += bool(gen.dropped_ingredients)
+            num_capped += gen.capped_from is not None
+            prompts.append(ings)
+            hyps.append(gen.texts[0])
+            refs.append(recipe_to_example(r)[1])
+        result["num_samples"] = len(hyps)
+        result["preset"] = preset
+        result["prompts_cut"] = num_cut
+        result["max_new_tokens_capped"] = num_capped
+        if hyps:
+            result.update(text_metrics(prompts, hyps, refs))
+        result["samples"] = [{"ingredients": p, "generated": h, "reference": r}
+                             for p, h, r in zip(prompts, hyps, refs)][:5]
+        run.eval_file.write_text(json.dumps(result, indent=2))
     return result

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .data.format import TITLE_LABEL, format_prompt, title_prefix
-from .data.loader import encode_example
+from .data.tokenize import encode_example
+from .model import max_positions
 
 PRESETS: dict[str, dict[str, Any]] = {
     "greedy": {"do_sample": False, "num_beams": 1},
@@ -54,25 +55,72 @@ class GenerationSettings:
         return kw
 
 
+@dataclass
+class Generation:
+    """Generated texts and what had to be cut to fit the model, so callers can say so."""
+
+    texts: list[str]
+    dropped_ingredients: list[str] = field(default_factory=list)
+    max_new_tokens: int = 0
+    capped_from: int | None = None  # the asked max_new_tokens when it did not fit the model's positions
+
+    def warnings(self, max_prompt_tokens: int) -> list[str]:
+        out = []
+        if self.dropped_ingredients:
+            out.append(f"the prompt is longer than the {max_prompt_tokens} tokens the model was trained on; left "
+                       f"out {len(self.dropped_ingredients)} ingredient(s): {', '.join(self.dropped_ingredients[:5])}"
+                       + (" ..." if len(self.dropped_ingredients) > 5 else ""))
+        if self.capped_from is not None:
+            out.append(f"max_new_tokens {self.capped_from} exceeds what the model's positions allow after the prompt; "
+                       f"capped to {self.max_new_tokens}")
+        return out
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def fit_prompt(tokenizer: Any, ingredients: list[str], *, is_seq2seq: bool, max_prompt_tokens: int
+               ) -> tuple[list[int], list[str]]:
+    """Prompt ids with whole ingredients left out from the end until it fits; returns ids and what was left out."""
+    kept = list(ingredients)
+    while True:
+        prompt = format_prompt(kept)
+        src, _ = encode_example(tokenizer, prompt, None, is_seq2seq=is_seq2seq, max_prompt_tokens=10**9,
+                                max_target_tokens=1)
+        if len(src) <= max_prompt_tokens or len(kept) <= 1:
+            break
+        kept.pop()
+    src, _ = encode_example(tokenizer, format_prompt(kept), None, is_seq2seq=is_seq2seq,
+                            max_prompt_tokens=max_prompt_tokens, max_target_tokens=1)
+    return src, ingredients[len(kept):]
 
 
 @torch.no_grad()
 def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ingredients: list[str] | str,
                    settings: GenerationSettings, *, num: int = 1, title: str | None = None,
-                   max_prompt_tokens: int = 64) -> list[str]:
+                   max_prompt_tokens: int = 64) -> Generation:
     """Generated recipe texts (target format) for one ingredient list. Same seed, same text."""
-    prompt = format_prompt(ingredients)
-    if prompt.strip() == format_prompt([]).strip():
+    if isinstance(ingredients, str):
+        ingredients = [x.strip() for x in ingredients.split(",")]
+    ingredients = [x for x in ingredients if x]
+    if not ingredients:
         raise GenerationError("no ingredients given; pass e.g. --ingredients 'chicken, rice, onion'")
     kwargs = settings.generate_kwargs(num)
-    src, _ = encode_example(tokenizer, prompt, None, is_seq2seq=is_seq2seq, max_prompt_tokens=max_prompt_tokens,
-                            max_target_tokens=1)
+    src, dropped = fit_prompt(tokenizer, ingredients, is_seq2seq=is_seq2seq, max_prompt_tokens=max_prompt_tokens)
     device = _device(model)
     # Every target starts with the title label, so decoding starts after it (and after a fixed title).
     prefix_text = title_prefix(title) if title else TITLE_LABEL
     prefix_ids = tokenizer.encode(prefix_text, add_special_tokens=False) if prefix_text else []
+    result = Generation([], dropped, kwargs["max_new_tokens"])
+    limit = max_positions(model)
+    if limit is not None and not is_seq2seq and len(src) + len(prefix_ids) + result.max_new_tokens > limit:
+        room = limit - len(src) - len(prefix_ids)
+        if room < 1:
+            raise GenerationError(f"the prompt and title take {len(src) + len(prefix_ids)} tokens, the model has "
+                                  f"{limit} positions; shorten the title or the ingredient list")
+        result.capped_from, result.max_new_tokens = result.max_new_tokens, room
+        kwargs["max_new_tokens"] = room
     was_training = model.training
     model.eval()
     # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
@@ -94,4 +142,5 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
             texts = [prefix_text + tokenizer.decode(o, skip_special_tokens=True) for o in new]
     if was_training:
         model.train()
-    return [t.strip() for t in texts]
+    result.texts = [t.strip() for t in texts]
+    return result

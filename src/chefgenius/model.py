@@ -5,7 +5,10 @@ Nothing here unpickles: weights are read only from safetensors (``use_safetensor
 
 from __future__ import annotations
 
+import copy
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .config import ModelConfig
+from .rundir import BASE_MODEL_DIR
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -66,6 +70,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 
 def load_tokenizer(path: str | Path) -> Any:
+    check_model_source(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
@@ -89,15 +94,27 @@ def build_from_scratch(cfg: ModelConfig, tokenizer: Any, max_positions: int) -> 
     return T5ForConditionalGeneration(conf)
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` (or a bare name) that is not a local path: only then may a hub be asked."""
+    if name.startswith(("/", ".", "~")) or Path(name).exists():
+        return False
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name))
+
+
+def check_model_source(path: str | Path) -> None:
+    """A local path that does not exist is named as missing, never looked up on a hub."""
+    text = str(path)
+    if not Path(text).exists() and not looks_like_hub_id(text):
+        raise ModelLoadError(f"{text} does not exist (pass a model directory, a checkpoint directory or a hub id)")
+
+
 def is_seq2seq_dir(path: str | Path) -> bool:
     """Whether the HF model at ``path`` (dir or hub id; LoRA adapter dirs follow their base) is seq2seq."""
+    check_model_source(path)
     p = Path(path)
     adapter = p / "adapter_config.json"
     if adapter.is_file():
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if (p / "base_model").is_dir():
-            base = str(p / "base_model")
-        return is_seq2seq_dir(base)
+        return is_seq2seq_dir(find_lora_base(p))
     try:
         conf = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as err:
@@ -105,16 +122,37 @@ def is_seq2seq_dir(path: str | Path) -> bool:
     return bool(getattr(conf, "is_encoder_decoder", False))
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def _weights_problem(info: dict[str, Any]) -> str | None:
+    parts = []
+    for key, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                       ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or [])
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{len(names)} tensor(s) {label} ({', '.join(names[:3])}{more})")
+    return "; ".join(parts) or None
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, *, strict: bool = False) -> torch.nn.Module:
+    """Weights from safetensors only. ``strict``: the file must hold exactly the model's tensors and shapes
+    (our own checkpoints and final models); a hub base model may legitimately initialise a new head."""
     seq2seq = is_seq2seq_dir(path)
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     try:
-        return cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError) as err:
+        model, info = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True, output_loading_info=True,
+                                          ignore_mismatched_sizes=True)
+    except (OSError, ValueError, RuntimeError) as err:
         raise ModelLoadError(
             f"cannot load model weights from {path}: {str(err).splitlines()[0]} "
             "(a HF model dir with model.safetensors is needed)"
         ) from None
+    problem = _weights_problem(info)
+    if problem and (strict or info.get("mismatched_keys")):
+        raise ModelLoadError(f"model weights in {path} do not fit the model: {problem}; the checkpoint is damaged "
+                             "or from another model")
+    if problem:
+        print(f"warning: {path}: {problem}; those weights start untrained", file=sys.stderr)
+    return model
 
 
 def apply_lora(model: torch.nn.Module, cfg: ModelConfig, family: str, seq2seq: bool) -> torch.nn.Module:
@@ -131,9 +169,39 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig, family: str, seq2seq: b
 
 
 def load_lora_adapter(base: torch.nn.Module, adapter_dir: Path, trainable: bool) -> torch.nn.Module:
-    from peft import PeftModel
+    """Adapters whose tensor names and shapes must be exactly those the base model's LoRA layers expect."""
+    from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+    from safetensors import SafetensorError, safe_open
 
+    weights = adapter_dir / "adapter_model.safetensors"
+    try:
+        conf = PeftConfig.from_pretrained(str(adapter_dir))
+        with safe_open(str(weights), framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, ValueError, SafetensorError) as err:
+        raise ModelLoadError(f"cannot read LoRA adapters in {adapter_dir}: {str(err).splitlines()[0]}") from None
+    probe = get_peft_model(copy.deepcopy(base), conf)
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(probe).items()}
+    del probe
+    info = {"missing_keys": [k for k in expected if k not in found],
+            "unexpected_keys": [k for k in found if k not in expected],
+            "mismatched_keys": [k for k in expected if k in found and found[k] != expected[k]]}
+    problem = _weights_problem(info)
+    if problem:
+        raise ModelLoadError(f"LoRA adapters in {adapter_dir} do not fit the model: {problem}; the checkpoint is "
+                             "damaged or from another model")
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+def find_lora_base(adapter_dir: Path) -> str:
+    """The base model of an adapter directory: the run's stored base when it moved with the run."""
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    for parent in (adapter_dir, *list(adapter_dir.parents)[:3]):
+        if (parent / BASE_MODEL_DIR).is_dir():
+            return str(parent / BASE_MODEL_DIR)
+    if not recorded:
+        raise ModelLoadError(f"{adapter_dir} holds LoRA adapters but no base model can be found for them")
+    return recorded
 
 
 def model_family(model: torch.nn.Module) -> str:
@@ -146,30 +214,27 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def save_model(model: torch.nn.Module, tokenizer: Any, out_dir: Path) -> None:
-    """HF-format model (or LoRA adapter) under ``out_dir/model`` and tokenizer under ``out_dir/tokenizer``."""
-    model.save_pretrained(str(out_dir / "model"))
-    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
-
-
 def load_for_inference(path: str | Path, merge_lora: bool = True) -> tuple[torch.nn.Module, Any, bool]:
     """Model, tokenizer, is_seq2seq from a run's ``final/``, a checkpoint, or a plain HF dir / hub id."""
-    p = Path(path)
-    model_dir = p / "model" if (p / "model").is_dir() else p
-    tok_dir = p / "tokenizer" if (p / "tokenizer").is_dir() else model_dir
-    if (model_dir / "adapter_config.json").is_file():
-        base_path = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        for candidate in (p / "base_model", p.parent / "base_model", p.parent.parent / "base_model"):
-            if candidate.is_dir():
-                base_path = str(candidate)
-                break
-        base = load_pretrained(base_path)
-        model = load_lora_adapter(base, model_dir, trainable=False)
+    from .checkpoint.layout import hf_dirs
+
+    check_model_source(path)
+    model_dir, tok_dir = hf_dirs(Path(path)) if Path(path).is_dir() else (path, path)
+    local = Path(model_dir).is_dir()
+    if local and (Path(model_dir) / "adapter_config.json").is_file():
+        base = load_pretrained(find_lora_base(Path(model_dir)), strict=True)
+        model = load_lora_adapter(base, Path(model_dir), trainable=False)
         if merge_lora:
             model = model.merge_and_unload()
         seq2seq = bool(getattr(unwrap(model).config, "is_encoder_decoder", False))
     else:
-        model = load_pretrained(model_dir)
+        model = load_pretrained(model_dir, strict=local)
         seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     model.eval()
     return model, load_tokenizer(tok_dir), seq2seq
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """Longest sequence the model can attend over, or None when it has no fixed limit (T5)."""
+    conf = unwrap(model).config
+    return getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None)

@@ -4,13 +4,17 @@ Exactness rests on three rules: every piece of state is saved at optimizer-step 
 restored before the next step; nothing outside the training step draws from the training RNGs
 (sample generation forks the RNG); and the data order is a pure function of (seed, epoch,
 position). See README "Exact resume" for the guarantees and their limits.
+
+Constructing a Trainer reads and writes nothing. :meth:`setup` reads the data and the checkpoint
+(once, through one handle) and builds the model; :meth:`fit` takes the run directory's lock,
+returns at once for a completed run, and only then writes into the run directory.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -22,52 +26,43 @@ from typing import Any
 
 import torch
 import transformers
-import yaml
 
 from . import __version__
-from .checkpoint import (
-    CheckpointWriteError,
-    ResumeError,
-    apply_retention,
-    commit_directory,
-    find_resumable,
-    list_checkpoints,
-    load_training_checkpoint,
-    read_meta,
-    remove_temporaries,
-    save_training_checkpoint,
-    verify_checkpoint,
-)
-from .checkpoint.rng import seed_everything
-from .config import Config, trajectory_differences
-from .data.format import recipe_to_example
-from .data.loader import ResumableSampler, cached_tokenize, default_cache_dir, make_batch
-from .data.prepare import prepare_recipes
+from .checkpoint import Checkpoint, CheckpointManager, checkpoint_problem, commit_directory, write_final
+from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
+from .config import Config, ConfigError, check_requirements
+from .data.format import TITLE_LABEL, recipe_to_example
+from .data.loader import ResumableSampler, make_batch
+from .data.prepare import PreparedData, prepare_recipes
+from .data.tokenize import tokenize_split
 from .distributed import print0, rank, world_size
-from .evaluate import token_loss_sum, validation_loss
 from .generate import GenerationSettings, generate_texts
+from .losses import token_loss_sum, validation_loss
 from .model import (
     apply_lora,
     build_from_scratch,
     load_lora_adapter,
     load_pretrained,
     load_tokenizer,
+    max_positions,
     model_family,
-    save_model,
     train_tokenizer,
     unwrap,
 )
 from .optim import build_optimizer, build_scheduler
-from .tracking import MetricsWriter, truncate_after
-
-
-class RunDirError(ValueError):
-    """The output directory cannot be used as asked (exit code 2)."""
+from .resume import resume_changes
+from .rundir import RunDirectory, RunDirError
+from .runtime import apply_runtime, resolve_device, seed_everything
+from .tracking import MetricsWriter
 
 
 @dataclass
 class TrainState:
-    """The trainer's own progress; the data position lives in the sampler."""
+    """The trainer's own progress; the data position lives in the sampler.
+
+    Bounded in size: per-step losses go to metrics.jsonl; only the losses of the current logging
+    window are kept (the next log entry averages them, also across a resume).
+    """
 
     step: int = 0
     best_val_loss: float = math.inf
@@ -75,7 +70,7 @@ class TrainState:
     num_bad_evals: int = 0
     stopped_early: bool = False
     num_tokens: int = 0
-    loss_history: list[list[float]] = field(default_factory=list)
+    window_losses: list[float] = field(default_factory=list)
     eval_history: list[dict[str, float]] = field(default_factory=list)
     resumes: list[dict[str, Any]] = field(default_factory=list)
     config_changes: list[dict[str, Any]] = field(default_factory=list)
@@ -89,6 +84,8 @@ class TrainState:
             raise ValueError(f"train state lacks {', '.join(sorted(missing))}")
         for k in self.__dataclass_fields__:
             setattr(self, k, state[k])
+        if not isinstance(self.step, int) or isinstance(self.step, bool) or self.step < 0:
+            raise ValueError(f"train state has an invalid step {self.step!r}")
 
 
 @dataclass
@@ -97,18 +94,8 @@ class FitResult:
     step: int
     final_dir: Path | None
     best_val_loss: float
-    last_val_loss: float | None
     seconds: float
     stop_signal: int | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RunDirError(f"training.device={name} but no CUDA device is visible (use --device cpu)")
-    return dev
 
 
 def versions() -> dict[str, str]:
@@ -123,9 +110,10 @@ class Trainer:
                  allow_changes: tuple[str, ...] = (), on_step: Callable[[Trainer], None] | None = None,
                  log: Callable[..., None] = print0) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
-        self.final_dir = self.run_dir / "final"
+        self.run = RunDirectory(run_dir)
+        self.run_dir = self.run.path
+        self.resume = resume
+        self.allow_changes = tuple(allow_changes)
         self.on_step = on_step
         self.log = log
         self.rank, self.world_size = rank(), world_size()
@@ -133,147 +121,107 @@ class Trainer:
             # Sampler and checkpoint format are per-rank ready; gradient sync is not written yet.
             raise RunDirError(f"WORLD_SIZE={self.world_size}: multi-process training is not supported yet; "
                               "run a single process")
-        tc = cfg.training
-        if tc.num_threads:
-            torch.set_num_threads(tc.num_threads)
-        if tc.determinism == "strict":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+        check_requirements(cfg)
+        self.checkpoints = CheckpointManager(self.run.checkpoints, cfg.checkpoint, log, self.rank)
+        self.resumed_from: Checkpoint | None = None
+        self._is_set_up = False
+        self._stop_signal: int | None = None
+        self._last_eval: dict[str, float] | None = None
+
+    @property
+    def resume_from(self) -> Path | None:
+        return self.resumed_from.path if self.resumed_from else None
+
+    # ----- set-up (reads, never writes the run directory) ---------------------------------------
+
+    def setup(self) -> Trainer:
+        if self._is_set_up:
+            return self
+        cfg, tc = self.cfg, self.cfg.training
+        self.run.check_usable()
         self.device = resolve_device(tc.device)
+        apply_runtime(tc)
         seed_everything(tc.seed + self.rank)
-
-        self.resume_from = self._select_checkpoint(resume)
-        meta = read_meta(self.resume_from) if self.resume_from else None
-        changes = self._check_config(meta, allow_changes) if meta else []
-
+        ckpt = self.checkpoints.select(self.resume)
         self.data = prepare_recipes(cfg.data)
-        data_changed = meta is not None and meta["train_fingerprint"] != self.data.train_fingerprint
-        if data_changed and not self._allowed("data", allow_changes):
-            raise ResumeError(
-                f"cannot resume: the training data changed (fingerprint {self.data.train_fingerprint}, checkpoint "
-                f"has {meta['train_fingerprint']}); restore the data or pass --allow-change data"
-            )
-        self.tokenizer, self.model, self.is_seq2seq = self._build_model()
+        self._log_data_report(self.data)
+        changes: list[dict[str, Any]] = []
+        if ckpt is not None:
+            changes, warnings = resume_changes(ckpt.meta, cfg.to_dict(), train_fingerprint=self.data.train_fingerprint,
+                                               num_threads=torch.get_num_threads(), versions=versions(),
+                                               allow=self.allow_changes)
+            for line in warnings:
+                self.log(line)
+        self.tokenizer, self.model, self.is_seq2seq, self._fresh_base = self._build_model(ckpt)
         self.model.to(self.device)
         self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
+        self._check_generation_budget()
 
-        cache = default_cache_dir(cfg.data.cache_dir)
-        kw = dict(is_seq2seq=self.is_seq2seq, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                  max_target_tokens=cfg.data.max_target_tokens, mask_prompt=cfg.data.mask_prompt, cache_dir=cache)
-        self.train_data, hit = cached_tokenize(self.data.train, self.tokenizer,
-                                               split_fingerprint=self.data.train_fingerprint, **kw)
-        self.val_data, _ = cached_tokenize(self.data.val, self.tokenizer,
-                                           split_fingerprint=self.data.val_fingerprint, **kw)
+        self.train_data, hit = tokenize_split(self.data.train, self.data.train_fingerprint, self.tokenizer,
+                                              cfg.data, self.is_seq2seq, log=self.log)
+        self.val_data, _ = tokenize_split(self.data.val, self.data.val_fingerprint, self.tokenizer, cfg.data,
+                                          self.is_seq2seq, log=self.log)
         self.sampler = ResumableSampler(self.train_data.lengths(), batch_size=tc.batch_size,
                                         grad_accum=tc.grad_accum, seed=tc.seed, shuffle=tc.shuffle,
                                         group_by_length=tc.group_by_length, world_size=self.world_size,
                                         rank=self.rank)
         self.total_steps = tc.max_steps or tc.num_epochs * self.sampler.steps_per_epoch
+        if tc.warmup_steps >= self.total_steps:
+            self.log(f"note: training.warmup_steps={tc.warmup_steps} covers the whole run of {self.total_steps} "
+                     "steps; the learning rate never reaches its peak")
         self.optimizer = build_optimizer(self.model, tc, self.device)
         self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.state = TrainState()
-        self._stop_signal: int | None = None
-        self._last_eval: dict[str, float] | None = None
         self.log(f"data: {len(self.train_data)} train / {len(self.val_data)} val recipes "
                  f"(fingerprint {self.data.train_fingerprint}, token cache {'hit' if hit else 'built'}); "
                  f"{self.sampler.steps_per_epoch} steps/epoch, {self.total_steps} steps")
-
-        if self.resume_from is not None:
+        if ckpt is not None:
             t0 = time.perf_counter()
-            load_training_checkpoint(self.resume_from, pieces=self._pieces(), rank=self.rank)  # RNG restored last
-            self.state.resumes.append({"step": self.state.step, "from": self.resume_from.name})
+            ckpt.load_state(self._pieces(), rank=self.rank)  # RNG restored last
+            self.state.resumes.append({"step": self.state.step, "from": ckpt.path.name})
             self.state.config_changes.extend(changes)
-            self.log(f"resumed from {self.resume_from} at step {self.state.step} "
+            self.log(f"resumed from {ckpt.path} at step {self.state.step} "
                      f"(epoch {self.sampler.epoch}, sample {self.sampler.position}); state loaded in "
                      f"{(time.perf_counter() - t0) * 1000:.0f} ms")
-        # Entries logged after the restored step (or by a run killed before its first checkpoint)
-        # will be logged again; dropping them keeps metrics.jsonl reading like one run.
-        truncate_after(self.run_dir / "metrics.jsonl", self.state.step)
-        truncate_after(self.run_dir / "samples.jsonl", self.state.step)
+        self.resumed_from = ckpt
+        self._is_set_up = True
+        return self
 
-    # ----- set-up -------------------------------------------------------------------------------
+    def _log_data_report(self, data: PreparedData) -> None:
+        rep = data.report
+        dropped = ", ".join(f"{reason}: {n}" for reason, n in rep.dropped.most_common())
+        self.log(f"data: read {rep.num_read}, kept {rep.num_kept}, dropped {rep.num_dropped}"
+                 + (f" ({dropped})" if dropped else "") + "; details in data_report.json")
 
-    def _select_checkpoint(self, resume: str) -> Path | None:
-        if resume not in ("auto", "never"):
-            path = Path(resume)
-            if not path.is_dir():
-                raise RunDirError(f"--resume {resume}: no such checkpoint directory")
-            problem = verify_checkpoint(path)
-            if problem:
-                raise ResumeError(f"--resume {resume}: checkpoint does not verify: {problem}")
-            return path
-        for removed in [*remove_temporaries(self.ckpt_root), *remove_temporaries(self.run_dir)]:
-            self.log(f"removed {removed.name}: left by an interrupted save")
-        existing = list_checkpoints(self.ckpt_root)
-        if resume == "never":
-            if existing:
-                raise RunDirError(f"{self.run_dir} already holds checkpoints; pass --resume auto to continue it, "
-                                  "or choose a new --output-dir")
-            return None
-        if not existing:
-            return None
-        info, skipped = find_resumable(self.ckpt_root)
-        for bad, why in skipped:
-            self.log(f"skipping checkpoint {bad.path.name}: {why}")
-        if info is None:
-            raise ResumeError(f"{self.run_dir} holds checkpoints but none verifies; run 'chefgenius ckpt list "
-                              f"{self.run_dir}' and remove or repair them, or use a new --output-dir")
-        return info.path
-
-    @staticmethod
-    def _allowed(key: str, allow: tuple[str, ...]) -> bool:
-        return any(key == a or key.startswith(a + ".") for a in allow)
-
-    def _check_config(self, meta: dict[str, Any], allow: tuple[str, ...]) -> list[dict[str, Any]]:
-        fmt = meta.get("versions", {})
-        diffs = trajectory_differences(meta["config"], self.cfg.to_dict())
-        refused = [d for d in diffs if not self._allowed(d[0], allow)]
-        if refused:
-            listing = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in refused)
-            keys = " ".join(f"--allow-change {k}" for k, _, _ in refused)
-            raise ResumeError(f"cannot resume: config differs from the checkpoint ({listing}); "
-                              f"restore it or accept deliberately with {keys}")
-        for k, a, b in diffs:
-            self.log(f"config change accepted on resume: {k}: {a!r} -> {b!r}")
-        if fmt.get("torch") and fmt.get("torch") != torch.__version__:
-            self.log(f"warning: checkpoint written with torch {fmt['torch']}, running {torch.__version__}; "
-                     "exactness is only guaranteed on the same versions")
-        return [{"key": k, "old": a, "new": b} for k, a, b in diffs]
-
-    def _base_model_dir(self) -> Path:
-        return self.run_dir / "base_model"
-
-    def _build_model(self) -> tuple[Any, torch.nn.Module, bool]:
+    def _build_model(self, ckpt: Checkpoint | None) -> tuple[Any, torch.nn.Module, bool, torch.nn.Module | None]:
+        """Tokenizer, model, is_seq2seq, and a freshly built LoRA base that fit() must store."""
         mc = self.cfg.model
-        ckpt = self.resume_from
         if ckpt is not None:
-            tokenizer = load_tokenizer(ckpt / "tokenizer")
+            tokenizer = load_tokenizer(ckpt.tokenizer_dir)
         elif mc.from_scratch:
             texts = [p + "\n" + t for p, t in map(recipe_to_example, self.data.train)]
             tokenizer = train_tokenizer(texts, mc.vocab_size)
         else:
             tokenizer = load_tokenizer(mc.name_or_path)
-        max_positions = self.cfg.data.max_prompt_tokens + self.cfg.data.max_target_tokens + 8
+        max_pos = self.cfg.data.max_prompt_tokens + self.cfg.data.max_target_tokens + 8
+        fresh_base = None
         if mc.use_lora:
-            base_src = mc.name_or_path
-            if mc.from_scratch:
-                # A from-scratch base is not trained; stored once per run so adapters always find it.
-                if ckpt is None:
-                    base = build_from_scratch(mc, tokenizer, max_positions)
-                    base.save_pretrained(str(self._base_model_dir()))
-                    tokenizer.save_pretrained(str(self._base_model_dir()))
-                base_src = str(self._base_model_dir())
-            base = load_pretrained(base_src)
-            seq2seq = bool(base.config.is_encoder_decoder)
-            if ckpt is not None:
-                model = load_lora_adapter(base, ckpt / "model", trainable=True)
+            if mc.from_scratch and ckpt is None:
+                base = build_from_scratch(mc, tokenizer, max_pos)
+                fresh_base = copy.deepcopy(base)  # apply_lora rewrites the base's layers in place
+            elif mc.from_scratch:
+                base = load_pretrained(self.run.base_model, strict=True)
             else:
-                model = apply_lora(base, mc, base.config.model_type, seq2seq)
+                base = load_pretrained(mc.name_or_path)
+            if ckpt is not None:
+                model = load_lora_adapter(base, ckpt.model_dir, trainable=True)
+            else:
+                model = apply_lora(base, mc, base.config.model_type, bool(base.config.is_encoder_decoder))
         elif ckpt is not None:
-            model = load_pretrained(ckpt / "model")
+            model = load_pretrained(ckpt.model_dir, strict=True)
         elif mc.from_scratch:
-            model = build_from_scratch(mc, tokenizer, max_positions)
+            model = build_from_scratch(mc, tokenizer, max_pos)
         else:
             model = load_pretrained(mc.name_or_path)
         seq2seq = bool(unwrap(model).config.is_encoder_decoder)
@@ -284,13 +232,27 @@ class Trainer:
             unwrap(model).config.use_cache = False
         if self.cfg.training.precision == "bf16-pure":
             model.to(torch.bfloat16)
-        return tokenizer, model, seq2seq
+        return tokenizer, model, seq2seq, fresh_base
+
+    def _check_generation_budget(self) -> None:
+        """Evaluation samples must fit the model's positions; refuse before training, not after it."""
+        limit = max_positions(self.model)
+        ec = self.cfg.evaluation
+        if limit is None or not ec.prompts or self.is_seq2seq:
+            return
+        prefix = len(self.tokenizer.encode(TITLE_LABEL, add_special_tokens=False))
+        need = self.cfg.data.max_prompt_tokens + prefix + ec.max_new_tokens
+        if need > limit:
+            raise ConfigError(
+                f"evaluation.max_new_tokens={ec.max_new_tokens} with data.max_prompt_tokens="
+                f"{self.cfg.data.max_prompt_tokens} needs {need} positions, the model has {limit}; set "
+                f"evaluation.max_new_tokens to at most {limit - self.cfg.data.max_prompt_tokens - prefix}")
 
     def _pieces(self) -> dict[str, Any]:
-        pieces: dict[str, Any] = {"optimizer": self.optimizer, "scheduler": self.scheduler, "sampler": self.sampler,
-                                  "train_state": self.state}
+        pieces: dict[str, Any] = {OPTIMIZER: self.optimizer, SCHEDULER: self.scheduler, SAMPLER: self.sampler,
+                                  TRAIN_STATE: self.state}
         if self.scaler is not None:
-            pieces["scaler"] = self.scaler
+            pieces[SCALER] = self.scaler
         return pieces
 
     # ----- training -----------------------------------------------------------------------------
@@ -353,47 +315,27 @@ class Trainer:
         settings = GenerationSettings(preset=ec.generation_preset, max_new_tokens=ec.max_new_tokens, seed=0)
         return [{"step": self.state.step, "ingredients": p,
                  "text": generate_texts(self.model, self.tokenizer, self.is_seq2seq, p, settings,
-                                        max_prompt_tokens=self.cfg.data.max_prompt_tokens)[0]}
+                                        max_prompt_tokens=self.cfg.data.max_prompt_tokens).texts[0]}
                 for p in ec.prompts]
 
     def _meta(self) -> dict[str, Any]:
-        # Checkpoints are only taken between optimizer steps, so the accumulation phase is always 0.
-        return {"step": self.state.step, "epoch": self.sampler.epoch, "position": self.sampler.position,
-                "accumulation_phase": 0,
-                "val_loss": self._last_eval["eval_loss"] if self._last_eval else None,
+        return {"val_loss": self._last_eval["eval_loss"] if self._last_eval else None,
                 "config": self.cfg.to_dict(), "versions": versions(),
                 "train_fingerprint": self.data.train_fingerprint, "val_fingerprint": self.data.val_fingerprint,
                 "split_seed": self.cfg.data.split_seed, "is_seq2seq": self.is_seq2seq,
-                "model_family": model_family(self.model), "world_size": self.world_size, "created": time.time()}
+                "model_family": model_family(self.model), "world_size": self.world_size,
+                "num_threads": torch.get_num_threads(), "created": time.time()}
 
     def save_checkpoint(self) -> Path | None:
-        step = self.state.step
-        try:
-            path = save_training_checkpoint(self.ckpt_root, step, pieces=self._pieces(), meta=self._meta(),
-                                            save_model=lambda d: save_model(self.model, self.tokenizer, d),
-                                            rank=self.rank)
-        except CheckpointWriteError as err:
-            if self.cfg.checkpoint.on_error == "stop":
-                raise
-            self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
-                     f"(checkpoint.on_error=continue): {err.strerror}")
-            return None
-        protect = [int(self.resume_from.name.split("-")[1])] if self.resume_from else []
-        for removed in apply_retention(self.ckpt_root, keep_last=self.cfg.checkpoint.keep_last,
-                                       keep_best=self.cfg.checkpoint.keep_best, protect=protect):
-            self.log(f"retention: removed {removed.name}")
-        return path
+        return self.checkpoints.save(self.state.step, model=self.model, tokenizer=self.tokenizer,
+                                     pieces=self._pieces(), meta=self._meta())
 
     def _write_final(self) -> Path:
         summary = {"step": self.state.step, "best_val_loss": self.state.best_val_loss,
                    "best_step": self.state.best_step, "stopped_early": self.state.stopped_early,
                    "train_fingerprint": self.data.train_fingerprint, "versions": versions()}
-
-        def write(tmp: Path) -> None:
-            save_model(self.model, self.tokenizer, tmp)
-            (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-
-        return commit_directory(self.final_dir, self.state.step, write)
+        return write_final(self.run.final, self.state.step, model=self.model, tokenizer=self.tokenizer,
+                           summary=summary)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, frame: Any) -> None:
@@ -409,32 +351,46 @@ class Trainer:
                 old[sig] = signal.signal(sig, handler)
         return old
 
+    def _prepare_run_dir(self) -> None:
+        """The first writes of a run, after the lock and the completion check."""
+        self.checkpoints.remove_temporaries(self.run.path)
+        # Entries logged after the restored step (or by a run killed before its first checkpoint)
+        # will be logged again; dropping them keeps metrics.jsonl reading like one run.
+        self.run.truncate_logs(self.state.step)
+        self.run.write_config(self.cfg.to_dict())
+        self.run.write_data_report(self.data.report.to_dict())
+        if self._fresh_base is not None and not self.run.base_model.is_dir():
+            commit_directory(self.run.base_model, 0, lambda d: self._fresh_base.save_pretrained(str(d)))
+
     def fit(self) -> FitResult:
         t0 = time.perf_counter()
-        if self.final_dir.is_dir() and (self.final_dir / "summary.yaml").is_file():
-            self.log(f"{self.run_dir} is already complete (final/ exists); nothing to do")
-            return FitResult("already_complete", self.state.step, self.final_dir, self.state.best_val_loss,
-                             None, 0.0)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        writer = MetricsWriter(self.run_dir, self.cfg.logging, self.cfg.to_dict())
-        if self.resume_from is not None:
-            writer.log({"event": "resume", "step": self.state.step, "checkpoint": self.resume_from.name})
-        old_handlers = self._install_signal_handlers()
-        try:
-            self._loop(writer)
-        finally:
-            for sig, h in old_handlers.items():
-                signal.signal(sig, h)
-            writer.close()
-        elapsed = time.perf_counter() - t0
-        last = self.state.eval_history[-1]["eval_loss"] if self.state.eval_history else None
-        if self._stop_signal is not None:
-            return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, last, elapsed,
-                             self._stop_signal)
-        final = self._write_final()
+        with self.run.lock():
+            if self.run.is_complete():
+                problem = checkpoint_problem(self.run.final)
+                if problem:
+                    raise RunDirError(f"{self.run.path} is complete but its final model is damaged ({problem}); "
+                                      f"move {self.run.final} away to re-create it from the newest checkpoint")
+                self.log(f"{self.run.path} is already complete (final/ exists); nothing to do")
+                return FitResult("already_complete", 0, self.run.final, math.nan, 0.0)
+            self.setup()
+            self._prepare_run_dir()
+            writer = MetricsWriter(self.run.path, self.cfg.logging, self.cfg.to_dict())
+            if self.resumed_from is not None:
+                writer.log({"event": "resume", "step": self.state.step, "checkpoint": self.resumed_from.path.name})
+            old_handlers = self._install_signal_handlers()
+            try:
+                self._loop(writer)
+            finally:
+                for sig, h in old_handlers.items():
+                    signal.signal(sig, h)
+                writer.close()
+            elapsed = time.perf_counter() - t0
+            if self._stop_signal is not None:
+                return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, elapsed,
+                                 self._stop_signal)
+            final = self._write_final()
         self.log(f"training complete at step {self.state.step}: final model in {final}")
-        return FitResult("completed", self.state.step, final, self.state.best_val_loss, last, elapsed)
+        return FitResult("completed", self.state.step, final, self.state.best_val_loss, elapsed)
 
     def _is_done(self) -> bool:
         return self.state.step >= self.total_steps or self.state.stopped_early
@@ -457,23 +413,23 @@ class Trainer:
     def _run_steps(self, writer: MetricsWriter, bar: Any) -> None:
         st, cc, lc, ec = self.state, self.cfg.checkpoint, self.cfg.logging, self.cfg.evaluation
         window_t, window_tokens = time.perf_counter(), 0
-        saved_at = st.step if self.resume_from else -1
+        saved_at = st.step if self.resumed_from else -1
         while not self._is_done() and self._stop_signal is None:
             epoch_before = self.sampler.epoch
             out = self.train_step(self.sampler.next_step())
             st.step += 1
             st.num_tokens += out["tokens"]
-            st.loss_history.append([st.step, out["loss"]])
+            st.window_losses.append(out["loss"])
             window_tokens += out["tokens"]
             epoch_end = self.sampler.epoch != epoch_before
             epoch_float = round(self.sampler.epoch + self.sampler.position / self.sampler.num_samples, 4)
             if st.step % lc.every_steps == 0 or self._is_done():
-                n = (st.step - 1) % lc.every_steps + 1  # steps since the previous entry
                 now = time.perf_counter()
                 writer.log({"step": st.step, "epoch": epoch_float,
-                            "loss": sum(x[1] for x in st.loss_history[-n:]) / n, "lr": out["lr"],
+                            "loss": sum(st.window_losses) / len(st.window_losses), "lr": out["lr"],
                             "grad_norm": out["grad_norm"], "tokens_per_s": window_tokens / max(now - window_t, 1e-9)})
                 window_t, window_tokens = now, 0
+                st.window_losses = []
             self._last_eval = None
             is_new_best = False
             if (ec.every_steps and st.step % ec.every_steps == 0) or (epoch_end and ec.at_epoch_end) or self._is_done():
@@ -481,7 +437,7 @@ class Trainer:
                 is_new_best = self._record_eval(self._last_eval)
                 writer.log({"step": st.step, "epoch": epoch_float, **self._last_eval})
                 if ec.prompts:
-                    with (self.run_dir / "samples.jsonl").open("a") as f:
+                    with self.run.samples.open("a") as f:
                         f.writelines(json.dumps(s) + "\n" for s in self._sample_prompts())
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch_float:.2f}", loss=f"{out['loss']:.3f}")

@@ -1,22 +1,22 @@
-"""The only code that reads or writes checkpoints."""
+"""The only code that reads or writes files inside checkpoints and ``final/``."""
 
 from .format import FORMAT_VERSION, CheckpointFormatError, load_state, save_state
-from .state import ResumeError, load_training_checkpoint, read_meta, save_training_checkpoint
+from .manager import Checkpoint, CheckpointManager, checkpoint_problem, open_checkpoint, write_final, write_hf_directory
+from .state import ResumeError
 from .store import (
     CheckpointInfo,
     CheckpointWriteError,
-    apply_retention,
-    checkpoint_dir,
+    commit_checkpoint,
     commit_directory,
     find_resumable,
     list_checkpoints,
-    remove_temporaries,
     verify_checkpoint,
 )
 
 __all__ = [
-    "FORMAT_VERSION", "CheckpointFormatError", "CheckpointInfo", "CheckpointWriteError", "ResumeError",
-    "apply_retention", "checkpoint_dir", "commit_directory", "find_resumable", "list_checkpoints", "load_state",
-    "load_training_checkpoint", "read_meta", "remove_temporaries", "save_state", "save_training_checkpoint",
-    "verify_checkpoint",
+    "FORMAT_VERSION", "Checkpoint", "CheckpointFormatError", "CheckpointInfo", "CheckpointManager",
+    "CheckpointWriteError", "ResumeError", "checkpoint_problem", "commit_checkpoint", "commit_directory",
+    "find_resumable",
+    "list_checkpoints", "load_state", "open_checkpoint", "save_state", "verify_checkpoint", "write_final",
+    "write_hf_directory",
 ]

@@ -2,7 +2,8 @@
 
 Any nesting of dicts, lists, tuples, scalars, strings, None and tensors round-trips exactly:
 tensors are replaced by references into the safetensors file, tuples and non-string dict keys
-are tagged. Nothing is pickled, so loading cannot run code.
+are tagged. Nothing is pickled, so loading cannot run code; reading is bounded in size and
+nesting, so a hostile file cannot exhaust memory or the stack either.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from .layout import MAX_STATE_JSON_BYTES
 
 FORMAT_VERSION = 1
 _T, _TUP, _ITEMS, _FLOAT = "__tensor__", "__tuple__", "__items__", "__float__"
@@ -59,18 +63,40 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Plain write; a full disk raises ``OSError`` (ENOSPC) naming the file."""
+    with path.open("wb") as f:
+        f.write(data)
+
+
 def save_state(directory: Path, name: str, state: Any) -> list[Path]:
     """Write one state piece; returns the files written."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, tensors, name)
     json_path = directory / f"{name}.json"
-    json_path.write_text(json.dumps({"format_version": FORMAT_VERSION, "state": tree}, allow_nan=False))
+    write_bytes(json_path, json.dumps({"format_version": FORMAT_VERSION, "state": tree}, allow_nan=False).encode())
     written = [json_path]
     if tensors:
+        # Serialised in memory and written by us, so a full disk is an OSError like every other write.
         st_path = directory / f"{name}.safetensors"
-        save_file(tensors, str(st_path))
+        write_bytes(st_path, safetensors_bytes(tensors))
         written.append(st_path)
     return written
+
+
+def read_json(path: Path, max_bytes: int) -> Any:
+    """Parse a JSON file of at most ``max_bytes``; anything unreadable is a :class:`CheckpointFormatError`."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise CheckpointFormatError(f"{path} is {size} bytes, more than the {max_bytes} a checkpoint file "
+                                        "of this kind may hold (damaged or foreign)")
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise CheckpointFormatError(f"{path} is not valid JSON ({what})") from None
+    except OSError as err:
+        raise CheckpointFormatError(f"{path} cannot be read ({err.strerror or err})") from None
 
 
 def load_state(directory: Path, name: str) -> Any:
@@ -78,16 +104,15 @@ def load_state(directory: Path, name: str) -> Any:
     json_path = directory / f"{name}.json"
     if not json_path.is_file():
         raise CheckpointFormatError(f"checkpoint {directory} has no '{name}' state ({json_path.name} missing)")
-    try:
-        doc = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointFormatError(f"{json_path} is not valid JSON ({err})") from None
+    doc = read_json(json_path, MAX_STATE_JSON_BYTES)
     version = doc.get("format_version") if isinstance(doc, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointFormatError(
             f"{json_path} has checkpoint format version {version!r}; this chefgenius reads version "
             f"{FORMAT_VERSION} (use the chefgenius release that wrote it)"
         )
+    if "state" not in doc:
+        raise CheckpointFormatError(f"{json_path} holds no 'state' (damaged or foreign)")
     tensors: dict[str, torch.Tensor] = {}
     st_path = directory / f"{name}.safetensors"
     if st_path.exists():
@@ -98,4 +123,8 @@ def load_state(directory: Path, name: str) -> Any:
     try:
         return _decode(doc["state"], tensors)
     except KeyError as err:
-        raise CheckpointFormatError(f"{st_path} lacks tensor {err}; the checkpoint is damaged") from None
+        raise CheckpointFormatError(f"{json_path} refers to tensor {err} missing from {st_path.name}; "
+                                    "the checkpoint is damaged") from None
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        raise CheckpointFormatError(f"{json_path} does not have the structure of a state file "
+                                    "(damaged or foreign)") from None

@@ -9,7 +9,9 @@ from typing import Any
 from safetensors import safe_open
 
 from .format import CheckpointFormatError, load_state
-from .store import MANIFEST, list_checkpoints, read_manifest, verify_checkpoint
+from .layout import MANIFEST, META, RNG, SAMPLER, TRAIN_STATE
+from .manager import checkpoint_problem
+from .store import list_checkpoints, read_manifest
 
 
 def _dir_bytes(path: Path) -> int:
@@ -21,14 +23,17 @@ def list_run(run_dir: Path) -> list[dict[str, Any]]:
     root = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
     rows = []
     for info in list_checkpoints(root):
-        problem = verify_checkpoint(info.path)
+        problem = checkpoint_problem(info.path)
         meta: dict[str, Any] = {}
+        sampler: dict[str, Any] = {}
         if problem is None:
             try:
-                meta = load_state(info.path, "meta")
+                meta, sampler = load_state(info.path, META), load_state(info.path, SAMPLER)
+                if not isinstance(meta, dict) or not isinstance(sampler, dict):
+                    raise CheckpointFormatError("meta or sampler state is not a mapping")
             except CheckpointFormatError as err:
-                problem = str(err)
-        rows.append({"name": info.path.name, "step": info.step, "epoch": meta.get("epoch"),
+                problem, meta, sampler = str(err), {}, {}
+        rows.append({"name": info.path.name, "step": info.step, "epoch": sampler.get("epoch"),
                      "val_loss": meta.get("val_loss"), "bytes": _dir_bytes(info.path),
                      "valid": problem is None, "problem": problem, "latest": False, "best": False})
     latest = next((r["step"] for r in reversed(rows) if r["valid"]), None)  # what --resume auto picks
@@ -57,33 +62,35 @@ def _tensor_summary(path: Path) -> dict[str, int]:
 
 
 def inspect_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """Everything a checkpoint holds, summarised; never unpickles."""
+    """Everything a verified checkpoint holds, summarised; never unpickles. Call only after verify."""
     manifest = read_manifest(ckpt)
-    problem = verify_checkpoint(ckpt)
-    out: dict[str, Any] = {"path": str(ckpt), "valid": problem is None,
-                           "problem": problem, "format_version": manifest.get("format_version"),
+    meta, train_state, sampler = (load_state(ckpt, name) for name in (META, TRAIN_STATE, SAMPLER))
+    if not all(isinstance(x, dict) for x in (meta, train_state, sampler)):
+        raise CheckpointFormatError(f"{ckpt.name}: meta, train state or sampler is not a mapping (damaged or foreign)")
+    out: dict[str, Any] = {"path": str(ckpt), "valid": True, "problem": None,
+                           "format_version": manifest.get("format_version"),
                            "step": manifest.get("step"), "files": len(manifest["files"]), "pieces": {}}
-    meta = load_state(ckpt, "meta")
     out["versions"] = meta.get("versions")
     out["config"] = meta.get("config")
     out["data"] = {k: meta.get(k) for k in ("train_fingerprint", "val_fingerprint", "split_seed")}
-    out["position"] = {k: meta.get(k) for k in ("step", "epoch", "position", "val_loss")}
+    out["position"] = {"step": train_state.get("step"), "epoch": sampler.get("epoch"),
+                       "position": sampler.get("position"), "val_loss": meta.get("val_loss")}
+    out["num_threads"] = meta.get("num_threads")
     for st in sorted(ckpt.rglob("*.safetensors")):
         out["pieces"][st.relative_to(ckpt).as_posix()] = _tensor_summary(st)
     for js in sorted(ckpt.glob("*.json")):
-        if js.name not in (MANIFEST, "meta.json") and not (ckpt / js.with_suffix(".safetensors").name).exists():
+        if js.name not in (MANIFEST, f"{META}.json") and not (ckpt / js.with_suffix(".safetensors").name).exists():
             out["pieces"].setdefault(js.name, {"tensors": 0, "bytes": 0})
     rng = {}
     for rank_dir in sorted(ckpt.glob("rank-*")):
-        state = load_state(rank_dir, "rng")
+        state = load_state(rank_dir, RNG)
         rng[rank_dir.name] = [k for k in ("python", "numpy", "torch_cpu") if k in state] + (
             [f"cuda:{i}" for i in range(len(state.get("cuda") or []))])
     out["rng"] = rng
-    train_state = load_state(ckpt, "train_state")
-    out["train_state"] = {k: train_state[k] for k in ("step", "best_val_loss", "best_step", "num_bad_evals",
-                                                       "stopped_early", "num_tokens")}
-    out["train_state"]["resumes"] = len(train_state["resumes"])
-    out["sampler"] = load_state(ckpt, "sampler")
+    out["train_state"] = {k: train_state.get(k) for k in ("step", "best_val_loss", "best_step", "num_bad_evals",
+                                                            "stopped_early", "num_tokens")}
+    out["train_state"]["resumes"] = len(train_state.get("resumes") or [])
+    out["sampler"] = sampler
     return out
 
 

@@ -39,9 +39,3 @@ def restore_rng(state: dict[str, Any]) -> None:
                 f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}; resume on the same hardware"
             )
         torch.cuda.set_rng_state_all(cuda)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

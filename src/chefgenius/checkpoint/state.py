@@ -1,20 +1,20 @@
-"""Collect every stateful piece of a run under named keys, and put them back.
+"""Put every stateful piece of a run into a checkpoint directory under its name, and back.
 
-The one place that knows what a training checkpoint holds. Each piece speaks
-``state_dict()`` / ``load_state_dict()``; RNG state is per rank.
+Each piece speaks ``state_dict()`` / ``load_state_dict()``; RNG state is per rank and restored
+last, so nothing drawn while loading shifts it. Model and tokenizer are written in Hugging Face
+format (``model/``, ``tokenizer/``) so that a checkpoint is also an inference directory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from .format import CheckpointFormatError, load_state, save_state
+from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
 from .rng import capture_rng, restore_rng
-from .store import commit_checkpoint, rank_dir, write_states
 
 
 class Stateful(Protocol):
@@ -26,29 +26,30 @@ class ResumeError(ValueError):
     """A checkpoint that cannot be resumed from as-is (missing piece, mismatch); exit code 2."""
 
 
-def save_training_checkpoint(root: Path, step: int, *, pieces: dict[str, Stateful], meta: dict[str, Any],
-                             save_model: Callable[[Path], None], rank: int = 0) -> Path:
-    def write(tmp: Path) -> None:
-        save_model(tmp)
-        write_states(tmp, {name: obj.state_dict() for name, obj in pieces.items()})
-        save_state(tmp, "meta", meta)
-        rd = rank_dir(tmp, rank)
-        rd.mkdir()
-        save_state(rd, "rng", capture_rng())
-
-    return commit_checkpoint(root, step, write)
-
-
-def read_meta(ckpt: Path) -> dict[str, Any]:
-    return load_state(ckpt, "meta")
+def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
+                         meta: dict[str, Any], rank: int = 0) -> None:
+    model.save_pretrained(str(model_dir(directory)))
+    tokenizer.save_pretrained(str(tokenizer_dir(directory)))
+    for name, obj in pieces.items():
+        save_state(directory, name, obj.state_dict())
+    save_state(directory, META, meta)
+    rd = rank_dir(directory, rank)
+    rd.mkdir()
+    save_state(rd, RNG, capture_rng())
 
 
 def check_optimizer_matches(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
     """Refuse optimizer state whose parameters differ from the model's in count, order or shape."""
-    saved_groups = state.get("param_groups", [])
+    saved_groups = state.get("param_groups", []) if isinstance(state, dict) else None
+    if not isinstance(saved_groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                      for g in saved_groups):
+        raise ResumeError("optimizer state has no valid parameter groups (damaged or foreign)")
     if len(saved_groups) != len(optimizer.param_groups):
         raise ResumeError(f"optimizer state has {len(saved_groups)} parameter groups, the model has "
                           f"{len(optimizer.param_groups)}")
+    per_param = state.get("state", {})
+    if not isinstance(per_param, dict):
+        raise ResumeError("optimizer state has no valid per-parameter state (damaged or foreign)")
     for gi, (saved, live) in enumerate(zip(saved_groups, optimizer.param_groups)):
         if len(saved["params"]) != len(live["params"]):
             raise ResumeError(f"optimizer group {gi} holds {len(saved['params'])} parameters, the model has "
@@ -58,15 +59,16 @@ def check_optimizer_matches(state: dict[str, Any], optimizer: torch.optim.Optimi
             first = next(i for i, (a, b) in enumerate(zip(names_saved, names_live)) if a != b)
             raise ResumeError(f"optimizer group {gi} parameter {first} is {names_saved[first]!r} in the "
                               f"checkpoint but {names_live[first]!r} in the model (order or names changed)")
-        for pid, param in zip(saved["params"], live["params"]):
-            for key, value in state.get("state", {}).get(pid, {}).items():
+        for i, (pid, param) in enumerate(zip(saved["params"], live["params"])):
+            entry = per_param.get(pid, {})
+            for key, value in (entry.items() if isinstance(entry, dict) else ()):
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
-                    name = (names_live or [])[live["params"].index(param)] if names_live else pid
+                    name = names_live[i] if names_live else pid
                     raise ResumeError(f"optimizer state {key!r} of parameter {name} has shape "
                                       f"{tuple(value.shape)}, the parameter has {tuple(param.shape)}")
 
 
-def load_training_checkpoint(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 0) -> None:
+def load_training_state(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 0) -> None:
     """Load every piece; a missing or mismatching piece raises, never a silent fresh start."""
     for name, obj in pieces.items():
         try:
@@ -77,13 +79,12 @@ def load_training_checkpoint(ckpt: Path, *, pieces: dict[str, Stateful], rank: i
             check_optimizer_matches(state, obj)
         try:
             obj.load_state_dict(state)
-        except (ValueError, KeyError, RuntimeError, TypeError) as err:
+        except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as err:
             raise ResumeError(f"cannot resume: '{name}' state in {ckpt.name} does not load: "
-                              f"{str(err).splitlines()[0]}") from None
+                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     try:
-        rng = load_state(rank_dir(ckpt, rank), "rng")
-        restore_rng(rng)
+        restore_rng(load_state(rank_dir(ckpt, rank), RNG))
     except CheckpointFormatError as err:
         raise ResumeError(f"cannot resume: rank {rank} RNG state: {err}") from None
-    except ValueError as err:
-        raise ResumeError(f"cannot resume: {err}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+        raise ResumeError(f"cannot resume: rank {rank} RNG state in {ckpt.name} does not load: {err}") from None

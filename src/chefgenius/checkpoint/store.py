@@ -4,27 +4,34 @@ A checkpoint is written into ``.tmp-step-NNNNNNN-PID`` beside its final place; f
 fsynced, ``MANIFEST.json`` (name, size and SHA-256 of every file) is written last, then the
 directory is renamed to ``step-NNNNNNN`` and the parent fsynced. A kill at any moment leaves
 either a complete checkpoint or a temporary directory that readers ignore and the next run
-removes.
+removes. Verification trusts nothing in the manifest: entries must be plain relative names of
+regular files inside the checkpoint, and every file present must be listed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .format import FORMAT_VERSION, CheckpointFormatError, load_state, save_state
+from safetensors import SafetensorError
 
-MANIFEST = "MANIFEST.json"
-_STEP_DIR = re.compile(r"^step-(\d{7,})$")
-_TMP_PREFIX = ".tmp-"
+from .format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
+from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, TMP_PREFIX, checkpoint_dir, step_of
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Test hook: widen the window between writing a checkpoint's files and committing it, so that
+# kill tests can land a SIGKILL inside a save deterministically. Unset in normal use.
+_PAUSE_ENV = "CHEFGENIUS_TEST_SAVE_PAUSE_S"
 
 
 class CheckpointWriteError(OSError):
@@ -37,23 +44,15 @@ class CheckpointInfo:
     path: Path
 
 
-def checkpoint_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:07d}"
-
-
-def rank_dir(ckpt: Path, rank: int) -> Path:
-    return ckpt / f"rank-{rank:05d}"
-
-
 def list_checkpoints(root: Path) -> list[CheckpointInfo]:
     """Committed checkpoint directories, oldest first (validity not checked)."""
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir():
-            found.append(CheckpointInfo(int(m.group(1)), p))
+        step = step_of(p)
+        if step is not None and p.is_dir() and not p.is_symlink():
+            found.append(CheckpointInfo(step, p))
     return sorted(found, key=lambda c: c.step)
 
 
@@ -62,8 +61,11 @@ def remove_temporaries(root: Path) -> list[Path]:
     removed = []
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(_TMP_PREFIX):
-                shutil.rmtree(p, ignore_errors=True)
+            if p.name.startswith(TMP_PREFIX):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
 
@@ -89,13 +91,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+def _tree(directory: Path) -> tuple[list[str], list[str]]:
+    """Relative names of regular files (manifest excluded) and of anything else (links, fifos...)."""
+    files, odd = [], []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
+        base = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            p = base / name
+            rel = p.relative_to(directory).as_posix()
+            mode = p.lstat().st_mode
+            if stat.S_ISDIR(mode):
+                continue
+            if stat.S_ISREG(mode):
+                if rel != MANIFEST:
+                    files.append(rel)
+            else:
+                odd.append(rel)
+    return sorted(files), sorted(odd)
 
 
 def write_manifest(directory: Path, step: int) -> None:
-    files = {p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in _files(directory)}
+    names, odd = _tree(directory)
+    if odd:
+        raise OSError(errno.EINVAL, f"refusing to commit a checkpoint holding non-regular files {odd}")
+    files = {rel: {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)} for rel in names}
     doc = {"format_version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
     path = directory / MANIFEST
     with path.open("w") as f:
@@ -105,34 +124,73 @@ def write_manifest(directory: Path, step: int) -> None:
 
 
 def read_manifest(ckpt: Path) -> dict[str, Any]:
+    """The manifest, checked for shape; raises :class:`CheckpointFormatError` with one line."""
     path = ckpt / MANIFEST
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         raise CheckpointFormatError(f"{ckpt.name}: missing {MANIFEST} (incomplete or foreign checkpoint)")
     try:
-        doc = json.loads(path.read_text())
-        doc["files"].items()
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        raise CheckpointFormatError(f"{ckpt.name}: {MANIFEST} is unreadable") from None
+        doc = read_json(path, MAX_MANIFEST_BYTES)
+    except CheckpointFormatError as err:
+        raise CheckpointFormatError(f"{ckpt.name}: {MANIFEST} is unreadable: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise CheckpointFormatError(f"{ckpt.name}: {MANIFEST} has no 'files' mapping (damaged or foreign)")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointFormatError(f"{ckpt.name}: format version {doc.get('format_version')!r}, this chefgenius "
+                                    f"reads {FORMAT_VERSION}")
+    step = doc.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise CheckpointFormatError(f"{ckpt.name}: {MANIFEST} has no integer 'step'")
+    named = step_of(ckpt)
+    if named is not None and named != step:
+        raise CheckpointFormatError(f"{ckpt.name}: {MANIFEST} is for step {step} (copied from another checkpoint?)")
+    for rel, entry in doc["files"].items():
+        problem = _entry_problem(rel, entry)
+        if problem:
+            raise CheckpointFormatError(f"{ckpt.name}: {MANIFEST} entry {rel!r} {problem}")
     return doc
 
 
+def _entry_problem(rel: str, entry: Any) -> str | None:
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    odd = any(p in ("..", ".", "") for p in parts) or "\\" in rel or "\x00" in rel
+    if odd or PurePosixPath(rel).as_posix() != rel or rel == MANIFEST:
+        return "is not a plain relative file name inside the checkpoint"
+    if not isinstance(entry, dict):
+        return f"must be {{size, sha256}}, found {type(entry).__name__}"
+    size, digest = entry.get("size"), entry.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return "has no valid size"
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        return "has no valid sha256"
+    return None
+
+
 def verify_checkpoint(ckpt: Path) -> str | None:
-    """None when every file matches the manifest, else one line naming the first problem."""
+    """None when the checkpoint is exactly what its manifest lists, else one line naming the first problem."""
     try:
+        if ckpt.is_symlink() or not ckpt.is_dir():
+            return f"{ckpt.name}: not a checkpoint directory"
         doc = read_manifest(ckpt)
+        files, odd = _tree(ckpt)
     except CheckpointFormatError as err:
         return str(err)
-    if doc.get("format_version") != FORMAT_VERSION:
-        return (f"{ckpt.name}: format version {doc.get('format_version')!r}, this chefgenius reads "
-                f"{FORMAT_VERSION}")
-    for rel, entry in doc["files"].items():
+    except OSError as err:
+        return f"{ckpt.name}: cannot be read ({err.strerror or err})"
+    if odd:
+        return f"{ckpt.name}: holds {odd[0]!r}, which is not a regular file (links are not allowed in a checkpoint)"
+    listed = doc["files"]
+    unlisted = [f for f in files if f not in listed]
+    if unlisted:
+        return f"{ckpt.name}: file {unlisted[0]} is not in the manifest (added after the commit?)"
+    for rel, entry in listed.items():
         p = ckpt / rel
-        if not p.is_file():
+        if rel not in files:
             return f"{ckpt.name}: file {rel} is missing"
         size = p.stat().st_size
-        if size != entry.get("size"):
-            return f"{ckpt.name}: file {rel} has {size} bytes, manifest says {entry.get('size')}"
-        if _sha256(p) != entry.get("sha256"):
+        if size != entry["size"]:
+            return f"{ckpt.name}: file {rel} has {size} bytes, manifest says {entry['size']}"
+    for rel, entry in listed.items():
+        if _sha256(ckpt / rel) != entry["sha256"]:
             return f"{ckpt.name}: file {rel} does not match its SHA-256 in the manifest (corrupted)"
     return None
 
@@ -148,32 +206,44 @@ def find_resumable(root: Path) -> tuple[CheckpointInfo | None, list[tuple[Checkp
     return None, skipped
 
 
+def _as_write_error(err: BaseException, name: str, step: int, tmp: Path) -> CheckpointWriteError:
+    if isinstance(err, OSError):
+        code, reason, where = err.errno, err.strerror or str(err), err.filename or tmp
+    else:  # safetensors' Rust writer (used by save_pretrained) raises its own error type for I/O failures
+        text = str(err)
+        code = errno.ENOSPC if "os error 28" in text or "No space left" in text else errno.EIO
+        reason, where = (os.strerror(code) if code == errno.ENOSPC else text), tmp
+    return CheckpointWriteError(code, f"cannot write {name} (step {step}) at {where}: {reason}")
+
+
 def commit_directory(final: Path, step: int, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_dir)`` beside ``final``, then fsync, manifest and rename atomically into place."""
     root = final.parent
-    tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         write(tmp)
-        for p in _files(tmp):
-            _fsync_file(p)
+        pause = float(os.environ.get(_PAUSE_ENV) or 0)
+        if pause:
+            time.sleep(pause)
+        files, _ = _tree(tmp)
+        for rel in files:
+            _fsync_file(tmp / rel)
         write_manifest(tmp, step)
-        for d in sorted({p.parent for p in _files(tmp)} | {tmp}, key=lambda d: len(d.parts), reverse=True):
+        for d in sorted({(tmp / f).parent for f in files} | {tmp}, key=lambda d: len(d.parts), reverse=True):
             _fsync_dir(d)
-        if final.exists():
+        if final.exists() or final.is_symlink():
             # Only an unverifiable leftover can stand here (resume skips to an older one): set it aside.
-            trash = root / f"{_TMP_PREFIX}replaced-{final.name}-{os.getpid()}"
+            trash = root / f"{TMP_PREFIX}replaced-{final.name}-{os.getpid()}"
             os.rename(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = err.strerror or str(err)
-        where = err.filename or tmp
-        raise CheckpointWriteError(err.errno, f"cannot write {final.name} (step {step}) at {where}: {reason}") from err
+        raise _as_write_error(err, final.name, step, tmp) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -184,21 +254,12 @@ def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> P
     return commit_directory(checkpoint_dir(root, step), step, write)
 
 
-def write_states(directory: Path, states: dict[str, Any]) -> None:
-    for name, state in states.items():
-        save_state(directory, name, state)
-
-
-def read_states(ckpt: Path, names: Iterable[str]) -> dict[str, Any]:
-    return {name: load_state(ckpt, name) for name in names}
-
-
 def select_retained(infos: list[CheckpointInfo], val_losses: dict[int, float | None], *, keep_last: int,
                     keep_best: int, protect: Iterable[int] = ()) -> set[int]:
     """Steps to keep: the newest ``keep_last``, the ``keep_best`` lowest validation losses, protected."""
     steps = [i.step for i in infos]
     keep = set(steps[-keep_last:]) | set(protect)
-    ranked = sorted((v, s) for s, v in val_losses.items() if v is not None and s in steps)
+    ranked = sorted((v, s) for s, v in val_losses.items() if isinstance(v, (int, float)) and s in steps)
     keep |= {s for _, s in ranked[:keep_best]}
     return keep
 
@@ -219,7 +280,8 @@ def apply_retention(root: Path, *, keep_last: int, keep_best: int, protect: Iter
 
 def checkpoint_val_loss(ckpt: Path) -> float | None:
     try:
-        meta = load_state(ckpt, "meta")
-    except (CheckpointFormatError, OSError):
+        meta = load_state(ckpt, META)
+    except CheckpointFormatError:
         return None
-    return meta.get("val_loss")
+    value = meta.get("val_loss") if isinstance(meta, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None

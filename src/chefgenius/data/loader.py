@@ -1,4 +1,4 @@
-"""Tokenised on-disk cache, the resumable sampler, and batch collation.
+"""The resumable sampler, and batch collation of tokenised examples.
 
 The sampler is the data-order state: ``(epoch, position)`` with position counted in global
 samples. Epoch ``e``'s order is a permutation drawn from a generator seeded by ``(seed, e)``, so
@@ -7,28 +7,12 @@ resuming jumps straight to any position without replaying earlier batches.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-
-from .format import recipe_to_example
-from .sources import Recipe
-
-CACHE_VERSION = 1
-
-
-def default_cache_dir(configured: str | None) -> Path:
-    if configured:
-        return Path(configured)
-    env = os.environ.get("CHEFGENIUS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "chefgenius"
 
 
 @dataclass
@@ -43,87 +27,6 @@ class TokenizedData:
 
     def lengths(self) -> list[int]:
         return [len(x) + len(y) for x, y in zip(self.input_ids, self.labels)]
-
-
-def tokenizer_digest(tokenizer: Any) -> str:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
-
-
-def encode_example(tokenizer: Any, prompt: str, target: str | None, *, is_seq2seq: bool,
-                   max_prompt_tokens: int, max_target_tokens: int, mask_prompt: bool = True
-                   ) -> tuple[list[int], list[int]]:
-    """Token ids of one example; with ``target=None`` only the generation prompt is built."""
-    eos = tokenizer.eos_token_id
-    if is_seq2seq:
-        src = tokenizer.encode(prompt, add_special_tokens=False)[: max_prompt_tokens - 1] + [eos]
-        if target is None:
-            return src, []
-        tgt = (tokenizer.encode(target, add_special_tokens=False) + [eos])[:max_target_tokens]
-        return src, tgt
-    src = tokenizer.encode(prompt + "\n", add_special_tokens=False)[:max_prompt_tokens]
-    if target is None:
-        return src, []
-    tgt = (tokenizer.encode(target, add_special_tokens=False) + [eos])[:max_target_tokens]
-    ids = src + tgt
-    labels = ([-100] * len(src) if mask_prompt else list(src)) + tgt
-    return ids, labels
-
-
-def tokenize_recipes(recipes: list[Recipe], tokenizer: Any, *, is_seq2seq: bool, max_prompt_tokens: int,
-                     max_target_tokens: int, mask_prompt: bool) -> TokenizedData:
-    inputs, labels = [], []
-    for r in recipes:
-        prompt, target = recipe_to_example(r)
-        ids, lab = encode_example(tokenizer, prompt, target, is_seq2seq=is_seq2seq,
-                                  max_prompt_tokens=max_prompt_tokens, max_target_tokens=max_target_tokens,
-                                  mask_prompt=mask_prompt)
-        inputs.append(torch.tensor(ids, dtype=torch.int64))
-        labels.append(torch.tensor(lab, dtype=torch.int64))
-    return TokenizedData(inputs, labels)
-
-
-def _pack(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-    offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(lengths, 0)
-    flat = torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.int64)
-    return flat.to(torch.int32), offsets
-
-
-def _unpack(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
-    flat = flat.to(torch.int64)
-    return [flat[offsets[i]:offsets[i + 1]].clone() for i in range(len(offsets) - 1)]
-
-
-def cached_tokenize(recipes: list[Recipe], tokenizer: Any, *, split_fingerprint: str, cache_dir: Path,
-                    is_seq2seq: bool, max_prompt_tokens: int, max_target_tokens: int, mask_prompt: bool
-                    ) -> tuple[TokenizedData, bool]:
-    """Tokenise once per (data, tokenizer, lengths); returns the data and whether the cache hit."""
-    key = hashlib.sha256(
-        f"{CACHE_VERSION}|{split_fingerprint}|{tokenizer_digest(tokenizer)}|{is_seq2seq}|"
-        f"{max_prompt_tokens}|{max_target_tokens}|{mask_prompt}".encode()
-    ).hexdigest()[:24]
-    path = cache_dir / "tokens" / f"{key}.safetensors"
-    if path.is_file():
-        try:
-            t = load_file(str(path))
-            data = TokenizedData(_unpack(t["input_ids"], t["input_offsets"]), _unpack(t["labels"], t["label_offsets"]))
-            if len(data) == len(recipes):
-                return data, True
-        except Exception as err:  # a damaged cache entry is rebuilt, and we say so
-            print(f"warning: token cache {path} is unreadable ({err}); re-tokenising")
-    data = tokenize_recipes(recipes, tokenizer, is_seq2seq=is_seq2seq, max_prompt_tokens=max_prompt_tokens,
-                            max_target_tokens=max_target_tokens, mask_prompt=mask_prompt)
-    ids, ioff = _pack(data.input_ids)
-    lab, loff = _pack(data.labels)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"input_ids": ids, "input_offsets": ioff, "labels": lab, "label_offsets": loff}, str(tmp))
-        os.replace(tmp, path)
-    except OSError as err:
-        print(f"warning: cannot write token cache {path} ({err.strerror}); continuing without a cache")
-    return data, False
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,18 +68,33 @@ def _as_list(value: Any, name: str) -> list[str]:
     return [x.strip() for x in items]
 
 
+def _has_bad_bytes(value: Any) -> bool:
+    """Undecodable bytes survive reading as lone surrogates (``surrogateescape``)."""
+    if isinstance(value, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+    if isinstance(value, list):
+        return any(_has_bad_bytes(v) for v in value)
+    return False
+
+
 def _to_recipe(row: dict[str, Any], index: int) -> Recipe | RowError:
-    excerpt = str(row.get("title") or row)[:80]
+    excerpt = str(row.get("title") or row)[:80].encode("utf-8", "replace").decode()
+    if any(_has_bad_bytes(v) for v in row.values()):
+        return RowError(index, "invalid UTF-8", excerpt)
     try:
         title = row.get("title")
         if not isinstance(title, str):
             raise ValueError("title is missing")
         score = row.get("quality_score")
-        if score is not None and not isinstance(score, (int, float)):
+        if score == "":
+            score = None
+        if score is not None:
             try:
                 score = float(score)
-            except ValueError:
+            except (TypeError, ValueError):
                 raise ValueError("quality_score is not a number") from None
+            if not 0.0 <= score <= 1.0:  # NaN fails this too
+                raise ValueError("quality_score is not a number in [0, 1]")
         ner_raw = row.get("NER", row.get("ner"))
         ner = tuple(_as_list(ner_raw, "NER")) if ner_raw not in (None, "") else ()
         return Recipe(
@@ -95,7 +111,7 @@ def _to_recipe(row: dict[str, Any], index: int) -> Recipe | RowError:
 
 def read_csv(path: Path) -> Iterator[Recipe | RowError]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_FIELDS if c not in (reader.fieldnames or [])]
         if missing:
@@ -112,18 +128,24 @@ def read_csv(path: Path) -> Iterator[Recipe | RowError]:
                 yield RowError(index, f"unparseable CSV row: {err}", "")
                 index += 1
                 continue
+            title = str(row.get("title"))[:80].encode("utf-8", "replace").decode()
             if None in row:  # more cells than header columns
-                yield RowError(index, "row has more cells than the header", str(row.get("title"))[:80])
+                yield RowError(index, "row has more cells than the header", title)
             elif any(row.get(c) is None for c in REQUIRED_FIELDS):
-                yield RowError(index, "row has fewer cells than the header", str(row.get("title"))[:80])
+                yield RowError(index, "row has fewer cells than the header", title)
             else:
                 yield _to_recipe(row, index)
             index += 1
 
 
 def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for index, line in enumerate(f):
+    with path.open("rb") as f:
+        for index, raw in enumerate(f):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield RowError(index, "invalid UTF-8", raw[:80].decode("utf-8", "replace"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -169,12 +191,13 @@ def read_source(path: str | None, fmt: str = "auto", hf_split: str = "train") ->
             fmt = "csv" if p.suffix.lower() in (".csv", ".tsv") else "jsonl"
         elif p.is_dir():
             fmt = "hf"
-        elif "/" in path and not p.suffix:
-            fmt = "hf"  # looks like a hub id
         else:
-            raise DataError(f"data file {path} does not exist (set data.path to a CSV, JSONL or dataset)")
+            raise DataError(f"data path {path} does not exist (set data.path to a CSV or JSONL file or a saved "
+                            "dataset directory; for a Hugging Face hub dataset add format hf)")
     if fmt in ("csv", "jsonl") and not p.is_file():
         raise DataError(f"data file {path} does not exist (set data.path to a CSV, JSONL or dataset)")
+    if fmt in ("csv", "jsonl") and not os.access(p, os.R_OK):
+        raise DataError(f"data file {path} cannot be read (permission denied)")
     if fmt == "csv":
         return read_csv(p)
     if fmt == "jsonl":

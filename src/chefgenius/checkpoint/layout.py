@@ -1,0 +1,61 @@
+"""Every file and directory name inside a checkpoint or a run's ``checkpoints/``; nothing else spells them.
+
+A checkpoint is ``checkpoints/step-NNNNNNN/`` holding one entry per named piece (``model/`` and
+``tokenizer/`` in Hugging Face format, the others as ``NAME.json`` + ``NAME.safetensors``),
+``rank-NNNNN/rng.*`` per process, and ``MANIFEST.json`` written last.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MANIFEST = "MANIFEST.json"
+
+# Named pieces of a training checkpoint. ``ckpt inspect`` reports them under these names.
+MODEL = "model"
+TOKENIZER = "tokenizer"
+OPTIMIZER = "optimizer"
+SCHEDULER = "scheduler"
+SCALER = "scaler"
+SAMPLER = "sampler"
+TRAIN_STATE = "train_state"
+META = "meta"
+RNG = "rng"
+STATE_PIECES = (OPTIMIZER, SCHEDULER, SCALER, SAMPLER, TRAIN_STATE)
+
+TMP_PREFIX = ".tmp-"
+STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+# Upper bounds on what a reader will parse: a hostile file must not exhaust memory.
+MAX_MANIFEST_BYTES = 8 << 20
+MAX_STATE_JSON_BYTES = 32 << 20
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:07d}"
+
+
+def step_of(path: Path) -> int | None:
+    m = STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def rank_dir(ckpt: Path, rank: int) -> Path:
+    return ckpt / f"rank-{rank:05d}"
+
+
+def model_dir(ckpt: Path) -> Path:
+    return ckpt / MODEL
+
+
+def tokenizer_dir(ckpt: Path) -> Path:
+    return ckpt / TOKENIZER
+
+
+def hf_dirs(path: Path) -> tuple[Path, Path]:
+    """Model and tokenizer directories of a checkpoint, an old-style ``final/`` or one HF directory."""
+    if (path / MODEL).is_dir():
+        tok = path / TOKENIZER
+        return path / MODEL, tok if tok.is_dir() else path / MODEL
+    return path, path

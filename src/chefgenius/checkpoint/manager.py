@@ -1,0 +1,196 @@
+"""The owner of a run's checkpoints: which one to resume from, reading it, saving, retention, final/.
+
+The trainer asks this object and never spells a file name inside a checkpoint. Reading goes
+through one :class:`Checkpoint` handle, opened once per run after the checkpoint verified.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import CheckpointConfig
+from .format import CheckpointFormatError, load_state
+from .layout import META, RNG, SAMPLER, STATE_PIECES, TRAIN_STATE, model_dir, step_of, tokenizer_dir
+from .state import ResumeError, Stateful, load_training_state, write_training_state
+from .store import (
+    CheckpointWriteError,
+    apply_retention,
+    commit_checkpoint,
+    commit_directory,
+    list_checkpoints,
+    remove_temporaries,
+    verify_checkpoint,
+)
+
+# What resume reads from meta, with the type each must have; anything else is a damaged checkpoint.
+_META_FIELDS: dict[str, type | tuple[type, ...]] = {"config": dict, "train_fingerprint": str, "versions": dict}
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint opened for reading; its meta is already parsed and checked."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return step_of(self.path) or 0
+
+    @property
+    def model_dir(self) -> Path:
+        return model_dir(self.path)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return tokenizer_dir(self.path)
+
+    def load_state(self, pieces: dict[str, Stateful], rank: int = 0) -> None:
+        """Every training piece, then the RNG; refuses state whose step disagrees with the directory."""
+        load_training_state(self.path, pieces=pieces, rank=rank)
+        state = pieces.get(TRAIN_STATE)
+        if state is not None and getattr(state, "step", self.step) != self.step:
+            raise ResumeError(f"cannot resume: {self.path.name} holds train state for step {state.step}")
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """One line saying why ``ckpt`` cannot be used, or None: the manifest verifies and every state
+    file parses within its size and nesting bounds (what verify, list, inspect and resume all use)."""
+    problem = verify_checkpoint(ckpt)
+    if problem:
+        return problem
+    names = {f"{n}.json" for n in (*STATE_PIECES, META)}
+    for js in sorted([*(p for p in ckpt.glob("*.json") if p.name in names), *ckpt.glob(f"rank-*/{RNG}.json")]):
+        try:
+            state = load_state(js.parent, js.stem)
+        except CheckpointFormatError as err:
+            return f"{ckpt.name}: {err}"
+        if js.stem in (META, TRAIN_STATE, SAMPLER) and not isinstance(state, dict):
+            return f"{ckpt.name}: {js.name} does not hold a mapping (damaged or foreign)"
+    return None
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ResumeError(f"checkpoint does not verify: {problem}")
+    try:
+        meta = load_state(path, META)
+    except CheckpointFormatError as err:
+        raise ResumeError(f"cannot resume: {err}") from None
+    bad = [k for k, t in _META_FIELDS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)]
+    if bad:
+        raise ResumeError(f"cannot resume: {path.name}/meta lacks valid {', '.join(bad)} (damaged or foreign)")
+    return Checkpoint(path, meta)
+
+
+@dataclass
+class CheckpointManager:
+    root: Path
+    cfg: CheckpointConfig
+    log: Callable[..., None]
+    rank: int = 0
+    protected: set[int] = field(default_factory=set)
+
+    def remove_temporaries(self, *also: Path) -> None:
+        for d in (self.root, *also):
+            for removed in remove_temporaries(d):
+                self.log(f"removed {removed.name}: left by an interrupted save")
+
+    def select(self, resume: str) -> Checkpoint | None:
+        """``auto``: newest that verifies (saying why newer ones were skipped); ``never``; or a path."""
+        if resume not in ("auto", "never"):
+            path = Path(resume)
+            if not path.is_dir():
+                raise ResumeError(f"--resume {resume}: no such checkpoint directory")
+            return self._open(path)
+        existing = list_checkpoints(self.root)
+        if resume == "never":
+            if existing:
+                raise ResumeError(f"{self.root.parent} already holds checkpoints; pass --resume auto to continue "
+                                  "it, or choose a new --output-dir")
+            return None
+        if not existing:
+            return None
+        for info in reversed(existing):
+            try:
+                return self._open(info.path)
+            except ResumeError as err:
+                self.log(f"skipping checkpoint {info.path.name}: {err}")
+        raise ResumeError(f"{self.root.parent} holds checkpoints but none verifies; run 'chefgenius ckpt list "
+                          f"{self.root.parent}' and remove or repair them, or use a new --output-dir")
+
+    def _open(self, path: Path) -> Checkpoint:
+        ckpt = open_checkpoint(path)
+        self.protected.add(ckpt.step)  # retention never deletes the checkpoint a run resumed from
+        return ckpt
+
+    def save(self, step: int, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
+             meta: dict[str, Any]) -> Path | None:
+        """Commit a checkpoint, then apply retention; a failed write follows ``checkpoint.on_error``."""
+        try:
+            path = commit_checkpoint(self.root, step, lambda tmp: write_training_state(
+                tmp, model=model, tokenizer=tokenizer, pieces=pieces, meta=meta, rank=self.rank))
+        except CheckpointWriteError as err:
+            if self.cfg.on_error == "stop":
+                raise
+            self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
+                     f"(checkpoint.on_error=continue): {err.strerror}")
+            return None
+        for removed in apply_retention(self.root, keep_last=self.cfg.keep_last, keep_best=self.cfg.keep_best,
+                                       protect=self.protected):
+            self.log(f"retention: removed {removed.name}")
+        return path
+
+
+def write_hf_directory(directory: Path, model: Any, tokenizer: Any) -> None:
+    """One Hugging Face model directory: weights, config, generation config and tokenizer side by side."""
+    from ..model import unwrap
+
+    gen = getattr(unwrap(model), "generation_config", None)
+    if gen is not None:  # generation stops at the end-of-recipe token, whoever loads the directory
+        gen.eos_token_id = tokenizer.eos_token_id
+        gen.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+
+
+def write_final(final_dir: Path, step: int, *, model: Any, tokenizer: Any, summary: dict[str, Any]) -> Path:
+    def write(tmp: Path) -> None:
+        write_hf_directory(tmp, model, tokenizer)
+        (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+
+    return commit_directory(final_dir, step, write)
+
+
+def export_directory(out: Path, write: Callable[[Path], None], *, force: bool) -> Path:
+    """Write ``out`` through a temporary directory and a rename; never replaces user files unless forced."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise FileExistsError(f"{out} exists and is not a directory; choose another output path")
+        if any(out.iterdir()) and not force:
+            raise FileExistsError(f"{out} is not empty; choose an empty or new directory, or pass --force to "
+                                  "replace it")
+    tmp = out.parent / f".tmp-export-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if out.exists():
+            old = out.parent / f".tmp-replaced-{out.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,44 @@
+"""Whether a run may continue from a checkpoint: one pure function over what changed since it was written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checkpoint import ResumeError
+from .config import trajectory_differences
+
+DATA_KEY = "data"
+THREADS_KEY = "training.num_threads"
+
+
+def is_allowed(key: str, allow: tuple[str, ...] | list[str]) -> bool:
+    return any(key == a or key.startswith(a + ".") for a in allow)
+
+
+def resume_changes(meta: dict[str, Any], config: dict[str, Any], *, train_fingerprint: str, num_threads: int,
+                   versions: dict[str, str], allow: tuple[str, ...] | list[str] = ()
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Accepted changes and warnings; raises :class:`ResumeError` listing every refused difference at once.
+
+    Refused unless named in ``allow`` (``--allow-change``): a trajectory config key, the training
+    data (fingerprint), and the CPU thread count (it changes floating-point reduction order).
+    """
+    diffs = trajectory_differences(meta["config"], config)
+    if meta["train_fingerprint"] != train_fingerprint:
+        diffs.append((DATA_KEY, meta["train_fingerprint"], train_fingerprint))
+    saved_threads = meta.get("num_threads")
+    if isinstance(saved_threads, int) and saved_threads != num_threads:
+        diffs.append((THREADS_KEY, saved_threads, num_threads))
+    refused = [d for d in diffs if not is_allowed(d[0], allow)]
+    if refused:
+        listing = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in refused)
+        keys = " ".join(f"--allow-change {k}" for k, _, _ in refused)
+        raise ResumeError(f"cannot resume: the run differs from the checkpoint ({listing}); "
+                          f"restore it or accept deliberately with {keys}")
+    warnings = [f"config change accepted on resume: {k}: {a!r} -> {b!r}" for k, a, b in diffs]
+    saved = meta.get("versions") or {}
+    for lib in ("torch", "transformers"):
+        if saved.get(lib) and versions.get(lib) and saved[lib] != versions[lib]:
+            warnings.append(f"warning: checkpoint written with {lib} {saved[lib]}, running {versions[lib]}; "
+                            "exactness is only guaranteed on the same versions")
+    return [{"key": k, "old": a, "new": b} for k, a, b in diffs], warnings

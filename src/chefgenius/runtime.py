@@ -1,0 +1,36 @@
+"""Process set-up that decides floating-point results: device, threads, determinism, seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainingConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"training.device={name} but no CUDA device is visible (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"training.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+
+
+def apply_runtime(cfg: TrainingConfig) -> None:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.determinism == "strict":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
