@@ -29,7 +29,8 @@ def tiny_config(**sections) -> Config:
         "training": {"seed": 7, "num_epochs": 2, "batch_size": 4, "grad_accum": 3, "learning_rate": 3e-3,
                      "warmup_steps": 3, "schedule": "cosine", "max_grad_norm": 0.5, "num_threads": 1,
                      "group_by_length": False},
-        "evaluation": {"every_steps": 5, "at_epoch_end": True, "max_batches": 2, "prompts": []},
+        "evaluation": {"every_steps": 5, "at_epoch_end": True, "max_batches": 2, "prompts": [],
+                       "early_stopping_patience": None},
         "checkpoint": {"every_steps": 4, "keep_last": 2, "keep_best": 1},
         "logging": {"every_steps": 1, "progress_bar": False},
     }

@@ -73,8 +73,8 @@ def _remanifest(ckpt: Path) -> None:
      "wrong shape"),
 ])
 def test_model_tensors_missing_extra_or_misshapen_are_refused_everywhere(stopped_run, tmp_path, doctor, fragment):
-    run, cfg = _copy_run(stopped_run, tmp_path)
-    ckpt = list_checkpoints(run / "checkpoints")[-1].path
+    run, ckpt = _copy_run(stopped_run, tmp_path)
+    cfg = stopped_run[1]
     weights = ckpt / "model" / "model.safetensors"
     save_file(doctor(load_file(str(weights))), str(weights), metadata={"format": "pt"})
     _remanifest(ckpt)
@@ -292,7 +292,7 @@ def _wait_for_step(run: Path, proc: subprocess.Popen, step: int) -> None:
 
 
 def test_second_run_on_the_same_directory_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
-    cfg = tiny_config(training={"num_epochs": 3}, checkpoint={"every_steps": 2})
+    cfg = tiny_config(training={"num_epochs": 40}, checkpoint={"every_steps": 2})  # outlives both probes
     config = write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
     first = subprocess.Popen(train_command(config, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -305,11 +305,13 @@ def test_second_run_on_the_same_directory_is_refused_and_a_killed_run_leaves_no_
         ev = subprocess.run([sys.executable, "-m", "chefgenius.cli", "eval", "--run", str(run), "--checkpoint",
                              str(ckpt), "--num-samples", "0"], capture_output=True, text=True, timeout=120)
         assert ev.returncode == 2 and "in use" in ev.stderr and not (run / "eval.json").exists()
+        assert first.poll() is None, "the first run ended too early to prove anything"
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    done = subprocess.run(train_command(config, run), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    again = subprocess.run([*train_command(config, run), "--set", "training.max_steps=8",
+                            "--allow-change", "training.max_steps"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr
 
 
 # ----- silent changes ----------------------------------------------------------------------------
@@ -410,7 +412,7 @@ def test_messages_name_the_real_problem(tmp_path):
     adir.mkdir()
     r = invoke("train", "--config", config, "--output-dir", tmp_path / "r1", "--set", f"data.path={adir}",
                "--set", "data.format=csv")
-    assert r.exit_code == 2 and "checkpoints" not in _one_line(r.output)
+    assert r.exit_code == 2 and "is not a file" in _one_line(r.output) and "checkpoints" not in r.output
     a_file = tmp_path / "file"
     a_file.write_text("x")
     r = invoke("train", "--config", config, "--output-dir", a_file)

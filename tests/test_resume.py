@@ -151,3 +151,79 @@ def test_checkpoint_holds_every_piece_of_state(tmp_path):
     assert info["rng"]["rank-00000"][:3] == ["python", "numpy", "torch_cpu"]
     assert info["versions"]["torch"] and info["data"]["train_fingerprint"]
     assert (ckpt / "model" / "model.safetensors").is_file() and (ckpt / "tokenizer").is_dir()
+
+
+def test_exact_with_grouped_batches_and_sample_generation_at_every_eval(tmp_path):
+    """The forked RNG of evaluation samples and length-grouped batching must not shift a resumed run."""
+    cfg = tiny_config(training={"group_by_length": True},
+                      evaluation={"prompts": ["egg, milk"], "max_new_tokens": 12, "generation_preset": "creative"})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    run_with_stops(cfg, tmp_path / "b", [3, 7, 11])
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")
+    samples = [json.loads(x) for x in (tmp_path / "b" / "samples.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    assert samples == reference and len(samples) >= 3
+
+
+def test_changed_training_data_is_refused_unless_allowed(tmp_path):
+    from chefgenius.data.sources import bundled_corpus_path
+
+    lines = bundled_corpus_path().read_text().splitlines()
+    data = tmp_path / "recipes.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = tiny_config(data={"path": str(data)}, training={"num_epochs": 1})
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path / "run", on_step=_crash_at(4), log=quiet).fit()
+    row = json.loads(lines[0])
+    row["directions"] = [*row["directions"], "Let it rest for five minutes."]  # one recipe edited in place
+    data.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+    with pytest.raises(ResumeError, match="the run differs from the checkpoint.*data: checkpoint"):
+        Trainer(cfg, tmp_path / "run", log=quiet).setup()
+    trainer = Trainer(cfg, tmp_path / "run", allow_changes=("data",), log=quiet)
+    assert trainer.fit().status == "completed"
+    assert [c["key"] for c in trainer.state.config_changes] == ["data"]
+
+
+def test_resume_from_an_older_checkpoint_by_path_is_exact_and_protected_from_retention(tmp_path):
+    import shutil
+
+    from chefgenius.checkpoint.store import write_manifest
+
+    cfg = tiny_config(training={"num_epochs": 2}, checkpoint={"every_steps": 2, "keep_last": 1, "keep_best": 0},
+                      evaluation={"every_steps": 100, "at_epoch_end": False})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path / "c", on_step=_crash_at(4), log=quiet).fit()
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path / "b", on_step=_crash_at(8), log=quiet).fit()
+    root = tmp_path / "b" / "checkpoints"
+    assert [c.step for c in list_checkpoints(root)] == [8]
+    # A step-8 checkpoint renamed to step 4 is refused by its manifest, then by its train state.
+    fake = root / "step-0000004"
+    shutil.copytree(root / "step-0000008", fake)
+    with pytest.raises(ResumeError, match="MANIFEST.json is for step 8"):
+        Trainer(cfg, tmp_path / "b", resume=str(fake), log=quiet).setup()
+    (fake / "MANIFEST.json").unlink()
+    write_manifest(fake, 4)
+    with pytest.raises(ResumeError, match="train state for step 8"):
+        Trainer(cfg, tmp_path / "b", resume=str(fake), log=quiet).setup()
+    shutil.rmtree(fake)
+    # The user goes back to a real step-4 checkpoint on purpose.
+    shutil.copytree(tmp_path / "c" / "checkpoints" / "step-0000004", fake)
+    assert Trainer(cfg, tmp_path / "b", resume=str(fake), log=quiet).fit().status == "completed"
+    # keep_last=1 would have deleted step 4 at the first save after it; the resume source is protected.
+    assert 4 in [c.step for c in list_checkpoints(root)]
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")
+
+
+def test_rerun_of_a_complete_run_with_a_damaged_checkpoint_touches_nothing(tmp_path):
+    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2, "keep_last": 5})
+    Trainer(cfg, tmp_path, log=quiet).fit()
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1].path
+    (newest / "sampler.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    logs: list[str] = []
+    result = Trainer(cfg, tmp_path, log=lambda *a: logs.append(" ".join(map(str, a)))).fit()
+    assert result.status == "already_complete" and any("already complete" in line for line in logs)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert not any("skipping" in line for line in logs)

@@ -80,3 +80,28 @@ def test_multi_process_launch_is_refused_not_silently_unsynced(tmp_path, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RunDirError, match="multi-process training is not supported yet"):
         Trainer(tiny_config(), tmp_path, log=quiet)
+
+
+def test_a_run_shorter_than_its_warmup_trains_and_says_so(tmp_path):
+    logs: list[str] = []
+    cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 3})
+    result = Trainer(cfg, tmp_path, log=lambda *a: logs.append(" ".join(map(str, a)))).fit()
+    assert result.status == "completed" and result.step == 2
+    assert any("covers the whole run" in line for line in logs)
+
+
+def test_constructing_a_trainer_touches_no_file(tmp_path):
+    cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    t = Trainer(cfg, tmp_path / "b", log=quiet)
+    Trainer(cfg, tmp_path / "a", log=quiet)
+    assert not (tmp_path / "b").exists() and t.resumed_from is None
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_default_run_stops_early_near_its_best():
+    from chefgenius.config import Config
+
+    ev = Config().evaluation
+    assert ev.early_stopping_patience and ev.every_steps

@@ -149,8 +149,9 @@ def _load_model(run: Optional[Path], model: Optional[str], device: str):
     else:
         path = model
         for candidate in (Path(model), *list(Path(model).parents)[:2]):
-            if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
-                max_prompt_tokens = build_config(RunDirectory(candidate).read_config()).data.max_prompt_tokens
+            rd = RunDirectory(candidate)
+            if rd.config_file.is_file() and rd.checkpoints.is_dir():
+                max_prompt_tokens = build_config(rd.read_config()).data.max_prompt_tokens
                 break
     m, tok, seq2seq = load_for_inference(path)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -388,12 +389,13 @@ def ckpt_export(path: Path, out: Path,
                 ) -> None:
     """Write one Hugging Face model directory (weights and tokenizer; LoRA merged unless --no-merge-lora)."""
     from .checkpoint import checkpoint_problem
+    from .checkpoint.layout import MANIFEST
     from .checkpoint.manager import export_directory, write_hf_directory
     from .model import load_for_inference
 
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist or is not a directory (pass a checkpoint or final/ directory)")
-    if (path / "MANIFEST.json").exists():
+    if (path / MANIFEST).exists():
         problem = checkpoint_problem(path)
         if problem:
             raise ConfigError(f"refusing to export: {problem}")

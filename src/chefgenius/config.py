@@ -90,7 +90,7 @@ class ModelConfig(_Strict):
 
 class TrainingConfig(_Strict):
     seed: int = Field(42, description="Seed of model init, dropout and data order (plus rank).")
-    num_epochs: int = Field(60, ge=1, description="Passes over the training split.")
+    num_epochs: int = Field(30, ge=1, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Recipes per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -122,10 +122,10 @@ class TrainingConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    every_steps: int | None = Field(50, ge=1, description="Validate every N optimizer steps.")
+    every_steps: int | None = Field(25, ge=1, description="Validate every N optimizer steps.")
     at_epoch_end: bool = Field(False, description="Also validate at the end of every epoch.")
     max_batches: int | None = Field(None, ge=1, description="Cap on validation batches per evaluation.")
-    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evals without gain.")
+    early_stopping_patience: int | None = Field(3, ge=1, description="Stop after N evals without gain.")
     early_stopping_threshold: float = Field(0.0, ge=0.0, description="Minimum loss drop that counts.")
     prompts: list[str] = Field(
         default_factory=lambda: ["chicken, rice, onion"],

@@ -112,14 +112,14 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
     run = RunDirectory(run_dir)
     if not run.path.is_dir():
         raise ConfigError(f"run directory {run.path} does not exist")
-    cfg = build_config(run.read_config())
-    source = checkpoint or run.final
-    if not source.is_dir():
-        raise ConfigError(f"{source} does not exist; train to completion or pass --checkpoint PATH")
-    problem = checkpoint_problem(source)
-    if problem:
-        raise ConfigError(f"{source} does not verify: {problem}")
-    with run.lock():  # eval.json must not be written while a training run owns the directory
+    with run.lock():  # eval.json must not be written, nor a checkpoint read, while a training run owns the dir
+        cfg = build_config(run.read_config())
+        source = checkpoint or run.final
+        if not source.is_dir():
+            raise ConfigError(f"{source} does not exist; train to completion or pass --checkpoint PATH")
+        problem = checkpoint_problem(source)
+        if problem:
+            raise ConfigError(f"{source} does not verify: {problem}")
         model, tokenizer, seq2seq = load_for_inference(source)
         model.to(torch.device(device))
         data = prepare_recipes(cfg.data)

@@ -28,6 +28,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .config import ModelConfig
+from .distributed import print0
 from .rundir import BASE_MODEL_DIR
 
 hf_logging.set_verbosity_error()
@@ -151,7 +152,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, *, str
         raise ModelLoadError(f"model weights in {path} do not fit the model: {problem}; the checkpoint is damaged "
                              "or from another model")
     if problem:
-        print(f"warning: {path}: {problem}; those weights start untrained", file=sys.stderr)
+        print0(f"warning: {path}: {problem}; those weights start untrained", file=sys.stderr)
     return model
 
 

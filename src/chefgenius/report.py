@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .rundir import RunDirectory
 from .tracking import read_jsonl
 
 
@@ -43,10 +44,11 @@ def _plot(path: Path, title: str, series: list[tuple[str, list[float], list[floa
 def write_report(run_dir: Path) -> Path:
     """Write ``report/`` (PNG plots + index.html) and return the HTML path."""
     run_dir = Path(run_dir)
-    entries = read_jsonl(run_dir / "metrics.jsonl")
+    run = RunDirectory(run_dir)
+    entries = read_jsonl(run.metrics)
     if not entries:
         raise ConfigError(f"{run_dir} has no metrics.jsonl entries; pass a run directory written by 'chefgenius train'")
-    out = run_dir / "report"
+    out = run.report_dir
     out.mkdir(exist_ok=True)
     train = [e for e in entries if "loss" in e]
     evals = [e for e in entries if "eval_loss" in e]
@@ -65,9 +67,9 @@ def write_report(run_dir: Path) -> Path:
               resumes, "perplexity", logy=True),
         _plot(out / "grad_norm.png", "Gradient norm", [("grad norm", *col(train, "grad_norm"))], resumes, "norm"),
     ]
-    samples = read_jsonl(run_dir / "samples.jsonl")
+    samples = read_jsonl(run.samples)
     last_step = max((s["step"] for s in samples), default=None)
-    eval_json = run_dir / "eval.json"
+    eval_json = run.eval_file
     eval_result = json.loads(eval_json.read_text()) if eval_json.is_file() else None
 
     parts = [f"<h1>chefgenius run report</h1><p>{html.escape(str(run_dir))}: {len(train)} logged steps, "

@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint.layout import TMP_PREFIX
+from .rundir import RunDirectory
+
 
 @dataclass
 class SoakResult:
@@ -32,7 +35,7 @@ def train_command(config: Path, run_dir: Path, extra: list[str] | None = None) -
 
 
 def last_logged_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
+    path = RunDirectory(run_dir).metrics
     if not path.exists():
         return 0
     step = 0
@@ -45,9 +48,9 @@ def last_logged_step(run_dir: Path) -> int:
 
 
 def _saving(run_dir: Path) -> bool:
-    root = run_dir / "checkpoints"
+    root = RunDirectory(run_dir).checkpoints
     try:
-        return any(e.name.startswith(".tmp-step") for e in os.scandir(root))
+        return any(e.name.startswith(f"{TMP_PREFIX}step") for e in os.scandir(root))
     except FileNotFoundError:
         return False
 

@@ -33,8 +33,9 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any]) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, path: Path, tensorboard_dir: Path, cfg: LoggingConfig, config_dict: dict[str, Any]) -> None:
+        run_dir = path.parent
+        self.path = path
         self._file = self.path.open("a")
         self._tb = None
         self._wandb = None
@@ -44,7 +45,7 @@ class MetricsWriter:
             except ImportError:
                 raise RuntimeError("logging.tensorboard needs the 'tensorboard' extra: "
                                    "pip install 'chefgenius[tensorboard]'") from None
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(tensorboard_dir))
         if cfg.wandb:
             try:
                 import wandb

@@ -374,7 +374,7 @@ class Trainer:
                 return FitResult("already_complete", 0, self.run.final, math.nan, 0.0)
             self.setup()
             self._prepare_run_dir()
-            writer = MetricsWriter(self.run.path, self.cfg.logging, self.cfg.to_dict())
+            writer = MetricsWriter(self.run.metrics, self.run.tensorboard, self.cfg.logging, self.cfg.to_dict())
             if self.resumed_from is not None:
                 writer.log({"event": "resume", "step": self.state.step, "checkpoint": self.resumed_from.path.name})
             old_handlers = self._install_signal_handlers()
@@ -443,14 +443,18 @@ class Trainer:
             bar.set_postfix(epoch=f"{epoch_float:.2f}", loss=f"{out['loss']:.3f}")
             # A new best is saved so that keep_best has its weights.
             if st.step % cc.every_steps == 0 or is_new_best or self._is_done():
-                self.save_checkpoint()
-                saved_at = st.step
+                if self.save_checkpoint() is not None:
+                    saved_at = st.step
             if self.on_step is not None:
                 self.on_step(self)
         if self._stop_signal is not None:
-            if saved_at != st.step:
-                self.save_checkpoint()
-            self.log(f"stopped at step {st.step}; checkpoint saved; run the same command again to resume")
+            if saved_at != st.step and self.save_checkpoint() is not None:
+                saved_at = st.step
+            if saved_at == st.step:
+                self.log(f"stopped at step {st.step}; checkpoint saved; run the same command again to resume")
+            else:
+                self.log(f"stopped at step {st.step}; its checkpoint FAILED (see above): the same command resumes "
+                         "from the newest checkpoint that was saved")
 
 
 def _in_main_thread() -> bool:

@@ -194,6 +194,8 @@ def read_source(path: str | None, fmt: str = "auto", hf_split: str = "train") ->
         else:
             raise DataError(f"data path {path} does not exist (set data.path to a CSV or JSONL file or a saved "
                             "dataset directory; for a Hugging Face hub dataset add format hf)")
+    if fmt in ("csv", "jsonl") and p.exists() and not p.is_file():
+        raise DataError(f"data path {path} is not a file; data.format={fmt} needs a {fmt.upper()} file")
     if fmt in ("csv", "jsonl") and not p.is_file():
         raise DataError(f"data file {path} does not exist (set data.path to a CSV, JSONL or dataset)")
     if fmt in ("csv", "jsonl") and not os.access(p, os.R_OK):
