@@ -28,14 +28,14 @@ def soak_config(num_epochs: int):
         "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 512},
         "training": {"num_epochs": num_epochs, "batch_size": 4, "grad_accum": 3, "warmup_steps": 5,
                      "num_threads": 1, "learning_rate": 0.002},
-        "evaluation": {"every_steps": 10, "max_batches": 2, "prompts": []},
+        "evaluation": {"every_steps": 10, "max_batches": 2, "prompts": [], "early_stopping_patience": None},
         "checkpoint": {"every_steps": 3, "keep_last": 2, "keep_best": 1},
         "logging": {"every_steps": 1, "progress_bar": False},
     })
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "final" / "model" / "model.safetensors"))
+    return load_file(str(run / "final" / "model.safetensors"))
 
 
 def main() -> int:

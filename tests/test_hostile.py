@@ -256,14 +256,15 @@ def test_full_disk_for_metrics_is_one_line_exit_1(tmp_path, small_fs):
     assert not (fs / "run" / "final").exists()
 
 
-def test_full_disk_for_token_cache_warns_and_trains_on(tmp_path, small_fs):
-    fs = small_fs("4k")
-    logs: list[str] = []
+def test_full_disk_for_the_prepared_dataset_is_one_line_exit_1_and_leaves_nothing(tmp_path, small_fs):
+    fs = small_fs("64k")
     cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1}, data={"cache_dir": str(fs)})
-    result = Trainer(cfg, tmp_path / "run", log=lambda *a: logs.append(" ".join(map(str, a)))).fit()
-    assert result.status == "completed"
-    assert any("cannot write token cache" in line and "No space left" in line for line in logs), logs
-    assert not [p for p in (fs / "tokens").iterdir() if ".tmp" in p.name]
+    r = invoke("train", "--config", write_config(cfg, tmp_path / "c.yaml"), "--output-dir", tmp_path / "run")
+    assert r.exit_code == 1, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert "prepared dataset" in line and "No space left on device" in line and "data.cache_dir" in line
+    assert not [p for p in (fs / "prepared").iterdir() if p.name.startswith(".tmp")]
+    assert not list((fs / "prepared").glob("[0-9a-f]*"))
 
 
 def test_full_disk_for_report_is_one_line(tmp_path, small_fs):
@@ -359,24 +360,27 @@ def test_yaml_config_with_invalid_utf8_is_one_line_exit_2(tmp_path):
     assert r.exit_code == 2 and "not valid UTF-8" in _one_line(r.output)
 
 
-def test_damaged_but_readable_token_cache_entry_is_rebuilt_with_a_message(tmp_path):
+@pytest.mark.parametrize("damage", ["flipped byte", "out-of-range id, manifest recomputed"])
+def test_damaged_prepared_dataset_is_rebuilt_with_a_message(tmp_path, damage):
     cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1}, data={"cache_dir": str(tmp_path / "cache")})
     Trainer(cfg, tmp_path / "a", log=quiet).fit()
-    entries = sorted((tmp_path / "cache" / "tokens").glob("*.safetensors"))
-    assert len(entries) == 2
-    for entry in entries:  # valid safetensors, digest recomputed: only the range check can tell
-        arrays = load_file(str(entry))
-        arrays["input_ids"][0] = 10**6
-        from chefgenius.data.tokenize import _digest
-
-        save_file(arrays, str(entry), metadata={"digest": _digest(arrays)})
-    entries[0].write_bytes(entries[0].read_bytes()[:-4] + b"\0\0\0\1")  # and one that fails its digest
+    (store,) = [p for p in (tmp_path / "cache" / "prepared").iterdir() if len(p.name) == 24]
+    ids = store / "train_tgt.bin"
+    data = bytearray(ids.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+        ids.write_bytes(bytes(data))
+    else:
+        data[0:2] = (65000).to_bytes(2, "little")
+        ids.write_bytes(bytes(data))
+        (store / "MANIFEST.json").unlink()
+        write_manifest(store, 0)
     logs: list[str] = []
     result = Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a)))).fit()
     assert result.status == "completed"
-    damaged = [line for line in logs if "token cache entry" in line and "rebuilding" in line]
-    assert len(damaged) == 2 and any("outside the vocabulary" in line for line in damaged)
-    assert any("do not match their digest" in line for line in damaged)
+    damaged = [line for line in logs if "is damaged" in line and "rebuilding" in line]
+    assert len(damaged) == 1 and store.name in damaged[0], logs
+    assert ("SHA-256" if damage == "flipped byte" else "outside the vocabulary") in damaged[0]
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
 
 

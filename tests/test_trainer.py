@@ -38,14 +38,14 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         assert torch.allclose(g_big[n], g_acc[n], rtol=1e-3, atol=1e-7), n
 
 
-def test_second_run_hits_the_token_cache(tmp_path):
+def test_second_run_reuses_the_prepared_dataset(tmp_path):
     logs: list[str] = []
     cfg = tiny_config(training={"max_steps": 1, "warmup_steps": 0}, data={"cache_dir": str(tmp_path / "cache")})
     Trainer(cfg, tmp_path / "a", log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
     Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
-    cache_lines = [line for line in logs if "token cache" in line]
-    assert len(cache_lines) == 2
-    assert "token cache built" in cache_lines[0] and "token cache hit" in cache_lines[1]
+    lines = [line for line in logs if "prepared dataset" in line]
+    assert len(lines) == 2 and " built in " in lines[0] and " reused " in lines[1]
+    assert lines[0].split()[3] == lines[1].split()[3]  # the same store
 
 
 def test_early_stopping_counts_evaluations(tmp_path):

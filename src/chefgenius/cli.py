@@ -91,8 +91,9 @@ def train(
             result = trainer.fit()
         except OSError as err:
             from .checkpoint import CheckpointWriteError
+            from .data.prepared import PrepareWriteError
 
-            if isinstance(err, CheckpointWriteError):
+            if isinstance(err, (CheckpointWriteError, PrepareWriteError)):
                 raise
             where = f" ({err.filename})" if err.filename else ""
             _fail(f"{err.strerror or err}{where}; checkpoints already committed are intact, fix the cause and "
@@ -283,20 +284,22 @@ def data_check(
     examples: Annotated[int, typer.Option(min=0, help="Examples per drop reason.")] = 3,
 ) -> None:
     """Rows read / kept / dropped per reason, with examples."""
-    from .config import load_config
     from .data.clean import clean_recipes
+    from .data.prepared import stored_report
     from .data.sources import read_source
+    from .data.tokenize import default_cache_dir
 
-    cfg = load_config(config, [*(set_ or []), f"data.format={fmt}"])
-    kept, report = clean_recipes(read_source(path, cfg.data.format), cfg.data.quality)
+    cfg = load_config_for_data(config, [*(set_ or []), f"data.format={fmt}"], path)
+    report = stored_report(cfg.data, default_cache_dir(cfg.data.cache_dir))
+    if report is not None:  # prepared before: the stored report of this exact source and quality config
+        typer.echo(f"{path}: read {report.num_read}, kept {report.num_kept}, dropped {report.num_dropped} "
+                   "(from the prepared dataset's report)")
+        _print_report(report, examples)
+        return
+    kept, report = clean_recipes(read_source(cfg.data.path, cfg.data.format), cfg.data.quality)
     report.max_examples = examples
     typer.echo(f"{path}: read {report.num_read}, kept {report.num_kept}, dropped {report.num_dropped}")
-    for reason, n in report.dropped.most_common():
-        typer.echo(f"  dropped {n:5d}  {reason}")
-        for ex in report.examples.get(reason, [])[:examples]:
-            typer.echo(f"           e.g. {ex}")
-    for what, n in report.repaired.most_common():
-        typer.echo(f"  repaired {n:4d}  {what}")
+    _print_report(report, examples)
     if kept:
         ranked = sorted(kept, key=lambda r: r.quality_score or 0.0)
         low, median = ranked[0].quality_score or 0.0, ranked[len(ranked) // 2].quality_score or 0.0
@@ -305,6 +308,57 @@ def data_check(
         for r in ranked[:examples]:
             if (r.quality_score or 0.0) < 1.0:
                 typer.echo(f"           lowest: row {r.source_row}: {r.title[:60]!r} score={r.quality_score:.2f}")
+
+
+def _print_report(report: Any, examples: int) -> None:
+    for reason, n in report.dropped.most_common():
+        typer.echo(f"  dropped {n:5d}  {reason}")
+        for ex in report.examples.get(reason, [])[:examples]:
+            typer.echo(f"           e.g. {ex}")
+    for what, n in report.repaired.most_common():
+        typer.echo(f"  repaired {n:4d}  {what}")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    path: Annotated[str, typer.Argument(help="CSV, JSONL or dataset dir (the same as data.path).")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="The config you will train with.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Cleaning processes (default: up to 2).")] = None,
+) -> None:
+    """Clean, split and tokenise SOURCE once into a memory-mapped dataset that `train` then maps."""
+    import time
+
+    from .data.prepared import prepare_dataset
+    from .data.tokenize import default_cache_dir
+    from .model import is_seq2seq_dir, load_tokenizer
+
+    cfg = load_config_for_data(config, set_, path)
+    mc = cfg.model
+    t0 = time.perf_counter()
+    ds = prepare_dataset(cfg.data, is_seq2seq=mc.from_scratch == "t5" if mc.from_scratch else
+                         is_seq2seq_dir(mc.name_or_path),
+                         tokenizer=None if mc.from_scratch else load_tokenizer(mc.name_or_path),
+                         vocab_size=mc.vocab_size if mc.from_scratch else None,
+                         cache_dir=default_cache_dir(cfg.data.cache_dir), log=typer.echo, progress=True,
+                         workers=workers, full_verify=True)
+    rep = ds.report
+    tokens = sum(int(ds.meta["arrays"][s][n]["length"]) for s in ("train", "val") for n in ("src", "tgt"))
+    size = sum(p.stat().st_size for p in ds.path.rglob("*") if p.is_file())
+    typer.echo(f"{path}: read {rep.num_read}, kept {rep.num_kept}, dropped {rep.num_dropped}; "
+               f"{len(ds.train)} train / {len(ds.val)} val recipes, {tokens} tokens, {size / 1e6:.1f} MB "
+               f"({size / max(1, tokens):.2f} bytes/token) in {ds.path}; {time.perf_counter() - t0:.1f} s")
+
+
+def load_config_for_data(config: Optional[Path], set_: Optional[list[str]], path: str):
+    from .config import load_config
+
+    cfg = load_config(config, set_ or [])
+    cfg.data.path = path
+    if Path(path).exists():
+        cfg.data.path = str(Path(path).resolve())  # the same absolute path `train` records
+    return cfg
 
 
 @ckpt_app.command("list")

@@ -101,9 +101,8 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
 
     from .checkpoint import checkpoint_problem
     from .config import ConfigError, build_config
-    from .data.format import prompt_ingredients, recipe_to_example
-    from .data.prepare import prepare_recipes
-    from .data.tokenize import tokenize_split
+    from .data.prepared import prepare_dataset
+    from .data.tokenize import default_cache_dir
     from .generate import GenerationSettings, generate_texts
     from .losses import validation_loss
     from .model import load_for_inference
@@ -122,25 +121,28 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
             raise ConfigError(f"{source} does not verify: {problem}")
         model, tokenizer, seq2seq = load_for_inference(source)
         model.to(torch.device(device))
-        data = prepare_recipes(cfg.data)
-        recipes = data.val if split == "val" else data.train
-        fp = data.val_fingerprint if split == "val" else data.train_fingerprint
-        tokens, _ = tokenize_split(recipes, fp, tokenizer, cfg.data, seq2seq,
-                                   log=lambda m: print(m, file=sys.stderr))
-        result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(recipes)}
+        data = prepare_dataset(cfg.data, is_seq2seq=seq2seq, tokenizer=tokenizer, vocab_size=None,
+                               cache_dir=default_cache_dir(cfg.data.cache_dir),
+                               log=lambda m: print(m, file=sys.stderr), progress=progress)
+        tokens = data.val if split == "val" else data.train
+        texts = data.eval_texts(split)
+        if num_samples > len(texts):
+            print(f"note: {num_samples} samples asked, the prepared dataset keeps {len(texts)} {split} prompts as "
+                  "text; generating for those", file=sys.stderr)
+        result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(tokens)}
         result.update(validation_loss(model, tokens, pad_id=tokenizer.pad_token_id, is_seq2seq=seq2seq,
                                       batch_size=cfg.training.batch_size))
         settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens or cfg.data.max_target_tokens)
         prompts, hyps, refs, num_cut, num_capped = [], [], [], 0, 0
-        for r in tqdm(recipes[:num_samples], desc="generate", disable=not progress or not num_samples):
-            ings = prompt_ingredients(r)
+        for sample in tqdm(texts[:num_samples], desc="generate", disable=not progress or not num_samples):
+            ings = sample["ingredients"]
             gen = generate_texts(model, tokenizer, seq2seq, ings, settings,
                                  max_prompt_tokens=cfg.data.max_prompt_tokens)
             num_cut += bool(gen.dropped_ingredients)
             num_capped += gen.capped_from is not None
             prompts.append(ings)
             hyps.append(gen.texts[0])
-            refs.append(recipe_to_example(r)[1])
+            refs.append(sample["target"])
         result["num_samples"] = len(hyps)
         result["preset"] = preset
         result["prompts_cut"] = num_cut

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data.loader import TokenizedData, make_batch
+from .data.loader import Examples, make_batch
 from .model import unwrap
 
 
@@ -30,7 +30,7 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_se
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, data: TokenizedData, *, pad_id: int, is_seq2seq: bool,
+def validation_loss(model: torch.nn.Module, data: Examples, *, pad_id: int, is_seq2seq: bool,
                     batch_size: int, max_batches: int | None = None, autocast: Any = None) -> dict[str, float]:
     """Token-mean loss and perplexity over ``data`` in file order (deterministic, no RNG)."""
     model.eval()

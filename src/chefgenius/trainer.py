@@ -31,22 +31,22 @@ from . import __version__
 from .checkpoint import Checkpoint, CheckpointManager, checkpoint_problem, commit_directory, write_final
 from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
 from .config import Config, ConfigError, check_requirements
-from .data.format import TITLE_LABEL, recipe_to_example
+from .data.format import TITLE_LABEL
 from .data.loader import ResumableSampler, make_batch
-from .data.prepare import PreparedData, prepare_recipes
-from .data.tokenize import tokenize_split
+from .data.prepared import PreparedDataset, prepare_dataset
+from .data.tokenize import default_cache_dir
 from .distributed import print0, rank, world_size
 from .generate import GenerationSettings, generate_texts
 from .losses import token_loss_sum, validation_loss
 from .model import (
     apply_lora,
     build_from_scratch,
+    is_seq2seq_dir,
     load_lora_adapter,
     load_pretrained,
     load_tokenizer,
     max_positions,
     model_family,
-    train_tokenizer,
     unwrap,
 )
 from .optim import build_optimizer, build_scheduler
@@ -143,7 +143,15 @@ class Trainer:
         apply_runtime(tc)
         seed_everything(tc.seed + self.rank)
         ckpt = self.checkpoints.select(self.resume)
-        self.data = prepare_recipes(cfg.data)
+        mc = cfg.model
+        self.is_seq2seq = mc.from_scratch == "t5" if mc.from_scratch else is_seq2seq_dir(mc.name_or_path)
+        given = (load_tokenizer(ckpt.tokenizer_dir) if ckpt is not None else
+                 None if mc.from_scratch else load_tokenizer(mc.name_or_path))
+        self.data = prepare_dataset(cfg.data, is_seq2seq=self.is_seq2seq, tokenizer=given,
+                                    vocab_size=mc.vocab_size if mc.from_scratch else None,
+                                    cache_dir=default_cache_dir(cfg.data.cache_dir), log=self.log,
+                                    progress=cfg.logging.progress_bar and self.rank == 0)
+        self.tokenizer = given if given is not None else self.data.tokenizer()
         self._log_data_report(self.data)
         changes: list[dict[str, Any]] = []
         if ckpt is not None:
@@ -152,15 +160,12 @@ class Trainer:
                                                allow=self.allow_changes)
             for line in warnings:
                 self.log(line)
-        self.tokenizer, self.model, self.is_seq2seq, self._fresh_base = self._build_model(ckpt)
+        self.model, self._fresh_base = self._build_model(ckpt, self.tokenizer)
         self.model.to(self.device)
         self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
         self._check_generation_budget()
 
-        self.train_data, hit = tokenize_split(self.data.train, self.data.train_fingerprint, self.tokenizer,
-                                              cfg.data, self.is_seq2seq, log=self.log)
-        self.val_data, _ = tokenize_split(self.data.val, self.data.val_fingerprint, self.tokenizer, cfg.data,
-                                          self.is_seq2seq, log=self.log)
+        self.train_data, self.val_data = self.data.train, self.data.val
         self.sampler = ResumableSampler(self.train_data.lengths(), batch_size=tc.batch_size,
                                         grad_accum=tc.grad_accum, seed=tc.seed, shuffle=tc.shuffle,
                                         group_by_length=tc.group_by_length, world_size=self.world_size,
@@ -174,7 +179,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if tc.precision == "fp16" else None
         self.state = TrainState()
         self.log(f"data: {len(self.train_data)} train / {len(self.val_data)} val recipes "
-                 f"(fingerprint {self.data.train_fingerprint}, token cache {'hit' if hit else 'built'}); "
+                 f"(fingerprint {self.data.train_fingerprint}); "
                  f"{self.sampler.steps_per_epoch} steps/epoch, {self.total_steps} steps")
         if ckpt is not None:
             t0 = time.perf_counter()
@@ -188,22 +193,15 @@ class Trainer:
         self._is_set_up = True
         return self
 
-    def _log_data_report(self, data: PreparedData) -> None:
+    def _log_data_report(self, data: PreparedDataset) -> None:
         rep = data.report
         dropped = ", ".join(f"{reason}: {n}" for reason, n in rep.dropped.most_common())
         self.log(f"data: read {rep.num_read}, kept {rep.num_kept}, dropped {rep.num_dropped}"
                  + (f" ({dropped})" if dropped else "") + "; details in data_report.json")
 
-    def _build_model(self, ckpt: Checkpoint | None) -> tuple[Any, torch.nn.Module, bool, torch.nn.Module | None]:
-        """Tokenizer, model, is_seq2seq, and a freshly built LoRA base that fit() must store."""
+    def _build_model(self, ckpt: Checkpoint | None, tokenizer: Any) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The model, and a freshly built LoRA base that fit() must store."""
         mc = self.cfg.model
-        if ckpt is not None:
-            tokenizer = load_tokenizer(ckpt.tokenizer_dir)
-        elif mc.from_scratch:
-            texts = [p + "\n" + t for p, t in map(recipe_to_example, self.data.train)]
-            tokenizer = train_tokenizer(texts, mc.vocab_size)
-        else:
-            tokenizer = load_tokenizer(mc.name_or_path)
         max_pos = self.cfg.data.max_prompt_tokens + self.cfg.data.max_target_tokens + 8
         fresh_base = None
         if mc.use_lora:
@@ -224,7 +222,6 @@ class Trainer:
             model = build_from_scratch(mc, tokenizer, max_pos)
         else:
             model = load_pretrained(mc.name_or_path)
-        seq2seq = bool(unwrap(model).config.is_encoder_decoder)
         if len(tokenizer) > unwrap(model).get_input_embeddings().weight.shape[0]:
             unwrap(model).resize_token_embeddings(len(tokenizer))
         if mc.gradient_checkpointing:
@@ -232,7 +229,7 @@ class Trainer:
             unwrap(model).config.use_cache = False
         if self.cfg.training.precision == "bf16-pure":
             model.to(torch.bfloat16)
-        return tokenizer, model, seq2seq, fresh_base
+        return model, fresh_base
 
     def _check_generation_budget(self) -> None:
         """Evaluation samples must fit the model's positions; refuse before training, not after it."""

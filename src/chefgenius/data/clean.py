@@ -65,6 +65,11 @@ class CleanReport:
             "examples": self.examples,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> CleanReport:
+        return cls(num_read=int(d["read"]), num_kept=int(d["kept"]), dropped=Counter(d["dropped"]),
+                   repaired=Counter(d["repaired"]), examples={k: list(v) for k, v in d["examples"].items()})
+
 
 def normalise_text(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).lower()
@@ -142,8 +147,37 @@ def quality_score(recipe: Recipe, junk_words: Iterable[str], original: Recipe | 
     return max(0.0, round(score, 4))
 
 
-def _excerpt(recipe: Recipe) -> str:
+def excerpt(recipe: Recipe) -> str:
     return f"row {recipe.source_row}: {recipe.title[:60]!r}"
+
+
+def clean_one(row: Recipe | RowError, cfg: QualityConfig, report: CleanReport) -> Recipe | None:
+    """Validate, repair and score one row (no de-duplication); counts what happened in ``report``."""
+    report.num_read += 1
+    if isinstance(row, RowError):
+        report.drop(f"malformed: {row.reason}", f"row {row.row}: {row.excerpt!r}")
+        return None
+    fixed = repair(row, report.repaired)
+    reason = _hard_rule(fixed, cfg)
+    if reason:
+        report.drop(reason, excerpt(row))
+        return None
+    score = row.quality_score if row.quality_score is not None else quality_score(fixed, cfg.junk_words, row)
+    if score < cfg.min_quality:
+        report.drop("low_quality", f"{excerpt(row)} score={score:.2f}")
+        return None
+    return replace(fixed, quality_score=score)
+
+
+def merge_report(into: CleanReport, part: CleanReport) -> None:
+    """Add a chunk's report; examples keep the first ones in row order, so merging in order is deterministic."""
+    into.num_read += part.num_read
+    into.num_kept += part.num_kept
+    into.dropped.update(part.dropped)
+    into.repaired.update(part.repaired)
+    for reason, excerpts in part.examples.items():
+        bucket = into.examples.setdefault(reason, [])
+        bucket.extend(excerpts[: max(0, into.max_examples - len(bucket))])
 
 
 def clean_recipes(rows: Iterable[Recipe | RowError], cfg: QualityConfig) -> tuple[list[Recipe], CleanReport]:
@@ -152,26 +186,16 @@ def clean_recipes(rows: Iterable[Recipe | RowError], cfg: QualityConfig) -> tupl
     seen: set[str] = set()
     kept: list[Recipe] = []
     for row in rows:
-        report.num_read += 1
-        if isinstance(row, RowError):
-            report.drop(f"malformed: {row.reason}", f"row {row.row}: {row.excerpt!r}")
-            continue
-        fixed = repair(row, report.repaired)
-        reason = _hard_rule(fixed, cfg)
-        if reason:
-            report.drop(reason, _excerpt(row))
-            continue
-        score = row.quality_score if row.quality_score is not None else quality_score(fixed, cfg.junk_words, row)
-        if score < cfg.min_quality:
-            report.drop("low_quality", f"{_excerpt(row)} score={score:.2f}")
+        recipe = clean_one(row, cfg, report)
+        if recipe is None:
             continue
         if cfg.dedupe:
-            digest = content_hash(fixed)
+            digest = content_hash(recipe)
             if digest in seen:
-                report.drop("duplicate", _excerpt(row))
+                report.drop("duplicate", excerpt(recipe))
                 continue
             seen.add(digest)
-        kept.append(replace(fixed, quality_score=score))
+        kept.append(recipe)
     report.num_kept = len(kept)
     return kept, report
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,8 +25,19 @@ class TokenizedData:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def lengths(self) -> list[int]:
-        return [len(x) + len(y) for x, y in zip(self.input_ids, self.labels)]
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) + len(y) for x, y in zip(self.input_ids, self.labels)], dtype=np.int64)
+
+    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_ids[i], self.labels[i]
+
+
+class Examples(Protocol):
+    """What batching needs: the in-memory :class:`TokenizedData` or a memory-mapped prepared split."""
+
+    def __len__(self) -> int: ...
+    def lengths(self) -> np.ndarray: ...
+    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -46,10 +57,10 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids}
 
 
-def make_batch(data: TokenizedData, indices: list[int] | range, pad_id: int, device: torch.device
+def make_batch(data: Examples, indices: list[int] | range, pad_id: int, device: torch.device
                ) -> dict[str, torch.Tensor]:
     """The padded batch of ``indices`` on ``device``; used by training and evaluation alike."""
-    batch = collate([(data.input_ids[i], data.labels[i]) for i in indices], pad_id)
+    batch = collate([data.example(i) for i in indices], pad_id)
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -61,11 +72,11 @@ class ResumableSampler:
     next epoch, so every epoch sees each sample exactly once and epochs start on a step boundary.
     """
 
-    def __init__(self, lengths: list[int], *, batch_size: int, grad_accum: int, seed: int, shuffle: bool = True,
-                 group_by_length: bool = False, world_size: int = 1, rank: int = 0) -> None:
-        if not lengths:
+    def __init__(self, lengths: np.ndarray | list[int], *, batch_size: int, grad_accum: int, seed: int,
+                 shuffle: bool = True, group_by_length: bool = False, world_size: int = 1, rank: int = 0) -> None:
+        if not len(lengths):
             raise ValueError("the training split is empty")
-        self.lengths = lengths
+        self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.grad_accum = grad_accum
         self.seed = seed
@@ -108,7 +119,7 @@ class ResumableSampler:
     def _group(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # Sort within windows of 50 batches, then shuffle whole batches: less padding, still random.
         window = self.batch_size * self.world_size * 50
-        lengths = np.asarray(self.lengths)
+        lengths = self.lengths
         chunks = []
         for start in range(0, len(order), window):
             part = order[start:start + window]

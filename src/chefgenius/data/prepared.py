@@ -1,0 +1,493 @@
+"""The prepared dataset: read -> clean -> dedupe -> split -> tokenise once, then memory-map it.
+
+A prepared dataset is a directory under ``$CHEFGENIUS_CACHE/prepared/`` named by a key over
+everything that produced it (a streaming digest of the source bytes, the data config, the
+model family and the tokenizer). It is committed like a checkpoint (temporary directory,
+fsync, SHA-256 manifest, rename), so a killed preparation leaves nothing a later run could take
+for complete. Token ids are raw little-endian arrays in the narrowest unsigned type the
+vocabulary allows, described by ``meta.json``; nothing is pickled.
+
+Preparation streams the source in chunks that a process pool cleans (both cores), merges them
+in order (so the result never depends on scheduling), keeps only per-recipe hashes and offsets
+in memory, spills texts to disk, and tokenises with the fast tokenizer's batch encoder. The
+samples of each split are stored in content-hash order, exactly the order of the in-memory path
+(``prepare.prepare_recipes``), so the same recipes get the same sample indices either way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DataConfig, QualityConfig
+from .clean import CleanReport, clean_one, content_hash, excerpt, merge_report
+from .format import recipe_to_example
+from .sources import DataError, Recipe, RowError, bundled_corpus_path, read_source
+from .split import is_validation
+from .tokenize import tokenizer_digest
+
+PREPARED_VERSION = 1
+TOKENIZER_SAMPLE = 200_000  # train recipes (in content-hash order) a from-scratch tokenizer learns from
+EVAL_TEXTS = 1000  # validation prompts and references kept as text for `chefgenius eval`
+CHUNK_ROWS = 5_000
+SIDES = ("train", "val")
+_SMALL_STORE = 256 << 20  # stores up to this size are fully re-hashed at every open
+
+
+class PrepareWriteError(OSError):
+    """The prepared dataset could not be written (full disk...); nothing partial is left behind."""
+
+
+# ----- keys ------------------------------------------------------------------------------------
+
+def _hasher():
+    try:
+        import xxhash
+
+        return xxhash.xxh3_128()
+    except ImportError:  # pragma: no cover - xxhash is a dependency; blake2b is the slower stand-in
+        return hashlib.blake2b(digest_size=16)
+
+
+def source_digest(cfg: DataConfig) -> str:
+    """Streaming digest of every byte of the source: a changed file is noticed even with equal size and mtime."""
+    path = Path(cfg.path) if cfg.path else bundled_corpus_path()
+    h = _hasher()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:  # a hub dataset id: its name is all we can key on
+        h.update(f"hub:{cfg.path}".encode())
+        files = []
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(8 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _data_key_fields(cfg: DataConfig) -> dict[str, Any]:
+    return {"format": cfg.format, "hf_split": cfg.hf_split, "max_recipes": cfg.max_recipes,
+            "val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed, "quality": cfg.quality.model_dump(),
+            "max_prompt_tokens": cfg.max_prompt_tokens, "max_target_tokens": cfg.max_target_tokens}
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([PREPARED_VERSION, *parts], sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ----- the stored splits -----------------------------------------------------------------------
+
+class StoredSplit:
+    """One split mapped from disk; examples are built on access, so memory grows with what is touched."""
+
+    def __init__(self, directory: Path, side: str, meta: dict[str, Any], *, is_seq2seq: bool, mask_prompt: bool):
+        arrays = meta["arrays"][side]
+        self.num_examples = int(meta["counts"][side])
+        self._src = _map(directory, f"{side}_src", arrays["src"])
+        self._tgt = _map(directory, f"{side}_tgt", arrays["tgt"])
+        self._src_off = _map(directory, f"{side}_src_offsets", arrays["src_offsets"])
+        self._tgt_off = _map(directory, f"{side}_tgt_offsets", arrays["tgt_offsets"])
+        self.is_seq2seq, self.mask_prompt = is_seq2seq, mask_prompt
+        self.vocab_size, self.path = int(meta["vocab_size"]), directory
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of input and labels together, as :meth:`TokenizedData.lengths` counts them."""
+        n = np.diff(self._src_off) + np.diff(self._tgt_off)
+        return n if self.is_seq2seq else 2 * n
+
+    def example(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        src = self._src[self._src_off[i]:self._src_off[i + 1]]
+        tgt = self._tgt[self._tgt_off[i]:self._tgt_off[i + 1]]
+        if (len(src) and src.max() >= self.vocab_size) or (len(tgt) and tgt.max() >= self.vocab_size):
+            raise DataError(f"prepared dataset {self.path} is damaged (example {i} holds a token id outside the "
+                            f"vocabulary of {self.vocab_size}); remove that directory and rerun to rebuild it")
+        src, tgt = torch.from_numpy(src.astype(np.int64)), torch.from_numpy(tgt.astype(np.int64))
+        if self.is_seq2seq:
+            return src, tgt
+        prompt_labels = torch.full_like(src, -100) if self.mask_prompt else src
+        return torch.cat([src, tgt]), torch.cat([prompt_labels, tgt])
+
+
+def _map(directory: Path, name: str, desc: dict[str, Any]) -> np.ndarray:
+    if desc["length"] == 0:
+        return np.zeros(0, dtype=desc["dtype"])
+    return np.memmap(directory / f"{name}.bin", dtype=np.dtype(desc["dtype"]), mode="r", shape=(desc["length"],))
+
+
+@dataclass
+class PreparedDataset:
+    path: Path
+    meta: dict[str, Any]
+    train: StoredSplit
+    val: StoredSplit
+
+    @property
+    def train_fingerprint(self) -> str:
+        return self.meta["fingerprints"]["train"]
+
+    @property
+    def val_fingerprint(self) -> str:
+        return self.meta["fingerprints"]["val"]
+
+    @property
+    def report(self) -> CleanReport:
+        return CleanReport.from_dict(self.meta["report"])
+
+    def tokenizer(self) -> Any:
+        from ..model import load_tokenizer
+
+        return load_tokenizer(self.path / "tokenizer")
+
+    def eval_texts(self, side: str = "val") -> list[dict[str, Any]]:
+        """Prompt ingredients and reference target of the first validation (or train) recipes."""
+        return json.loads((self.path / f"{side}_texts.json").read_text())
+
+
+def open_prepared(path: Path, *, is_seq2seq: bool, mask_prompt: bool) -> PreparedDataset:
+    meta = json.loads((path / "meta.json").read_text())
+    splits = [StoredSplit(path, side, meta, is_seq2seq=is_seq2seq, mask_prompt=mask_prompt) for side in SIDES]
+    return PreparedDataset(path, meta, *splits)
+
+
+# ----- preparation -----------------------------------------------------------------------------
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Only one process prepares a given dataset; the others wait here, then open what it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _store_problem(path: Path, *, full: bool) -> str | None:
+    """Sizes always; SHA-256 of every file and a vocabulary range check when small or asked (``full``)."""
+    from ..checkpoint.store import read_manifest, verify_checkpoint
+
+    try:
+        doc = read_manifest(path)
+    except ValueError as err:
+        return str(err)
+    total = 0
+    for rel, entry in doc["files"].items():
+        f = path / rel
+        if not f.is_file() or f.stat().st_size != entry["size"]:
+            return f"{rel} is missing or has the wrong size"
+        total += entry["size"]
+    if not full and total > _SMALL_STORE:
+        return None
+    problem = verify_checkpoint(path)
+    if problem:
+        return problem
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        for side in SIDES:
+            for name in ("src", "tgt"):
+                ids = _map(path, f"{side}_{name}", meta["arrays"][side][name])
+                if len(ids) and int(ids.max()) >= int(meta["vocab_size"]):
+                    return f"{side}_{name}.bin holds token ids outside the vocabulary of {meta['vocab_size']}"
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        return f"meta.json does not describe the arrays ({err})"
+    return None
+
+
+def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None, vocab_size: int | None,
+                    cache_dir: Path, log: Callable[[str], None] = print, progress: bool = False,
+                    workers: int | None = None, full_verify: bool = False) -> PreparedDataset:
+    """The prepared dataset for this config: reused when its key matches, built (once) otherwise.
+
+    Pass ``tokenizer`` to tokenise with a given tokenizer (pretrained, or restored from a
+    checkpoint), or ``vocab_size`` to train a byte-level BPE from scratch on the train split.
+    """
+    t0 = time.perf_counter()
+    root = cache_dir / "prepared"
+    digest = source_digest(cfg)
+    data_fields = _data_key_fields(cfg)
+    scratch_key = None
+    if tokenizer is None:
+        scratch_key = _key("scratch", digest, data_fields, is_seq2seq, vocab_size, TOKENIZER_SAMPLE)
+        index = root / "index" / scratch_key
+        tok_digest = index.read_text().strip() if index.is_file() else None
+    else:
+        tok_digest = tokenizer_digest(tokenizer)
+    with _file_lock(root / "locks" / f"{scratch_key or tok_digest}-{digest[:16]}.lock"):
+        if tok_digest is not None:
+            path = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
+            if path.is_dir():
+                problem = _store_problem(path, full=full_verify)
+                if problem is None:
+                    log(f"data: prepared dataset {path.name} reused ({time.perf_counter() - t0:.1f} s to check)")
+                    return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
+                log(f"warning: prepared dataset {path} is damaged ({problem}); rebuilding it")
+                shutil.rmtree(path, ignore_errors=True)
+        try:
+            path = _build(cfg, root, digest, data_fields, is_seq2seq=is_seq2seq, tokenizer=tokenizer,
+                          vocab_size=vocab_size, log=log, progress=progress, workers=workers)
+        except OSError as err:  # CheckpointWriteError (the commit) is an OSError too
+            raise PrepareWriteError(err.errno, f"cannot write the prepared dataset under {root}: "
+                                    f"{os.strerror(err.errno) if err.errno else err}; free space there or point "
+                                    "data.cache_dir (or CHEFGENIUS_CACHE) elsewhere") from err
+        if scratch_key is not None:
+            index = root / "index" / scratch_key
+            index.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index.with_name(index.name + f".tmp{os.getpid()}")
+            tmp.write_text(json.loads((path / "meta.json").read_text())["tokenizer_digest"])
+            os.replace(tmp, index)
+    log(f"data: prepared dataset {path.name} built in {time.perf_counter() - t0:.1f} s")
+    return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
+
+
+def _clean_chunk(args: tuple[list[Recipe | RowError], dict[str, Any], int, float]
+                 ) -> tuple[list[tuple[str, str, str, str, str, bool, str]], CleanReport]:
+    """Worker: clean one chunk; kept recipes come back as (hash, ner, ingredients, prompt, target, is_val, excerpt)."""
+    from .format import prompt_ingredients
+
+    rows, quality, seed, val_fraction = args
+    qcfg = QualityConfig.model_validate(quality)
+    report = CleanReport()
+    out = []
+    for row in rows:
+        recipe = clean_one(row, qcfg, report)
+        if recipe is None:
+            continue
+        digest = content_hash(recipe)
+        prompt, target = recipe_to_example(recipe)
+        out.append((digest, "|".join(recipe.ner), "\x1f".join(prompt_ingredients(recipe)), prompt, target,
+                    is_validation(digest, seed, val_fraction), excerpt(recipe)))
+    return out, report
+
+
+def _chunks(rows: Iterator[Recipe | RowError], size: int) -> Iterator[list[Recipe | RowError]]:
+    while True:
+        chunk = list(itertools.islice(rows, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+class _Spill:
+    """Append-only text columns on disk with offsets in memory; read back by index through a map."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = path.open("wb")
+        self.offsets = array("q", [0])
+
+    def add(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self._f.write(data)
+        self.offsets.append(self.offsets[-1] + len(data))
+
+    def reader(self) -> Callable[[int], str]:
+        self._f.close()
+        blob = np.memmap(self.path, dtype=np.uint8, mode="r") if self.offsets[-1] else np.zeros(0, np.uint8)
+        offs = np.frombuffer(self.offsets, dtype=np.int64)
+        return lambda i: bytes(blob[offs[i]:offs[i + 1]]).decode("utf-8")
+
+
+def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any], *, is_seq2seq: bool,
+           tokenizer: Any | None, vocab_size: int | None, log: Callable[[str], None], progress: bool,
+           workers: int | None) -> Path:
+    from tqdm.auto import tqdm
+
+    from ..checkpoint import commit_directory
+    from ..checkpoint.store import remove_temporaries
+
+    root.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(root)  # leftovers of a killed preparation: never mistaken for a dataset
+    work = root / f".tmp-work-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        # Stage 1: clean in a process pool, merge in order, de-duplicate, split, spill texts.
+        spills = {name: _Spill(work / f"{name}.txt") for name in ("ner", "ingredients", "prompt", "target")}
+        hashes, sides = bytearray(), bytearray()
+        report = CleanReport()
+        seen: set[bytes] = set()
+        rows = read_source(cfg.path, cfg.format, cfg.hf_split)
+        if cfg.max_recipes is not None:
+            rows = itertools.islice(rows, cfg.max_recipes)
+        jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction)
+                for chunk in _chunks(iter(rows), CHUNK_ROWS))
+        num_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+        bar = tqdm(desc="prepare", unit=" rows", disable=not progress, dynamic_ncols=True)
+        with _pool(num_workers) as pool:
+            results = pool.imap(_clean_chunk, jobs) if pool is not None else map(_clean_chunk, jobs)
+            for kept, part in results:
+                merge_report(report, part)
+                for h, ner, ingredients, prompt, target, is_val, ex in kept:
+                    raw = bytes.fromhex(h)
+                    if cfg.quality.dedupe:
+                        if raw[:16] in seen:
+                            report.drop("duplicate", ex)
+                            continue
+                        seen.add(raw[:16])
+                    hashes += raw
+                    sides.append(is_val)
+                    for name, text in (("ner", ner), ("ingredients", ingredients), ("prompt", prompt),
+                                       ("target", target)):
+                        spills[name].add(text)
+                bar.update(part.num_read)
+        bar.close()
+        del seen
+        report.num_kept = len(sides)
+        source = cfg.path or "the bundled corpus"
+        if not report.num_kept:
+            raise DataError(
+                f"no usable recipes in {source}: read {report.num_read}, dropped all "
+                f"({', '.join(f'{k}: {v}' for k, v in report.dropped.most_common(3)) or 'file is empty'}); "
+                "run 'chefgenius data check' on it")
+        readers = {name: s.reader() for name, s in spills.items()}
+        hash_arr = np.frombuffer(bytes(hashes), dtype=">u8").reshape(-1, 4)
+        side_arr = np.frombuffer(bytes(sides), dtype=np.uint8).astype(bool)
+        orders = {}
+        for side, flag in (("train", False), ("val", True)):
+            idx = np.flatnonzero(side_arr == flag)
+            cols = hash_arr[idx]
+            orders[side] = idx[np.lexsort((cols[:, 3], cols[:, 2], cols[:, 1], cols[:, 0]))]
+        if not len(orders["train"]) or not len(orders["val"]):
+            raise DataError(f"{source} has {report.num_kept} usable recipes: too few for a train/validation split "
+                            f"with data.val_fraction={cfg.val_fraction}; add recipes or change the fraction")
+        fingerprints = {}
+        for side, order in orders.items():
+            h = hashlib.sha256()
+            for i in order:
+                h.update(hashes[32 * i:32 * i + 32].hex().encode())
+                h.update(readers["ner"](int(i)).encode())
+            fingerprints[side] = h.hexdigest()[:16]
+
+        # Stage 2: the tokenizer, trained from a bounded, deterministic sample when none is given.
+        if tokenizer is None:
+            from ..model import train_tokenizer
+
+            sample = orders["train"][:TOKENIZER_SAMPLE]
+            log(f"data: training a {vocab_size}-token BPE tokenizer on {len(sample)} training recipes")
+            tokenizer = train_tokenizer([readers["prompt"](int(i)) + "\n" + readers["target"](int(i))
+                                         for i in sample], vocab_size)
+        tok_digest = tokenizer_digest(tokenizer)
+        final = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
+
+        # Stage 3: tokenise each split in sample order, in batches, straight to disk.
+        def write(tmp: Path) -> None:
+            arrays = {}
+            dtype = np.uint16 if len(tokenizer) <= 65536 else np.uint32
+            for side, order in orders.items():
+                arrays[side] = _tokenize_side(tmp, side, order, readers, tokenizer, dtype, cfg, is_seq2seq,
+                                              progress)
+                texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
+                          "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
+                (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            meta = {"version": PREPARED_VERSION, "source": str(cfg.path or "bundled"), "source_digest": digest,
+                    "data": data_fields, "is_seq2seq": is_seq2seq, "tokenizer_digest": tok_digest,
+                    "vocab_size": len(tokenizer),
+                    "counts": {side: int(len(order)) for side, order in orders.items()},
+                    "fingerprints": fingerprints, "arrays": arrays, "report": report.to_dict(),
+                    "created": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+        commit_directory(final, 0, write)
+        _save_report(root, digest, cfg, report)
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _pool(num_workers: int) -> Iterator[Any]:
+    if num_workers <= 1:
+        yield None
+        return
+    import torch.cuda
+
+    # fork is fast and inherits the loaded modules; never fork a process that initialised CUDA.
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    with mp.get_context(method).Pool(num_workers) as pool:
+        yield pool
+
+
+def _tokenize_side(tmp: Path, side: str, order: np.ndarray, readers: dict[str, Callable[[int], str]],
+                   tokenizer: Any, dtype: Any, cfg: DataConfig, is_seq2seq: bool, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    eos = tokenizer.eos_token_id
+    little = np.dtype(dtype).newbyteorder("<")
+    files = {name: (tmp / f"{side}_{name}.bin").open("wb") for name in ("src", "tgt")}
+    lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
+    batch = 4096
+    for start in tqdm(range(0, len(order), batch), desc=f"tokenise {side}", disable=not progress, leave=False):
+        idx = [int(i) for i in order[start:start + batch]]
+        prompts = [readers["prompt"](i) for i in idx]
+        targets = [readers["target"](i) for i in idx]
+        if is_seq2seq:
+            src = [ids[: cfg.max_prompt_tokens - 1] + [eos] for ids in _encode(tokenizer, prompts)]
+        else:
+            src = [ids[: cfg.max_prompt_tokens] for ids in _encode(tokenizer, [p + "\n" for p in prompts])]
+        tgt = [(ids + [eos])[: cfg.max_target_tokens] for ids in _encode(tokenizer, targets)]
+        for name, seqs in (("src", src), ("tgt", tgt)):
+            flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=little)
+            files[name].write(flat.tobytes())
+            lengths[name].append(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)))
+    out: dict[str, Any] = {}
+    for name, f in files.items():
+        f.close()
+        lens = np.concatenate(lengths[name]) if lengths[name] else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        offsets.astype("<i8").tofile(tmp / f"{side}_{name}_offsets.bin")
+        out[name] = {"dtype": little.str, "length": int(offsets[-1])}
+        out[f"{name}_offsets"] = {"dtype": "<i8", "length": int(len(offsets))}
+    return out
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Batch encoding through the fast tokenizer (Rust, all cores); ids equal ``tokenizer.encode`` one by one."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _report_path(root: Path, digest: str, cfg: DataConfig) -> Path:
+    key = _key("report", digest, cfg.format, cfg.hf_split, cfg.max_recipes, cfg.quality.model_dump())
+    return root / "reports" / f"{key}.json"
+
+
+def _save_report(root: Path, digest: str, cfg: DataConfig, report: CleanReport) -> None:
+    path = _report_path(root, digest, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report.to_dict()))
+    os.replace(tmp, path)
+
+
+def stored_report(cfg: DataConfig, cache_dir: Path) -> CleanReport | None:
+    """The clean report of an earlier preparation of this exact source and quality config, if any."""
+    path = _report_path(cache_dir / "prepared", source_digest(cfg), cfg)
+    if not path.is_file():
+        return None
+    try:
+        return CleanReport.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,152 @@
+"""The prepared dataset: equal to the in-memory path, keyed by what made it, crash-safe, mapped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from chefgenius.config import build_config
+from chefgenius.data import prepared as prepared_mod
+from chefgenius.data.loader import ResumableSampler, make_batch
+from chefgenius.data.prepare import prepare_recipes
+from chefgenius.data.prepared import prepare_dataset
+from chefgenius.data.sources import bundled_corpus_path
+from chefgenius.data.tokenize import tokenize_recipes, tokenizer_digest
+from chefgenius.model import train_tokenizer
+
+from .conftest import SHARED_DATA, quiet
+
+
+def _data_cfg(path: Path | None, **over):
+    return build_config({"data": {"path": str(path) if path else None, "max_prompt_tokens": 24,
+                                  "max_target_tokens": 96, **over}}).data
+
+
+@pytest.mark.parametrize("is_seq2seq", [False, True])
+def test_prepared_equals_the_in_memory_path_on_the_recipenlg_sample(tmp_path, monkeypatch, is_seq2seq):
+    path = SHARED_DATA / "recipenlg-sample-1k.csv"
+    if not path.exists():
+        pytest.skip(f"{path} absent (shared data folder not provided)")
+    monkeypatch.setattr(prepared_mod, "CHUNK_ROWS", 97)  # many chunks over two workers: the merge must keep order
+    cfg = _data_cfg(path)
+    direct = prepare_recipes(cfg)
+    tok = train_tokenizer([p + "\n" + t for p, t in (prepared_mod.recipe_to_example(r) for r in direct.train)], 600)
+    ds = prepare_dataset(cfg, is_seq2seq=is_seq2seq, tokenizer=None, vocab_size=600, cache_dir=tmp_path,
+                         log=quiet, workers=2)
+    assert tokenizer_digest(ds.tokenizer()) == tokenizer_digest(tok)
+    assert (ds.train_fingerprint, ds.val_fingerprint) == (direct.train_fingerprint, direct.val_fingerprint)
+    rep = ds.report
+    assert (rep.num_read, rep.num_kept, dict(rep.dropped), dict(rep.repaired)) == (
+        direct.report.num_read, direct.report.num_kept, dict(direct.report.dropped), dict(direct.report.repaired))
+    for side, recipes in (("train", direct.train), ("val", direct.val)):
+        stored = getattr(ds, side)
+        reference = tokenize_recipes(recipes, tok, is_seq2seq=is_seq2seq, max_prompt_tokens=24,
+                                     max_target_tokens=96, mask_prompt=True)
+        assert len(stored) == len(reference) > 0
+        assert stored.lengths().tolist() == reference.lengths().tolist()
+        for i in range(len(stored)):
+            a, b = stored.example(i), reference.example(i)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (side, i)
+    texts = ds.eval_texts("val")
+    assert texts[0]["target"] == prepared_mod.recipe_to_example(direct.val[0])[1]
+
+
+def test_a_changed_source_byte_makes_a_new_dataset_and_the_old_one_comes_back(tmp_path):
+    source = tmp_path / "recipes.jsonl"
+    source.write_bytes(bundled_corpus_path().read_bytes())
+    stat = source.stat()
+    cfg = _data_cfg(source)
+    logs: list[str] = []
+
+    def prepare():
+        return prepare_dataset(cfg, is_seq2seq=False, tokenizer=None, vocab_size=400, cache_dir=tmp_path / "c",
+                               log=logs.append, workers=1).path
+
+    first = prepare()
+    data = bytearray(source.read_bytes())
+    at = data.index(b"onion")
+    data[at:at + 5] = b"oni0n"  # same size, and the mtime is put back below
+    source.write_bytes(bytes(data))
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = prepare()
+    assert changed != first and " built in " in logs[-1]
+    source.write_bytes(bundled_corpus_path().read_bytes())
+    assert prepare() == first and " reused " in logs[-1]
+
+
+def test_killed_preparation_leaves_nothing_that_passes_for_complete(tmp_path):
+    path = SHARED_DATA / "recipenlg-sample-1k.csv"
+    if not path.exists():
+        pytest.skip(f"{path} absent (shared data folder not provided)")
+    big = tmp_path / "big.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    with big.open("w") as f:  # 8 copies with distinct titles: a few seconds of preparation
+        f.write(lines[0])
+        for copy in range(8):
+            for line in lines[1:]:
+                f.write(line.replace(",", f",copy{copy} ", 1) if line[:1].isdigit() else line)
+    env = {**os.environ, "CHEFGENIUS_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "chefgenius.cli", "data", "prepare", str(big), "--set", "model.vocab_size=400"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = tmp_path / "cache" / "prepared"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if root.is_dir() and any(p.name.startswith(".tmp-") for p in root.iterdir()):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "preparation finished before it could be killed"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in root.iterdir() if len(p.name) == 24]  # no store was committed
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "bytes/token" in done.stdout
+    stores = [p for p in root.iterdir() if len(p.name) == 24]
+    assert len(stores) == 1 and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    meta = json.loads((stores[0] / "meta.json").read_text())
+    clean = prepare_dataset(_data_cfg(big), is_seq2seq=False, tokenizer=None, vocab_size=400,
+                            cache_dir=tmp_path / "clean", log=quiet, workers=1)
+    assert meta["fingerprints"] == clean.meta["fingerprints"] and meta["counts"] == clean.meta["counts"]
+
+
+def test_mapped_split_with_the_sampler_across_an_epoch_boundary(tmp_path):
+    cfg = _data_cfg(None)
+    ds = prepare_dataset(cfg, is_seq2seq=False, tokenizer=None, vocab_size=400, cache_dir=tmp_path, log=quiet,
+                         workers=1)
+    assert isinstance(ds.train._src, torch.Tensor) is False and ds.train._src.__class__.__name__ == "memmap"
+    direct = prepare_recipes(cfg)
+    reference = tokenize_recipes(direct.train, ds.tokenizer(), is_seq2seq=False, max_prompt_tokens=24,
+                                 max_target_tokens=96, mask_prompt=True)
+
+    def sampler():
+        return ResumableSampler(ds.train.lengths(), batch_size=4, grad_accum=3, seed=5, group_by_length=True)
+
+    straight, seen = sampler(), []
+    steps = [straight.next_step() for _ in range(3 * straight.steps_per_epoch)]
+    for epoch in range(3):
+        per_epoch = steps[epoch * straight.steps_per_epoch:(epoch + 1) * straight.steps_per_epoch]
+        seen = sorted(i for step in per_epoch for mb in step for i in mb)
+        assert seen == list(range(len(ds.train)))  # each sample exactly once per epoch
+    # Stop one step before the epoch ends, resume in a new sampler: the same steps follow.
+    resumed = sampler()
+    for _ in range(straight.steps_per_epoch - 1):
+        resumed.next_step()
+    state = resumed.state_dict()
+    again = sampler()
+    again.load_state_dict(state)
+    tail = [again.next_step() for _ in range(2 * straight.steps_per_epoch + 1)]
+    assert tail == steps[straight.steps_per_epoch - 1:]
+    for step in tail[:3]:
+        for mb in step:
+            a = make_batch(ds.train, mb, 0, torch.device("cpu"))
+            b = make_batch(reference, mb, 0, torch.device("cpu"))
+            assert all(torch.equal(a[k], b[k]) for k in a)
