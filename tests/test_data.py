@@ -178,3 +178,21 @@ def test_commentary_lowers_the_score_but_plain_steps_do_not():
     plain = recipe(directions=("Mix the butter and sugar.", "Bake for 30 minutes.", "Serve with a review of nothing."))
     assert quality_score(chatty, []) <= 0.5
     assert quality_score(plain, []) == 0.9  # "review" is commentary even here: one fixed penalty
+
+
+def test_repair_fast_path_for_clean_recipes_changes_nothing(monkeypatch):
+    """Clean recipes skip per-line repair; forcing the per-line path on every row must give the same result."""
+    import re
+
+    from chefgenius.data import clean
+
+    rows = [recipe(title="Plain Soup", ingredients=("1 onion", "2 cups  water", "Filling"),
+                   directions=("Boil.\tStir.",)),
+            recipe(title="Wow!!!", ingredients=("1 egg :)", "salt"), directions=("Fry 🍳", ""))]
+    for name in ("recipenlg-sample-1k.csv", "recipenlg-junk-sample.csv"):
+        if (SHARED_DATA / name).exists():
+            rows += [r for r in read_source(str(SHARED_DATA / name)) if isinstance(r, Recipe)]
+    fast = [(repair(r, c := Counter()), c) for r in rows]
+    monkeypatch.setattr(clean, "_NEEDS_REPAIR", re.compile(r"(?s).?"))  # always matches: per-line path
+    slow = [(repair(r, c := Counter()), c) for r in rows]
+    assert fast == slow

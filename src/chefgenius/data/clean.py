@@ -6,6 +6,7 @@ silently. Junk rules match whole words ("soften" is not "often").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -33,6 +34,8 @@ _COMMENTARY = re.compile(
 _SHOUT = re.compile(r"\b[A-Z]{4,}\b")
 _URL = re.compile(r"https?://|www\.", re.IGNORECASE)
 _WS = re.compile(r"\s+")
+# Anything _repair_line would change; one search over a whole recipe lets clean recipes skip it.
+_NEEDS_REPAIR = re.compile("|".join([_BANG_RUN.pattern, _EMOTICON.pattern, _EMOJI.pattern, r"\s{2,}", r"[^\S ]"]))
 
 
 @dataclass
@@ -101,12 +104,18 @@ def _repair_line(line: str, counts: Counter) -> str:
     return _WS.sub(" ", no_emo).strip(" ")
 
 
+def _strip_only(line: str, counts: Counter) -> str:
+    return line.strip(" ")
+
+
 def repair(recipe: Recipe, counts: Counter) -> Recipe:
     """Strip fixable junk: !!!! runs, emoticons, section headers listed as ingredients, empty steps."""
-    title = _repair_line(recipe.title, counts)
+    needs = _NEEDS_REPAIR.search("\x00".join((recipe.title, *recipe.ingredients, *recipe.directions)))
+    fix = _repair_line if needs else _strip_only
+    title = fix(recipe.title, counts)
     ingredients = []
     for line in recipe.ingredients:
-        line = _repair_line(line, counts)
+        line = fix(line, counts)
         if not line:
             counts["empty_ingredients"] += 1
         elif is_section_header(line):
@@ -115,12 +124,20 @@ def repair(recipe: Recipe, counts: Counter) -> Recipe:
             ingredients.append(line)
     directions = []
     for line in recipe.directions:
-        line = _repair_line(line, counts)
+        line = fix(line, counts)
         if not line or not re.search(r"\w", line):
             counts["empty_steps"] += 1
         else:
             directions.append(line)
     return replace(recipe, title=title, ingredients=tuple(ingredients), directions=tuple(directions))
+
+
+@functools.lru_cache(maxsize=8)
+def _junk_pattern(junk_words: tuple[str, ...]) -> re.Pattern | None:
+    words = [w for w in junk_words if w]
+    if not words:
+        return None
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
 
 def quality_score(recipe: Recipe, junk_words: Iterable[str], original: Recipe | None = None) -> float:
@@ -135,9 +152,8 @@ def quality_score(recipe: Recipe, junk_words: Iterable[str], original: Recipe | 
         score -= 0.2
     if _URL.search(text):
         score -= 0.3
-    words = [w for w in junk_words if w]
-    if words:
-        pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    pattern = _junk_pattern(tuple(junk_words))
+    if pattern is not None:
         score -= 0.15 * min(3, len(pattern.findall(text)))
     directions = " ".join(recipe.directions)
     score -= 0.1 * min(3, len(_FIRST_PERSON.findall(directions)))

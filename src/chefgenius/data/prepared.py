@@ -37,7 +37,7 @@ import torch
 from ..config import DataConfig, QualityConfig
 from .clean import CleanReport, clean_one, content_hash, excerpt, merge_report
 from .format import recipe_to_example
-from .sources import DataError, Recipe, RowError, bundled_corpus_path, read_source
+from .sources import DataError, RawRow, Recipe, RowError, bundled_corpus_path, read_rows
 from .split import is_validation
 from .tokenize import tokenizer_digest
 
@@ -261,7 +261,7 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
 
 
-def _clean_chunk(args: tuple[list[Recipe | RowError], dict[str, Any], int, float]
+def _clean_chunk(args: tuple[list[RawRow | Recipe | RowError], dict[str, Any], int, float]
                  ) -> tuple[list[tuple[str, str, str, str, str, bool, str]], CleanReport]:
     """Worker: clean one chunk; kept recipes come back as (hash, ner, ingredients, prompt, target, is_val, excerpt)."""
     from .format import prompt_ingredients
@@ -271,7 +271,7 @@ def _clean_chunk(args: tuple[list[Recipe | RowError], dict[str, Any], int, float
     report = CleanReport()
     out = []
     for row in rows:
-        recipe = clean_one(row, qcfg, report)
+        recipe = clean_one(row.parse() if isinstance(row, RawRow) else row, qcfg, report)
         if recipe is None:
             continue
         digest = content_hash(recipe)
@@ -281,7 +281,7 @@ def _clean_chunk(args: tuple[list[Recipe | RowError], dict[str, Any], int, float
     return out, report
 
 
-def _chunks(rows: Iterator[Recipe | RowError], size: int) -> Iterator[list[Recipe | RowError]]:
+def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
     while True:
         chunk = list(itertools.islice(rows, size))
         if not chunk:
@@ -328,7 +328,7 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
         hashes, sides = bytearray(), bytearray()
         report = CleanReport()
         seen: set[bytes] = set()
-        rows = read_source(cfg.path, cfg.format, cfg.hf_split)
+        rows = read_rows(cfg.path, cfg.format, cfg.hf_split)
         if cfg.max_recipes is not None:
             rows = itertools.islice(rows, cfg.max_recipes)
         jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction)
@@ -465,8 +465,11 @@ def _tokenize_side(tmp: Path, side: str, order: np.ndarray, readers: dict[str, C
 
 
 def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Batch encoding through the fast tokenizer (Rust, all cores); ids equal ``tokenizer.encode`` one by one."""
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Batch encoding in the Rust backend (all cores, no offsets kept); ids equal ``tokenizer.encode`` one by one,
+    which the equivalence test checks."""
+    backend = tokenizer.backend_tokenizer
+    batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in batch(texts, add_special_tokens=False)]
 
 
 def _report_path(root: Path, digest: str, cfg: DataConfig) -> Path:

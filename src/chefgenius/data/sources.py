@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 REQUIRED_FIELDS = ("title", "ingredients", "directions")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class DataError(ValueError):
@@ -31,6 +33,17 @@ class Recipe:
     quality_score: float | None = None
     source_row: int = -1
     ner: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """A row read but not yet converted: conversion (JSON parsing of list cells) can run in a worker."""
+
+    row: dict[str, Any]
+    index: int
+
+    def parse(self) -> Recipe | RowError:
+        return _to_recipe(self.row, self.index)
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ def _as_list(value: Any, name: str) -> list[str]:
 def _has_bad_bytes(value: Any) -> bool:
     """Undecodable bytes survive reading as lone surrogates (``surrogateescape``)."""
     if isinstance(value, str):
-        return any("\udc80" <= ch <= "\udcff" for ch in value)
+        return not value.isascii() and _SURROGATE.search(value) is not None
     if isinstance(value, list):
         return any(_has_bad_bytes(v) for v in value)
     return False
@@ -109,7 +122,19 @@ def _to_recipe(row: dict[str, Any], index: int) -> Recipe | RowError:
         return RowError(index, str(err), excerpt)
 
 
+def _parsed(rows: Iterator[RawRow | RowError]) -> Iterator[Recipe | RowError]:
+    return (r.parse() if isinstance(r, RawRow) else r for r in rows)
+
+
 def read_csv(path: Path) -> Iterator[Recipe | RowError]:
+    return _parsed(_csv_rows(path))
+
+
+def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
+    return _parsed(_jsonl_rows(path))
+
+
+def _csv_rows(path: Path) -> Iterator[RawRow | RowError]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
@@ -134,11 +159,11 @@ def read_csv(path: Path) -> Iterator[Recipe | RowError]:
             elif any(row.get(c) is None for c in REQUIRED_FIELDS):
                 yield RowError(index, "row has fewer cells than the header", title)
             else:
-                yield _to_recipe(row, index)
+                yield RawRow(row, index)
             index += 1
 
 
-def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
+def _jsonl_rows(path: Path) -> Iterator[RawRow | RowError]:
     with path.open("rb") as f:
         for index, raw in enumerate(f):
             try:
@@ -156,10 +181,10 @@ def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
             if not isinstance(row, dict):
                 yield RowError(index, "line is not a JSON object", line[:80])
                 continue
-            yield _to_recipe(row, index)
+            yield RawRow(row, index)
 
 
-def read_hf(path_or_id: str, split: str) -> Iterator[Recipe | RowError]:
+def _hf_rows(path_or_id: str, split: str) -> Iterator[RawRow | RowError]:
     try:
         import datasets
     except ImportError:
@@ -178,13 +203,18 @@ def read_hf(path_or_id: str, split: str) -> Iterator[Recipe | RowError]:
     if missing:
         raise DataError(f"dataset {path_or_id} lacks column(s) {', '.join(missing)}")
     for index, row in enumerate(ds):
-        yield _to_recipe(row, index)
+        yield RawRow(row, index)
 
 
 def read_source(path: str | None, fmt: str = "auto", hf_split: str = "train") -> Iterator[Recipe | RowError]:
     """Recipes or row errors from the configured source; ``None`` means the bundled corpus."""
+    return _parsed(read_rows(path, fmt, hf_split))
+
+
+def read_rows(path: str | None, fmt: str = "auto", hf_split: str = "train") -> Iterator[RawRow | RowError]:
+    """Rows with their structure checked but cells not yet parsed (see :meth:`RawRow.parse`)."""
     if path is None:
-        return read_jsonl(bundled_corpus_path())
+        return _jsonl_rows(bundled_corpus_path())
     p = Path(path)
     if fmt == "auto":
         if p.is_file():
@@ -201,7 +231,7 @@ def read_source(path: str | None, fmt: str = "auto", hf_split: str = "train") ->
     if fmt in ("csv", "jsonl") and not os.access(p, os.R_OK):
         raise DataError(f"data file {path} cannot be read (permission denied)")
     if fmt == "csv":
-        return read_csv(p)
+        return _csv_rows(p)
     if fmt == "jsonl":
-        return read_jsonl(p)
-    return read_hf(path, hf_split)
+        return _jsonl_rows(p)
+    return _hf_rows(path, hf_split)
