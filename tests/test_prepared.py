@@ -150,3 +150,17 @@ def test_mapped_split_with_the_sampler_across_an_epoch_boundary(tmp_path):
             a = make_batch(ds.train, mb, 0, torch.device("cpu"))
             b = make_batch(reference, mb, 0, torch.device("cpu"))
             assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_preparing_the_same_dataset_build_it_once(tmp_path):
+    env = {**os.environ, "CHEFGENIUS_CACHE": str(tmp_path / "cache")}
+    source = tmp_path / "recipes.jsonl"
+    source.write_bytes(bundled_corpus_path().read_bytes())
+    cmd = [sys.executable, "-m", "chefgenius.cli", "data", "prepare", str(source), "--set", "model.vocab_size=400"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sorted(" built in " in out for out in outs) == [False, True]
+    assert sum(" reused " in out for out in outs) == 1
+    assert len([p for p in (tmp_path / "cache" / "prepared").iterdir() if len(p.name) == 24]) == 1

@@ -37,7 +37,7 @@ import torch
 from ..config import DataConfig, QualityConfig
 from .clean import CleanReport, clean_one, content_hash, excerpt, merge_report
 from .format import recipe_to_example
-from .sources import DataError, RawRow, Recipe, RowError, bundled_corpus_path, read_rows
+from .sources import ByteCounter, DataError, RawRow, Recipe, RowError, bundled_corpus_path, read_rows
 from .split import is_validation
 from .tokenize import tokenizer_digest
 
@@ -230,11 +230,12 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
     scratch_key = None
     if tokenizer is None:
         scratch_key = _key("scratch", digest, data_fields, is_seq2seq, vocab_size, TOKENIZER_SAMPLE)
-        index = root / "index" / scratch_key
-        tok_digest = index.read_text().strip() if index.is_file() else None
     else:
         tok_digest = tokenizer_digest(tokenizer)
     with _file_lock(root / "locks" / f"{scratch_key or tok_digest}-{digest[:16]}.lock"):
+        if scratch_key is not None:  # read under the lock: a process that waited sees what the other one built
+            index = root / "index" / scratch_key
+            tok_digest = index.read_text().strip() if index.is_file() else None
         if tok_digest is not None:
             path = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
             if path.is_dir():
@@ -303,10 +304,11 @@ class _Spill:
         self.offsets.append(self.offsets[-1] + len(data))
 
     def reader(self) -> Callable[[int], str]:
+        # pread, not a memory map: the page cache serves it without counting towards this process's RSS.
         self._f.close()
-        blob = np.memmap(self.path, dtype=np.uint8, mode="r") if self.offsets[-1] else np.zeros(0, np.uint8)
-        offs = np.frombuffer(self.offsets, dtype=np.int64)
-        return lambda i: bytes(blob[offs[i]:offs[i + 1]]).decode("utf-8")
+        fd = os.open(self.path, os.O_RDONLY)
+        offs = self.offsets
+        return lambda i: os.pread(fd, offs[i + 1] - offs[i], offs[i]).decode("utf-8")
 
 
 def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any], *, is_seq2seq: bool,
@@ -328,13 +330,17 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
         hashes, sides = bytearray(), bytearray()
         report = CleanReport()
         seen: set[bytes] = set()
-        rows = read_rows(cfg.path, cfg.format, cfg.hf_split)
+        source_path = Path(cfg.path) if cfg.path else bundled_corpus_path()
+        counter = ByteCounter(source_path) if source_path.is_file() else None
+        rows = read_rows(cfg.path, cfg.format, cfg.hf_split, counter)
         if cfg.max_recipes is not None:
             rows = itertools.islice(rows, cfg.max_recipes)
         jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction)
                 for chunk in _chunks(iter(rows), CHUNK_ROWS))
         num_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-        bar = tqdm(desc="prepare", unit=" rows", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(desc="prepare", total=source_path.stat().st_size if counter else None, unit="B", unit_scale=True,
+                   disable=not progress, dynamic_ncols=True)  # bytes give the ETA; rows/s in the postfix
+        t_start, num_rows = time.perf_counter(), 0
         with _pool(num_workers) as pool:
             results = pool.imap(_clean_chunk, jobs) if pool is not None else map(_clean_chunk, jobs)
             for kept, part in results:
@@ -351,7 +357,10 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
                     for name, text in (("ner", ner), ("ingredients", ingredients), ("prompt", prompt),
                                        ("target", target)):
                         spills[name].add(text)
-                bar.update(part.num_read)
+                num_rows += part.num_read
+                bar.update(counter.count - bar.n if counter else 0)
+                bar.set_postfix(rows=num_rows, rows_per_s=f"{num_rows / (time.perf_counter() - t_start):.0f}",
+                                refresh=False)
         bar.close()
         del seen
         report.num_kept = len(sides)

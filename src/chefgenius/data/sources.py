@@ -7,6 +7,7 @@ that the caller counts them. Only a file that cannot be read at all raises :clas
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -134,9 +135,30 @@ def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
     return _parsed(_jsonl_rows(path))
 
 
-def _csv_rows(path: Path) -> Iterator[RawRow | RowError]:
+class ByteCounter(io.RawIOBase):
+    """A binary file that counts the bytes handed out, for a progress bar with an ETA over a text reader."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = path.open("rb")
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = self._f.readinto(buf)
+        self.count += n or 0
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _csv_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[RawRow | RowError]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+    raw = counter or ByteCounter(path)
+    with io.TextIOWrapper(io.BufferedReader(raw), newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_FIELDS if c not in (reader.fieldnames or [])]
         if missing:
@@ -163,8 +185,8 @@ def _csv_rows(path: Path) -> Iterator[RawRow | RowError]:
             index += 1
 
 
-def _jsonl_rows(path: Path) -> Iterator[RawRow | RowError]:
-    with path.open("rb") as f:
+def _jsonl_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[RawRow | RowError]:
+    with io.BufferedReader(counter or ByteCounter(path)) as f:
         for index, raw in enumerate(f):
             try:
                 line = raw.decode("utf-8")
@@ -211,10 +233,11 @@ def read_source(path: str | None, fmt: str = "auto", hf_split: str = "train") ->
     return _parsed(read_rows(path, fmt, hf_split))
 
 
-def read_rows(path: str | None, fmt: str = "auto", hf_split: str = "train") -> Iterator[RawRow | RowError]:
+def read_rows(path: str | None, fmt: str = "auto", hf_split: str = "train", counter: ByteCounter | None = None
+              ) -> Iterator[RawRow | RowError]:
     """Rows with their structure checked but cells not yet parsed (see :meth:`RawRow.parse`)."""
     if path is None:
-        return _jsonl_rows(bundled_corpus_path())
+        return _jsonl_rows(bundled_corpus_path(), counter)
     p = Path(path)
     if fmt == "auto":
         if p.is_file():
@@ -231,7 +254,7 @@ def read_rows(path: str | None, fmt: str = "auto", hf_split: str = "train") -> I
     if fmt in ("csv", "jsonl") and not os.access(p, os.R_OK):
         raise DataError(f"data file {path} cannot be read (permission denied)")
     if fmt == "csv":
-        return _csv_rows(p)
+        return _csv_rows(p, counter)
     if fmt == "jsonl":
-        return _jsonl_rows(p)
+        return _jsonl_rows(p, counter)
     return _hf_rows(path, hf_split)
