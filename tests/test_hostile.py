@@ -234,25 +234,25 @@ def test_full_disk_with_on_error_continue_warns_then_final_fails_cleanly(tmp_pat
     assert verify_checkpoint(fs / "run" / "checkpoints" / "step-0000003") is None
 
 
-def test_full_disk_for_metrics_is_one_line_exit_1(tmp_path, small_fs):
+def _fill(fs: Path) -> None:
+    with (fs / "filler").open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_full_disk_for_metrics_raises_the_real_enospc_and_writes_no_final(tmp_path, small_fs):
+    """The disk fills after step 2; metrics.jsonl meets ENOSPC once its last page is full, well before the
+    only checkpoint at the end (the CLI's one line for it is tested in test_cli)."""
     fs = small_fs("16M")
-    filler = fs / "filler"
-
-    def fill_disk(trainer):
-        if trainer.state.step == 2:
-            with filler.open("wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
-
-    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 100},
-                      evaluation={"every_steps": 100, "at_epoch_end": False})
+    cfg = tiny_config(training={"num_epochs": 6}, checkpoint={"every_steps": 1000},
+                      evaluation={"every_steps": 1000, "at_epoch_end": False})
     with pytest.raises(OSError) as err:
-        Trainer(cfg, fs / "run", on_step=fill_disk, log=quiet).fit()
-    assert err.value.errno == 28
+        Trainer(cfg, fs / "run", on_step=lambda t: _fill(fs) if t.state.step == 2 else None, log=quiet).fit()
+    assert err.value.errno == 28 and "metrics.jsonl" in str(err.value.filename)
     assert not (fs / "run" / "final").exists()
 
 
@@ -271,13 +271,7 @@ def test_full_disk_for_report_is_one_line(tmp_path, small_fs):
     cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1})
     fs = small_fs("16M")
     Trainer(cfg, fs / "run", log=quiet).fit()
-    with (fs / "filler").open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    _fill(fs)
     r = invoke("report", fs / "run")
     assert r.exit_code == 1 and "No space left on device" in _one_line(r.output)
     assert "checkpoints" not in r.output

@@ -37,6 +37,7 @@ class MetricsWriter:
         run_dir = path.parent
         self.path = path
         self._file = self.path.open("a")
+        self._failed = False
         self._tb = None
         self._wandb = None
         if cfg.tensorboard:
@@ -55,8 +56,12 @@ class MetricsWriter:
                                      name=run_dir.name, resume="allow", id=run_dir.name)
 
     def log(self, entry: dict[str, Any]) -> None:
-        self._file.write(json.dumps(entry) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(entry) + "\n")
+            self._file.flush()
+        except OSError as err:  # a failed flush names no file; say which one
+            self._failed = True
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
         step = entry.get("step", 0)
         numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
@@ -66,7 +71,11 @@ class MetricsWriter:
             self._wandb.log(numbers, step=step)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as err:
+            if not self._failed:  # after a failed write the unflushed rest fails again: already reported
+                raise OSError(err.errno, err.strerror, str(self.path)) from err
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

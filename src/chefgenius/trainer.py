@@ -171,6 +171,9 @@ class Trainer:
                                         group_by_length=tc.group_by_length, world_size=self.world_size,
                                         rank=self.rank)
         self.total_steps = tc.max_steps or tc.num_epochs * self.sampler.steps_per_epoch
+        if self.cfg.evaluation.max_batches is None and len(self.val_data) > 20 * 1000:
+            self.log(f"note: every evaluation covers all {len(self.val_data)} validation recipes; set "
+                     "evaluation.max_batches to cap it")
         if tc.warmup_steps >= self.total_steps:
             self.log(f"note: training.warmup_steps={tc.warmup_steps} covers the whole run of {self.total_steps} "
                      "steps; the learning rate never reaches its peak")
