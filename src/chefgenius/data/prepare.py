@@ -1,4 +1,8 @@
-"""From a data config to clean, split recipes with their fingerprints."""
+"""From a data config to clean, split recipes in memory, with their fingerprints.
+
+The reference path: training and evaluation use the prepared dataset (``prepared.py``), and the
+equivalence tests check that it yields the same recipes, order, token ids and fingerprints as this.
+"""
 
 from __future__ import annotations
 
