@@ -332,13 +332,12 @@ def data_prepare(
 
     from .data.prepared import prepare_dataset
     from .data.tokenize import default_cache_dir
-    from .model import is_seq2seq_dir, load_tokenizer
+    from .model import config_is_seq2seq, load_tokenizer
 
     cfg = load_config_for_data(config, set_, path)
     mc = cfg.model
     t0 = time.perf_counter()
-    ds = prepare_dataset(cfg.data, is_seq2seq=mc.from_scratch == "t5" if mc.from_scratch else
-                         is_seq2seq_dir(mc.name_or_path),
+    ds = prepare_dataset(cfg.data, is_seq2seq=config_is_seq2seq(mc),
                          tokenizer=None if mc.from_scratch else load_tokenizer(mc.name_or_path),
                          vocab_size=mc.vocab_size if mc.from_scratch else None,
                          cache_dir=default_cache_dir(cfg.data.cache_dir), log=typer.echo, progress=True,

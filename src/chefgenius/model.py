@@ -123,6 +123,11 @@ def is_seq2seq_dir(path: str | Path) -> bool:
     return bool(getattr(conf, "is_encoder_decoder", False))
 
 
+def config_is_seq2seq(cfg: ModelConfig) -> bool:
+    """Model family from the config alone, before any weights exist (decides how data is tokenised)."""
+    return cfg.from_scratch == "t5" if cfg.from_scratch else is_seq2seq_dir(cfg.name_or_path)
+
+
 def _weights_problem(info: dict[str, Any]) -> str | None:
     parts = []
     for key, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),

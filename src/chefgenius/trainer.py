@@ -41,7 +41,7 @@ from .losses import token_loss_sum, validation_loss
 from .model import (
     apply_lora,
     build_from_scratch,
-    is_seq2seq_dir,
+    config_is_seq2seq,
     load_lora_adapter,
     load_pretrained,
     load_tokenizer,
@@ -144,7 +144,7 @@ class Trainer:
         seed_everything(tc.seed + self.rank)
         ckpt = self.checkpoints.select(self.resume)
         mc = cfg.model
-        self.is_seq2seq = mc.from_scratch == "t5" if mc.from_scratch else is_seq2seq_dir(mc.name_or_path)
+        self.is_seq2seq = config_is_seq2seq(mc)
         given = (load_tokenizer(ckpt.tokenizer_dir) if ckpt is not None else
                  None if mc.from_scratch else load_tokenizer(mc.name_or_path))
         self.data = prepare_dataset(cfg.data, is_seq2seq=self.is_seq2seq, tokenizer=given,
