@@ -227,3 +227,26 @@ def test_rerun_of_a_complete_run_with_a_damaged_checkpoint_touches_nothing(tmp_p
     assert result.status == "already_complete" and any("already complete" in line for line in logs)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     assert not any("skipping" in line for line in logs)
+
+
+def test_a_first_wave_checkpoint_with_the_full_loss_history_resumes_exactly(tmp_path):
+    from chefgenius.checkpoint.format import load_state, save_state
+    from chefgenius.checkpoint.store import write_manifest
+
+    cfg = tiny_config(training={"num_epochs": 1}, logging={"every_steps": 3, "progress_bar": False})
+    Trainer(cfg, tmp_path / "a", log=quiet).fit()
+    with pytest.raises(Crash):
+        Trainer(cfg, tmp_path / "b", on_step=_crash_at(5), log=quiet).fit()
+    ckpt = list_checkpoints(tmp_path / "b" / "checkpoints")[-1].path
+    state = load_state(ckpt, "train_state")
+    assert ckpt.name == "step-0000005" and len(state["window_losses"]) == 2  # steps 4 and 5 since the log at 3
+    # The first-wave format: every step's [step, loss] and no window. Steps 1-3 are already logged, so
+    # only the open window may count: made-up values there would show in the next logged average.
+    losses = [9.0, 9.0, 9.0, *state["window_losses"]]
+    del state["window_losses"]
+    state["loss_history"] = [[i + 1, loss] for i, loss in enumerate(losses)]
+    save_state(ckpt, "train_state", state)
+    (ckpt / "MANIFEST.json").unlink()
+    write_manifest(ckpt, 5)
+    assert Trainer(cfg, tmp_path / "b", log=quiet).fit().status == "completed"
+    assert_identical_runs(tmp_path / "a", tmp_path / "b")

@@ -79,6 +79,9 @@ class TrainState:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "window_losses" not in state and isinstance(state.get("loss_history"), list):
+            # First-wave checkpoints kept every step's loss; the trainer trims this to the open window.
+            state = {**state, "window_losses": [entry[1] for entry in state["loss_history"]]}
         missing = set(self.__dataclass_fields__) - set(state)
         if missing:
             raise ValueError(f"train state lacks {', '.join(sorted(missing))}")
@@ -187,6 +190,8 @@ class Trainer:
         if ckpt is not None:
             t0 = time.perf_counter()
             ckpt.load_state(self._pieces(), rank=self.rank)  # RNG restored last
+            open_window = self.state.step % cfg.logging.every_steps
+            self.state.window_losses = self.state.window_losses[max(0, len(self.state.window_losses) - open_window):]
             self.state.resumes.append({"step": self.state.step, "from": ckpt.path.name})
             self.state.config_changes.extend(changes)
             self.log(f"resumed from {ckpt.path} at step {self.state.step} "
