@@ -84,7 +84,6 @@ def train(
         # Recorded absolute so that eval, report and resume work from any working directory.
         cfg.data.path = str(Path(cfg.data.path).resolve())
     run = RunDirectory(output_dir)
-    run.check_usable()
     trainer = Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ()))
     with run.lock():
         try:

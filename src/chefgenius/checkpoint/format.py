@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -99,8 +99,12 @@ def read_json(path: Path, max_bytes: int) -> Any:
         raise CheckpointFormatError(f"{path} cannot be read ({err.strerror or err})") from None
 
 
-def load_state(directory: Path, name: str) -> Any:
-    """Read one state piece written by :func:`save_state`; damaged or foreign files raise."""
+def load_state(directory: Path, name: str, *, with_tensors: bool = True) -> Any:
+    """Read one state piece written by :func:`save_state`; damaged or foreign files raise.
+
+    ``with_tensors=False`` checks the same structure and tensor references but reads only the
+    safetensors header, giving ``None`` for each tensor: validation without loading the data twice.
+    """
     json_path = directory / f"{name}.json"
     if not json_path.is_file():
         raise CheckpointFormatError(f"checkpoint {directory} has no '{name}' state ({json_path.name} missing)")
@@ -113,11 +117,15 @@ def load_state(directory: Path, name: str) -> Any:
         )
     if "state" not in doc:
         raise CheckpointFormatError(f"{json_path} holds no 'state' (damaged or foreign)")
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor | None] = {}
     st_path = directory / f"{name}.safetensors"
     if st_path.exists():
         try:
-            tensors = load_file(str(st_path))
+            if with_tensors:
+                tensors = load_file(str(st_path))
+            else:
+                with safe_open(str(st_path), framework="pt") as f:
+                    tensors = dict.fromkeys(f.keys())
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointFormatError(f"{st_path} is not a valid safetensors file ({err})") from None
     try:

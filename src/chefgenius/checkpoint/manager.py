@@ -68,7 +68,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     names = {f"{n}.json" for n in (*STATE_PIECES, META)}
     for js in sorted([*(p for p in ckpt.glob("*.json") if p.name in names), *ckpt.glob(f"rank-*/{RNG}.json")]):
         try:
-            state = load_state(js.parent, js.stem)
+            state = load_state(js.parent, js.stem, with_tensors=False)
         except CheckpointFormatError as err:
             return f"{ckpt.name}: {err}"
         if js.stem in (META, TRAIN_STATE, SAMPLER) and not isinstance(state, dict):
