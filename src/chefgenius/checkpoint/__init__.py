@@ -8,7 +8,6 @@ from .store import (
     CheckpointWriteError,
     commit_checkpoint,
     commit_directory,
-    find_resumable,
     list_checkpoints,
     verify_checkpoint,
 )
@@ -16,7 +15,6 @@ from .store import (
 __all__ = [
     "FORMAT_VERSION", "Checkpoint", "CheckpointFormatError", "CheckpointInfo", "CheckpointManager",
     "CheckpointWriteError", "ResumeError", "checkpoint_problem", "commit_checkpoint", "commit_directory",
-    "find_resumable",
     "list_checkpoints", "load_state", "open_checkpoint", "save_state", "verify_checkpoint", "write_final",
     "write_hf_directory",
 ]

@@ -195,17 +195,6 @@ def verify_checkpoint(ckpt: Path) -> str | None:
     return None
 
 
-def find_resumable(root: Path) -> tuple[CheckpointInfo | None, list[tuple[CheckpointInfo, str]]]:
-    """Newest checkpoint that verifies, and the newer ones skipped with the reason for each."""
-    skipped = []
-    for info in reversed(list_checkpoints(root)):
-        problem = verify_checkpoint(info.path)
-        if problem is None:
-            return info, skipped
-        skipped.append((info, problem))
-    return None, skipped
-
-
 def _as_write_error(err: BaseException, name: str, step: int, tmp: Path) -> CheckpointWriteError:
     if isinstance(err, OSError):
         code, reason, where = err.errno, err.strerror or str(err), err.filename or tmp
