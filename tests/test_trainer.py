@@ -74,14 +74,6 @@ def test_schedules():
     assert lr_factor(9, warmup=4, total=10, schedule="constant", min_ratio=0.0) == 1.0
 
 
-def test_multi_process_launch_is_refused_not_silently_unsynced(tmp_path, monkeypatch):
-    from chefgenius.rundir import RunDirError
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RunDirError, match="multi-process training is not supported yet"):
-        Trainer(tiny_config(), tmp_path, log=quiet)
-
-
 def test_a_run_shorter_than_its_warmup_trains_and_says_so(tmp_path):
     logs: list[str] = []
     cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 3})

@@ -70,8 +70,15 @@ def train(
                             help="Accept a changed config key on resume (repeatable).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     sample: Annotated[bool, typer.Option(help="Print a generated recipe at the end.")] = True,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", min=1, help="Processes on this machine: launches "
+                     "the same command through torchrun (DDP; gloo on CPU, NCCL on CUDA).")] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="With --nproc: restart the "
+                            "process group this often after a worker dies (each restart resumes).")] = 0,
 ) -> None:
     """Train a model; resumes from the newest valid checkpoint in OUTPUT_DIR when there is one."""
+    if nproc is not None:
+        _launch_torchrun(nproc, max_restarts)
+    from . import distributed
     from .config import load_config
     from .rundir import RunDirectory
     from .trainer import Trainer
@@ -97,9 +104,10 @@ def train(
             where = f" ({err.filename})" if err.filename else ""
             _fail(f"{err.strerror or err}{where}; checkpoints already committed are intact, fix the cause and "
                   "rerun the same command to resume", 1)
+        distributed.shutdown()
         if result.status == "interrupted":
             raise typer.Exit(128 + (result.stop_signal or 2))  # 130 for Ctrl-C, 143 for SIGTERM
-        if result.status == "completed":
+        if result.status == "completed" and distributed.is_main():
             typer.echo(f"done: {result.step} steps in {result.seconds:.1f}s; best validation loss "
                        f"{result.best_val_loss:.4f}; final model in {result.final_dir}")
             _write_report(output_dir)
@@ -112,6 +120,24 @@ def train(
                                       GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens),
                                       max_prompt_tokens=cfg.data.max_prompt_tokens).texts[0]
                 typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
+
+
+def _launch_torchrun(nproc: int, max_restarts: int) -> None:
+    """Replace this process by torchrun running the same ``train`` command in ``nproc`` processes."""
+    if "RANK" in os.environ:
+        _fail("--nproc is for launching; inside torchrun run 'chefgenius train' without it", 2)
+    argv, rest, skip = sys.argv[1:], [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in ("--nproc", "--max-restarts"):
+            skip = True
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           f"--max-restarts={max_restarts}", "-m", "chefgenius", *rest]
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
 
 
 def _write_report(run_dir: Path) -> None:
@@ -395,6 +421,8 @@ def ckpt_inspect(path: Path, as_json: Annotated[bool, typer.Option("--json")] = 
         return
     typer.echo(f"{path}: step {info['step']}, format v{info['format_version']}, valid")
     typer.echo(f"  position: {info['position']}")
+    typer.echo(f"  processes: {info['processes']}")
+    typer.echo(f"  epoch samples: {info['epoch_samples']}")
     typer.echo(f"  data: {info['data']}")
     typer.echo(f"  versions: {info['versions']}")
     typer.echo(f"  train state: {info['train_state']}")

@@ -112,6 +112,12 @@ class TrainingConfig(_Strict):
         "default", description="strict: torch.use_deterministic_algorithms(True) and cuBLAS workspace."
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
+    reduction: Literal["auto", "ordered", "allreduce"] = Field(
+        "auto", description="Multi-process gradient sum: ordered (adds ranks in rank order, bit-exact resume "
+        "with any number of processes), allreduce (NCCL/gloo tree), auto = ordered on CPU or with "
+        "determinism=strict, else allreduce.")
+    elastic: bool = Field(False, description="Accept resuming with another number of processes (keeps the "
+                          "global batch by changing grad_accum); same as --allow-change world_size.")
 
     @field_validator("device")
     @classmethod

@@ -215,7 +215,16 @@ def model_family(model: torch.nn.Module) -> str:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The underlying HF model (LoRA-wrapped models expose ``get_base_model``)."""
+    """The underlying HF model, through torch.compile, DistributedDataParallel and LoRA wrappers."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            break
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 

@@ -9,6 +9,7 @@ from .config import trajectory_differences
 
 DATA_KEY = "data"
 THREADS_KEY = "training.num_threads"
+WORLD_KEY = "world_size"
 
 
 def is_allowed(key: str, allow: tuple[str, ...] | list[str]) -> bool:
@@ -16,12 +17,13 @@ def is_allowed(key: str, allow: tuple[str, ...] | list[str]) -> bool:
 
 
 def resume_changes(meta: dict[str, Any], config: dict[str, Any], *, train_fingerprint: str, num_threads: int,
-                   versions: dict[str, str], allow: tuple[str, ...] | list[str] = ()
+                   versions: dict[str, str], allow: tuple[str, ...] | list[str] = (), world_size: int = 1
                    ) -> tuple[list[dict[str, Any]], list[str]]:
     """Accepted changes and warnings; raises :class:`ResumeError` listing every refused difference at once.
 
     Refused unless named in ``allow`` (``--allow-change``): a trajectory config key, the training
-    data (fingerprint), and the CPU thread count (it changes floating-point reduction order).
+    data (fingerprint), the CPU thread count (it changes floating-point reduction order) and the
+    number of processes (also accepted by ``training.elastic``).
     """
     diffs = trajectory_differences(meta["config"], config)
     if meta["train_fingerprint"] != train_fingerprint:
@@ -29,6 +31,11 @@ def resume_changes(meta: dict[str, Any], config: dict[str, Any], *, train_finger
     saved_threads = meta.get("num_threads")
     if isinstance(saved_threads, int) and saved_threads != num_threads:
         diffs.append((THREADS_KEY, saved_threads, num_threads))
+    saved_world = meta.get("world_size", 1)
+    if isinstance(saved_world, int) and saved_world != world_size:
+        diffs.append((WORLD_KEY, saved_world, world_size))
+        if config.get("training", {}).get("elastic"):
+            allow = (*allow, WORLD_KEY)
     refused = [d for d in diffs if not is_allowed(d[0], allow)]
     if refused:
         listing = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, a, b in refused)
@@ -36,6 +43,10 @@ def resume_changes(meta: dict[str, Any], config: dict[str, Any], *, train_finger
         raise ResumeError(f"cannot resume: the run differs from the checkpoint ({listing}); "
                           f"restore it or accept deliberately with {keys}")
     warnings = [f"config change accepted on resume: {k}: {a!r} -> {b!r}" for k, a, b in diffs]
+    if any(k == WORLD_KEY for k, _, _ in diffs):
+        warnings.append("note: the number of processes changed: the run continues from the same sample with the "
+                        "same global batch, but results are no longer bit-identical to an unchanged run "
+                        "(the gradient sum is added in another order)")
     saved = meta.get("versions") or {}
     for lib in ("torch", "transformers"):
         if saved.get(lib) and versions.get(lib) and saved[lib] != versions[lib]:

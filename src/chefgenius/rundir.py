@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .distributed import rank
 from .tracking import truncate_after
 
 LOCK_FILE = ".lock"
@@ -120,7 +121,13 @@ class RunDirectory:
     # ----- lock -----------------------------------------------------------------------------------
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive lock for the whole run; the OS releases it when the process dies, even by SIGKILL."""
+        """Exclusive lock for the whole run; the OS releases it when the process dies, even by SIGKILL.
+
+        In a multi-process run rank 0 holds it for the job; the other ranks take no lock.
+        """
+        if rank() != 0:
+            yield
+            return
         key = str(self.path.resolve())
         if key in _held:
             fd, depth = _held[key]

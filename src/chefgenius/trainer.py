@@ -28,14 +28,22 @@ import torch
 import transformers
 
 from . import __version__
-from .checkpoint import Checkpoint, CheckpointManager, checkpoint_problem, commit_directory, write_final
+from .checkpoint import (
+    Checkpoint,
+    CheckpointManager,
+    ResumeError,
+    checkpoint_problem,
+    commit_directory,
+    write_final,
+)
 from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
 from .config import Config, ConfigError, check_requirements
 from .data.format import TITLE_LABEL
 from .data.loader import ResumableSampler, make_batch
 from .data.prepared import PreparedDataset, prepare_dataset
 from .data.tokenize import default_cache_dir
-from .distributed import print0, rank, world_size
+from . import distributed
+from .distributed import local_rank, print0, rank, world_size
 from .generate import GenerationSettings, generate_texts
 from .losses import token_loss_sum, validation_loss
 from .model import (
@@ -120,10 +128,6 @@ class Trainer:
         self.on_step = on_step
         self.log = log
         self.rank, self.world_size = rank(), world_size()
-        if self.world_size > 1:
-            # Sampler and checkpoint format are per-rank ready; gradient sync is not written yet.
-            raise RunDirError(f"WORLD_SIZE={self.world_size}: multi-process training is not supported yet; "
-                              "run a single process")
         check_requirements(cfg)
         self.checkpoints = CheckpointManager(self.run.checkpoints, cfg.checkpoint, log, self.rank)
         self.resumed_from: Checkpoint | None = None
@@ -143,6 +147,9 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.training
         self.run.check_usable()
         self.device = resolve_device(tc.device)
+        if self.world_size > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", local_rank())
+        distributed.init(self.device)
         apply_runtime(tc)
         seed_everything(tc.seed + self.rank)
         ckpt = self.checkpoints.select(self.resume)
@@ -150,27 +157,45 @@ class Trainer:
         self.is_seq2seq = config_is_seq2seq(mc)
         given = (load_tokenizer(ckpt.tokenizer_dir) if ckpt is not None else
                  None if mc.from_scratch else load_tokenizer(mc.name_or_path))
+        if self.rank != 0:
+            distributed.barrier()  # rank 0 prepares (or finds) the dataset; the others then map it
         self.data = prepare_dataset(cfg.data, is_seq2seq=self.is_seq2seq, tokenizer=given,
                                     vocab_size=mc.vocab_size if mc.from_scratch else None,
                                     cache_dir=default_cache_dir(cfg.data.cache_dir), log=self.log,
                                     progress=cfg.logging.progress_bar and self.rank == 0)
+        if self.rank == 0:
+            distributed.barrier()
         self.tokenizer = given if given is not None else self.data.tokenizer()
         self._log_data_report(self.data)
         changes: list[dict[str, Any]] = []
         if ckpt is not None:
             changes, warnings = resume_changes(ckpt.meta, cfg.to_dict(), train_fingerprint=self.data.train_fingerprint,
                                                num_threads=torch.get_num_threads(), versions=versions(),
-                                               allow=self.allow_changes)
+                                               allow=self.allow_changes, world_size=self.world_size)
             for line in warnings:
                 self.log(line)
+        self.grad_accum = self._grad_accum(ckpt)
         self.model, self._fresh_base = self._build_model(ckpt, self.tokenizer)
         self.model.to(self.device)
-        self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
+        self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self.train_model = self.eval_model = self.model
+        if self.world_size > 1:
+            # DDP broadcasts rank 0's parameters here, so every rank starts from the same weights.
+            self._ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False)
+            ordered = tc.reduction == "ordered" or (tc.reduction == "auto" and (
+                self.device.type == "cpu" or tc.determinism == "strict"))
+            self._ddp.register_comm_hook(None, distributed.ordered_sum_hook if ordered else distributed.sum_hook)
+            self.train_model = self._ddp
+        if cfg.model.compile:
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = self.train_model if self._ddp is None else self.model
         self._check_generation_budget()
 
         self.train_data, self.val_data = self.data.train, self.data.val
         self.sampler = ResumableSampler(self.train_data.lengths(), batch_size=tc.batch_size,
-                                        grad_accum=tc.grad_accum, seed=tc.seed, shuffle=tc.shuffle,
+                                        grad_accum=self.grad_accum, seed=tc.seed, shuffle=tc.shuffle,
                                         group_by_length=tc.group_by_length, world_size=self.world_size,
                                         rank=self.rank)
         self.total_steps = tc.max_steps or tc.num_epochs * self.sampler.steps_per_epoch
@@ -189,7 +214,12 @@ class Trainer:
                  f"{self.sampler.steps_per_epoch} steps/epoch, {self.total_steps} steps")
         if ckpt is not None:
             t0 = time.perf_counter()
-            ckpt.load_state(self._pieces(), rank=self.rank)  # RNG restored last
+            resized = ckpt.meta.get("world_size", 1) != self.world_size
+            # A rank the checkpoint did not have gets a seed of its own (RNG restored last).
+            restored = ckpt.load_state(self._pieces(), rank=self.rank,
+                                       missing_rng_seed=tc.seed + self.rank + 1_000_003 * ckpt.step if resized else None)
+            if not distributed.all_true(restored):
+                self.log("note: processes the checkpoint did not have were seeded from (seed, rank, step)")
             open_window = self.state.step % cfg.logging.every_steps
             self.state.window_losses = self.state.window_losses[max(0, len(self.state.window_losses) - open_window):]
             self.state.resumes.append({"step": self.state.step, "from": ckpt.path.name})
@@ -200,6 +230,26 @@ class Trainer:
         self.resumed_from = ckpt
         self._is_set_up = True
         return self
+
+    def _grad_accum(self, ckpt: Checkpoint | None) -> int:
+        """Micro-batches per step: the config's, or after a change of world size what keeps the global batch."""
+        tc = self.cfg.training
+        saved_world = ckpt.meta.get("world_size", 1) if ckpt is not None else self.world_size
+        if saved_world == self.world_size:
+            return tc.grad_accum
+        saved = ckpt.meta["config"]["training"]
+        global_batch = int(ckpt.meta.get("global_batch") or saved["batch_size"] * saved["grad_accum"] * saved_world)
+        per_micro = tc.batch_size * self.world_size
+        if global_batch % per_micro:
+            raise ResumeError(
+                f"cannot resume on {self.world_size} processes: the run's global batch of {global_batch} samples "
+                f"is not a multiple of training.batch_size={tc.batch_size} x {self.world_size} processes; use a "
+                f"process count that divides {global_batch // math.gcd(global_batch, tc.batch_size)} or change "
+                "training.batch_size (with --allow-change training.batch_size)")
+        accum = global_batch // per_micro
+        self.log(f"world size {saved_world} -> {self.world_size}: gradient accumulation {accum} keeps the global "
+                 f"batch of {global_batch} samples")
+        return accum
 
     def _log_data_report(self, data: PreparedDataset) -> None:
         rep = data.report
@@ -269,19 +319,36 @@ class Trainer:
         return nullcontext()
 
     def train_step(self, micro_batches: list[list[int]]) -> dict[str, float]:
-        """One optimizer step over its micro-batches; loss is the token mean over all of them."""
-        self.forward_model.train()
-        batches = [make_batch(self.train_data, mb, self.tokenizer.pad_token_id, self.device) for mb in micro_batches]
+        """One optimizer step over its micro-batches; loss is the token mean over all of them.
+
+        Multi-process: the loss is divided by the *global* token count and gradients are summed over
+        ranks, so N processes x accumulation A compute what one process does with N*A. Gradients are
+        exchanged once per step (``no_sync`` on all but the last micro-batch).
+        """
+        self.train_model.train()
+        pad = self.tokenizer.pad_token_id
+        batches = [make_batch(self.train_data, mb, pad, self.device) if mb else None for mb in micro_batches]
         shift = 0 if self.is_seq2seq else 1
-        num_tokens = sum(int((b["labels"][:, shift:] != -100).sum()) for b in batches)
-        total = torch.zeros((), device=self.device)
-        for batch in batches:
-            with self._autocast():
-                loss_sum, _ = token_loss_sum(self.forward_model, batch, self.is_seq2seq)
-            # Dividing by the step's token count (not per micro-batch) makes accumulation exact.
-            loss = loss_sum / max(1, num_tokens)
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += loss_sum.detach()
+        num_tokens = distributed.all_sum_int(
+            sum(int((b["labels"][:, shift:] != -100).sum()) for b in batches if b is not None))
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # float64: same sum for any split
+        for i, batch in enumerate(batches):
+            weight = 1.0
+            if batch is None:  # no sample for this rank at the epoch's end: join the reduction with zeros
+                batch, weight = make_batch(self.train_data, [0], pad, self.device), 0.0
+            is_last = i == len(batches) - 1
+            with nullcontext() if self._ddp is None or is_last else self._ddp.no_sync():
+                with self._autocast():
+                    loss_sum, _ = token_loss_sum(self.train_model, batch, self.is_seq2seq)
+                # Dividing by the step's token count (not per micro-batch) makes accumulation exact.
+                loss = loss_sum * weight / max(1, num_tokens)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if weight:
+                total += loss_sum.detach().double()
+        # The step's loss over all ranks, and whether any rank was asked to stop (all stop together).
+        loss_total, stops = distributed.all_gather_sum([float(total), float(self._stop_signal is not None)])
+        if stops and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -295,11 +362,11 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": float(total) / max(1, num_tokens), "grad_norm": float(grad_norm), "lr": lr,
+        return {"loss": loss_total / max(1, num_tokens), "grad_norm": float(grad_norm), "lr": lr,
                 "tokens": num_tokens}
 
     def evaluate(self) -> dict[str, float]:
-        return validation_loss(self.forward_model, self.val_data, pad_id=self.tokenizer.pad_token_id,
+        return validation_loss(self.eval_model, self.val_data, pad_id=self.tokenizer.pad_token_id,
                                is_seq2seq=self.is_seq2seq, batch_size=self.cfg.training.batch_size,
                                max_batches=self.cfg.evaluation.max_batches, autocast=self._autocast())
 
@@ -329,6 +396,7 @@ class Trainer:
                 "train_fingerprint": self.data.train_fingerprint, "val_fingerprint": self.data.val_fingerprint,
                 "split_seed": self.cfg.data.split_seed, "is_seq2seq": self.is_seq2seq,
                 "model_family": model_family(self.model), "world_size": self.world_size,
+                "grad_accum": self.grad_accum, "global_batch": self.sampler.samples_per_step,
                 "num_threads": torch.get_num_threads(), "created": time.time()}
 
     def save_checkpoint(self) -> Path | None:
@@ -345,13 +413,15 @@ class Trainer:
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, frame: Any) -> None:
             if self._stop_signal is not None:
-                raise KeyboardInterrupt  # second signal: abort now
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt  # a second Ctrl-C: abort now
+                return  # torchrun forwards SIGTERM after the terminal's SIGINT: already stopping
             self._stop_signal = signum
             self.log(f"\nreceived {signal.Signals(signum).name}: finishing this step and saving a checkpoint "
                      "(press Ctrl-C again to abort)")
 
         old = {}
-        if self.rank == 0 and _in_main_thread():
+        if _in_main_thread():  # every rank: the stop request is shared at the next step (train_step)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, handler)
         return old
@@ -378,8 +448,10 @@ class Trainer:
                 self.log(f"{self.run.path} is already complete (final/ exists); nothing to do")
                 return FitResult("already_complete", 0, self.run.final, math.nan, 0.0)
             self.setup()
-            self._prepare_run_dir()
-            writer = MetricsWriter(self.run.metrics, self.run.tensorboard, self.cfg.logging, self.cfg.to_dict())
+            if self.rank == 0:
+                self._prepare_run_dir()
+            writer = (MetricsWriter(self.run.metrics, self.run.tensorboard, self.cfg.logging, self.cfg.to_dict())
+                      if self.rank == 0 else _NoMetrics())
             if self.resumed_from is not None:
                 writer.log({"event": "resume", "step": self.state.step, "checkpoint": self.resumed_from.path.name})
             old_handlers = self._install_signal_handlers()
@@ -391,11 +463,20 @@ class Trainer:
                 writer.close()
             elapsed = time.perf_counter() - t0
             if self._stop_signal is not None:
+                self.release_processes()
                 return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, elapsed,
                                  self._stop_signal)
-            final = self._write_final()
+            final = self._write_final() if self.rank == 0 else self.run.final
+            self.release_processes()
         self.log(f"training complete at step {self.state.step}: final model in {final}")
         return FitResult("completed", self.state.step, final, self.state.best_val_loss, elapsed)
+
+    def release_processes(self) -> None:
+        """Drop the DDP wrapper (it holds the process group) once every rank is done with it."""
+        if self._ddp is not None:
+            distributed.barrier()
+            self.train_model = self.eval_model = self.model
+            self._ddp = None
 
     def _is_done(self) -> bool:
         return self.state.step >= self.total_steps or self.state.stopped_early
@@ -441,7 +522,7 @@ class Trainer:
                 self._last_eval = self.evaluate()
                 is_new_best = self._record_eval(self._last_eval)
                 writer.log({"step": st.step, "epoch": epoch_float, **self._last_eval})
-                if ec.prompts:
+                if ec.prompts and self.rank == 0:
                     with self.run.samples.open("a") as f:
                         f.writelines(json.dumps(s) + "\n" for s in self._sample_prompts())
             bar.update(1)
@@ -460,6 +541,16 @@ class Trainer:
             else:
                 self.log(f"stopped at step {st.step}; its checkpoint FAILED (see above): the same command resumes "
                          "from the newest checkpoint that was saved")
+
+
+class _NoMetrics:
+    """Ranks other than 0 write no metrics."""
+
+    def log(self, entry: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _in_main_thread() -> bool:

@@ -76,6 +76,11 @@ def inspect_checkpoint(ckpt: Path) -> dict[str, Any]:
     out["position"] = {"step": train_state.get("step"), "epoch": sampler.get("epoch"),
                        "position": sampler.get("position"), "val_loss": meta.get("val_loss")}
     out["num_threads"] = meta.get("num_threads")
+    out["processes"] = {"world_size": meta.get("world_size", 1), "grad_accum": meta.get("grad_accum"),
+                        "global_batch": meta.get("global_batch")}
+    # What the epoch has consumed so far: lost or repeated samples show as a count or digest mismatch.
+    out["epoch_samples"] = {"epoch": sampler.get("epoch"), "consumed": sampler.get("consumed"),
+                            "digest": sampler.get("digest"), "last_epoch": sampler.get("last_epoch")}
     for st in sorted(ckpt.rglob("*.safetensors")):
         out["pieces"][st.relative_to(ckpt).as_posix()] = _tensor_summary(st)
     for js in sorted(ckpt.glob("*.json")):

@@ -6,7 +6,11 @@ through one :class:`Checkpoint` handle, opened once per run after the checkpoint
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +18,13 @@ from typing import Any
 
 import yaml
 
+from .. import distributed
 from ..config import CheckpointConfig
 from .format import CheckpointFormatError, load_state
 from .layout import META, RNG, SAMPLER, STATE_PIECES, TRAIN_STATE, model_dir, step_of, tokenizer_dir
-from .state import ResumeError, Stateful, load_training_state, write_training_state
+from .state import ResumeError, Stateful, load_training_state, write_rank_state, write_training_state
 from .store import (
+    SAVE_PAUSE_ENV,
     CheckpointWriteError,
     apply_retention,
     commit_checkpoint,
@@ -51,12 +57,16 @@ class Checkpoint:
     def tokenizer_dir(self) -> Path:
         return tokenizer_dir(self.path)
 
-    def load_state(self, pieces: dict[str, Stateful], rank: int = 0) -> None:
-        """Every training piece, then the RNG; refuses state whose step disagrees with the directory."""
-        load_training_state(self.path, pieces=pieces, rank=rank)
+    def load_state(self, pieces: dict[str, Stateful], rank: int = 0, missing_rng_seed: int | None = None) -> bool:
+        """Every training piece, then the RNG; refuses state whose step disagrees with the directory.
+
+        Returns whether this rank's RNG state was restored (see :func:`load_training_state`).
+        """
+        restored = load_training_state(self.path, pieces=pieces, rank=rank, missing_rng_seed=missing_rng_seed)
         state = pieces.get(TRAIN_STATE)
         if state is not None and getattr(state, "step", self.step) != self.step:
             raise ResumeError(f"cannot resume: {self.path.name} holds train state for step {state.step}")
+        return restored
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
@@ -104,7 +114,30 @@ class CheckpointManager:
                 self.log(f"removed {removed.name}: left by an interrupted save")
 
     def select(self, resume: str) -> Checkpoint | None:
-        """``auto``: newest that verifies (saying why newer ones were skipped); ``never``; or a path."""
+        """``auto``: newest that verifies (saying why newer ones were skipped); ``never``; or a path.
+
+        In a multi-process run rank 0 chooses and verifies; the others open what it chose.
+        """
+        if not distributed.is_initialized():
+            return self._select(resume)
+        if self.rank == 0:
+            try:
+                ckpt = self._select(resume)
+            except BaseException as err:
+                distributed.broadcast_json({"error": str(err)})
+                raise
+            distributed.broadcast_json({"path": str(ckpt.path) if ckpt else None})
+            return ckpt
+        choice = distributed.broadcast_json()
+        if "error" in choice:
+            raise ResumeError(f"rank 0 could not choose a checkpoint: {choice['error']}")
+        if choice["path"] is None:
+            return None
+        path = Path(choice["path"])
+        self.protected.add(step_of(path) or 0)
+        return Checkpoint(path, load_state(path, META))
+
+    def _select(self, resume: str) -> Checkpoint | None:
         if resume not in ("auto", "never"):
             path = Path(resume)
             if not path.is_dir():
@@ -133,20 +166,83 @@ class CheckpointManager:
 
     def save(self, step: int, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
              meta: dict[str, Any]) -> Path | None:
-        """Commit a checkpoint, then apply retention; a failed write follows ``checkpoint.on_error``."""
+        """Commit a checkpoint, then apply retention; a failed write follows ``checkpoint.on_error``.
+
+        Multi-process: rank 0 creates the temporary directory and names it to the others; every
+        rank writes its own piece (its RNG state) into it; only when all ranks report success does
+        rank 0 write the manifest and commit. Every rank then learns the outcome, so all of them
+        stop or go on together. A rank killed at any point leaves an uncommitted temporary.
+        """
         try:
-            path = commit_checkpoint(self.root, step, lambda tmp: write_training_state(
-                tmp, model=model, tokenizer=tokenizer, pieces=pieces, meta=meta, rank=self.rank))
+            if self.rank == 0:
+                path = self._commit(step, model, tokenizer, pieces, meta)
+            else:
+                path = self._write_rank_piece(step)
         except CheckpointWriteError as err:
             if self.cfg.on_error == "stop":
                 raise
             self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
                      f"(checkpoint.on_error=continue): {err.strerror}")
             return None
+        if self.rank != 0:
+            return path
         for removed in apply_retention(self.root, keep_last=self.cfg.keep_last, keep_best=self.cfg.keep_best,
                                        protect=self.protected):
             self.log(f"retention: removed {removed.name}")
         return path
+
+
+    def _commit(self, step: int, model: Any, tokenizer: Any, pieces: dict[str, Stateful], meta: dict[str, Any]
+                ) -> Path:
+        announced = False
+
+        def write(tmp: Path) -> None:
+            nonlocal announced
+            announced = True
+            distributed.broadcast_json({"tmp": str(tmp)})
+            failure: BaseException | None = None
+            try:
+                write_training_state(tmp, model=model, tokenizer=tokenizer, pieces=pieces, meta=meta, rank=0)
+            except BaseException as err:  # the other ranks must still hear that this save failed
+                failure = err
+            everyone = distributed.all_true(failure is None)
+            if failure is not None:
+                raise failure
+            if not everyone:
+                raise CheckpointWriteError(errno.EIO, f"cannot write checkpoint step {step}: another process "
+                                           "failed to write its state (see its error above)")
+
+        error: CheckpointWriteError | None = None
+        try:
+            path = commit_checkpoint(self.root, step, write)
+        except CheckpointWriteError as err:
+            error = err
+            if distributed.is_initialized() and not announced:
+                distributed.broadcast_json({"error": err.strerror})
+        if distributed.is_initialized():
+            distributed.broadcast_json({"error": error.strerror} if error else {"path": str(path)})
+        if error is not None:
+            raise error
+        return path
+
+    def _write_rank_piece(self, step: int) -> Path:
+        """Rank > 0: write this rank's RNG into the directory rank 0 names, then hear the outcome."""
+        message = distributed.broadcast_json()
+        if "tmp" in message:
+            failure: str | None = None
+            try:
+                write_rank_state(Path(message["tmp"]), self.rank)
+                pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
+                if pause:
+                    time.sleep(pause)
+            except OSError as err:
+                failure = f"rank {self.rank}: {err.strerror or err}"
+                print(f"error: cannot write checkpoint step {step}: {failure}", file=sys.stderr, flush=True)
+            distributed.all_true(failure is None)
+            message = distributed.broadcast_json()
+        if "error" in message:
+            raise CheckpointWriteError(errno.EIO, message["error"])
+        return Path(message["path"])
 
 
 def write_hf_directory(directory: Path, model: Any, tokenizer: Any) -> None:

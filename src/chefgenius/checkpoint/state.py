@@ -33,6 +33,11 @@ def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces:
     for name, obj in pieces.items():
         save_state(directory, name, obj.state_dict())
     save_state(directory, META, meta)
+    write_rank_state(directory, rank)
+
+
+def write_rank_state(directory: Path, rank: int) -> None:
+    """What differs between processes: each rank's RNG streams (dropout), under ``rank-NNNNN/``."""
     rd = rank_dir(directory, rank)
     rd.mkdir()
     save_state(rd, RNG, capture_rng())
@@ -68,8 +73,13 @@ def check_optimizer_matches(state: dict[str, Any], optimizer: torch.optim.Optimi
                                       f"{tuple(value.shape)}, the parameter has {tuple(param.shape)}")
 
 
-def load_training_state(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 0) -> None:
-    """Load every piece; a missing or mismatching piece raises, never a silent fresh start."""
+def load_training_state(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 0,
+                        missing_rng_seed: int | None = None) -> bool:
+    """Load every piece; a missing or mismatching piece raises, never a silent fresh start.
+
+    ``missing_rng_seed``: after a change of world size a new rank has no RNG state of its own; it is
+    then seeded with this value (returns False) instead of refusing.
+    """
     for name, obj in pieces.items():
         try:
             state = load_state(ckpt, name)
@@ -82,9 +92,15 @@ def load_training_state(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 
         except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as err:
             raise ResumeError(f"cannot resume: '{name}' state in {ckpt.name} does not load: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if missing_rng_seed is not None and not rank_dir(ckpt, rank).is_dir():
+        from ..runtime import seed_everything
+
+        seed_everything(missing_rng_seed)
+        return False
     try:
         restore_rng(load_state(rank_dir(ckpt, rank), RNG))
     except CheckpointFormatError as err:
         raise ResumeError(f"cannot resume: rank {rank} RNG state: {err}") from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
         raise ResumeError(f"cannot resume: rank {rank} RNG state in {ckpt.name} does not load: {err}") from None
+    return True

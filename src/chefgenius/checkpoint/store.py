@@ -31,7 +31,7 @@ from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, TMP_PREFIX, checkpoint_d
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Test hook: widen the window between writing a checkpoint's files and committing it, so that
 # kill tests can land a SIGKILL inside a save deterministically. Unset in normal use.
-_PAUSE_ENV = "CHEFGENIUS_TEST_SAVE_PAUSE_S"
+SAVE_PAUSE_ENV = "CHEFGENIUS_TEST_SAVE_PAUSE_S"
 
 
 class CheckpointWriteError(OSError):
@@ -214,7 +214,7 @@ def commit_directory(final: Path, step: int, write: Callable[[Path], None]) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         write(tmp)
-        pause = float(os.environ.get(_PAUSE_ENV) or 0)
+        pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
         if pause:
             time.sleep(pause)
         files, _ = _tree(tmp)

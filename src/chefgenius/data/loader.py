@@ -73,7 +73,8 @@ class ResumableSampler:
     """
 
     def __init__(self, lengths: np.ndarray | list[int], *, batch_size: int, grad_accum: int, seed: int,
-                 shuffle: bool = True, group_by_length: bool = False, world_size: int = 1, rank: int = 0) -> None:
+                 shuffle: bool = True, group_by_length: bool = False, world_size: int = 1, rank: int = 0,
+                 group_width: int | None = None) -> None:
         if not len(lengths):
             raise ValueError("the training split is empty")
         self.lengths = np.asarray(lengths)
@@ -84,8 +85,14 @@ class ResumableSampler:
         self.group_by_length = group_by_length
         self.world_size = world_size
         self.rank = rank
+        # Length grouping works in units of this many samples; it is part of the epoch order, so it is
+        # saved and kept when the world size changes (the order must not depend on it).
+        self.group_width = group_width or batch_size * world_size
         self.epoch = 0
         self.position = 0
+        self.consumed = 0  # samples handed out in this epoch, and an order-independent digest of their ids
+        self.digest = 0
+        self.last_epoch: dict[str, Any] | None = None
         self._order_epoch = -1
         self._order: np.ndarray = np.arange(0)
 
@@ -118,44 +125,90 @@ class ResumableSampler:
 
     def _group(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # Sort within windows of 50 batches, then shuffle whole batches: less padding, still random.
-        window = self.batch_size * self.world_size * 50
+        width = self.group_width
+        window = width * 50
         lengths = self.lengths
         chunks = []
         for start in range(0, len(order), window):
             part = order[start:start + window]
             chunks.append(part[np.argsort(-lengths[part], kind="stable")])
         grouped = np.concatenate(chunks)
-        width = self.batch_size * self.world_size
         batches = [grouped[i:i + width] for i in range(0, len(grouped), width)]
         perm = rng.permutation(len(batches))
         return np.concatenate([batches[i] for i in perm])
 
     def next_step(self) -> list[list[int]]:
-        """Micro-batches (this rank's indices) of the next optimizer step; advances the state."""
+        """Micro-batches (this rank's indices) of the next optimizer step; advances the state.
+
+        Each global micro-batch of ``batch_size * world_size`` samples is cut into consecutive slices
+        of ``batch_size``, rank r taking slice r: the micro-batches of N ranks are exactly those of one
+        process with N times the accumulation. Every rank gets the same number of micro-batches; at
+        the end of an epoch a rank may get an empty one (it still takes part in the gradient sum).
+        """
         order = self.epoch_order(self.epoch)
         end = min(self.position + self.samples_per_step, self.num_samples)
         chunk = order[self.position:end]
         micro = []
         width = self.batch_size * self.world_size
         for start in range(0, len(chunk), width):
-            global_batch = chunk[start:start + width]
-            mine = np.array_split(global_batch, self.world_size)[self.rank]
-            if len(mine):
-                micro.append([int(i) for i in mine])
+            mine = chunk[start:start + width][self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            micro.append([int(i) for i in mine])
+        self.consumed += len(chunk)
+        self.digest = (self.digest + sample_digest(chunk)) % 2**64
         self.position = end
         if self.position >= self.num_samples:
+            self.last_epoch = {"epoch": self.epoch, "consumed": self.consumed, "digest": f"{self.digest:016x}",
+                               "complete": self.consumed == self.num_samples
+                               and self.digest == sample_digest(np.arange(self.num_samples))}
             self.epoch += 1
             self.position = 0
+            self.consumed = self.digest = 0
         return micro
+
+    def resize(self, world_size: int, rank: int, grad_accum: int) -> None:
+        """Continue the same global order on another number of ranks (the global batch stays)."""
+        before = self.samples_per_step
+        self.world_size, self.rank, self.grad_accum = world_size, rank, grad_accum
+        if self.samples_per_step != before:
+            raise ValueError(f"resizing changes the global batch from {before} to {self.samples_per_step} samples")
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "num_samples": self.num_samples,
-                "samples_per_step": self.samples_per_step, "seed": self.seed}
+                "samples_per_step": self.samples_per_step, "seed": self.seed, "group_width": self.group_width,
+                "world_size": self.world_size, "consumed": self.consumed, "digest": f"{self.digest:016x}",
+                "last_epoch": self.last_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["num_samples"] != self.num_samples:
             raise ValueError(f"sampler state is for {state['num_samples']} samples, the data has {self.num_samples}")
         if state["seed"] != self.seed:
             raise ValueError(f"sampler state has seed {state['seed']}, the config has {self.seed}")
+        if state["samples_per_step"] != self.samples_per_step:
+            raise ValueError(f"sampler state takes {state['samples_per_step']} samples per optimizer step, this run "
+                             f"{self.samples_per_step}: the global batch (batch_size x grad_accum x processes) "
+                             "must stay the same")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+        # Checkpoints before 0.3 have no group width: theirs was batch_size x world size.
+        self.group_width = int(state.get("group_width") or self.batch_size * int(state.get("world_size", 1)))
+        self._order_epoch = -1
+        if "consumed" in state:
+            self.consumed, self.digest = int(state["consumed"]), int(state["digest"], 16)
+        else:  # older checkpoints: what the order handed out so far
+            self.consumed = self.position
+            self.digest = sample_digest(self.epoch_order(self.epoch)[:self.position])
+        self.last_epoch = state.get("last_epoch")
+
+
+def sample_digest(ids: np.ndarray) -> int:
+    """Order-independent digest of sample ids: the sum of their splitmix64 hashes modulo 2**64.
+
+    Two sets of ids with the same digest and count are, for practical purposes, the same set; a
+    lost or repeated sample changes it.
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(ids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        return int(z.sum(dtype=np.uint64))
