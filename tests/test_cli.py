@@ -82,7 +82,25 @@ def test_generate_is_deterministic_per_seed(tiny_run):
     assert a.exit_code == 0, a.output
     assert a.output == b.output and a.output != c.output
     js = invoke("generate", "--run", tiny_run, "--ingredients", "egg", "--json", "--max-new-tokens", "20")
-    assert set(json.loads(js.output.splitlines()[-1])) == {"title", "ingredients", "directions", "complete"}
+    assert set(json.loads(js.output.splitlines()[-1])) == {"title", "ingredients", "directions", "complete", "used",
+                                                           "unused", "unused_in_directions", "ingredient_recall"}
+
+
+def test_coverage_decoding_uses_the_requested_ingredients(tiny_run):
+    """A barely trained model ignores unusual requests; --coverage makes it list them, deterministically."""
+    from chefgenius.coverage import coverage
+
+    ask = "egg, walnut, spinach, lemon"
+    args = ("generate", "--run", tiny_run, "--ingredients", ask, "--json", "--max-new-tokens", "60", "--title", "Eggs")
+    plain = json.loads(invoke(*args).output.splitlines()[-1])
+    steered = [invoke(*args, "--coverage", "--coverage-strength", "8").output for _ in range(2)]
+    assert steered[0] == steered[1]
+    out = json.loads(steered[0].splitlines()[-1])
+    assert out["ingredient_recall"] > plain["ingredient_recall"]
+    assert out["unused"] == [] and out["used"] == ["egg", "walnut", "spinach", "lemon"]
+    text = "Title: x Ingredients: " + " ".join(f"- {x}" for x in out["ingredients"]) + " Directions: " + " ".join(
+        f"{i}. {x}" for i, x in enumerate(out["directions"], 1))
+    assert coverage(ask.split(", "), text).used == out["used"]  # the JSON says what the metric says
 
 
 def test_generate_batch_from_file(tiny_run, tmp_path):

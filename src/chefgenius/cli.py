@@ -13,6 +13,8 @@ import typer
 
 from .config import ConfigError
 
+COVERAGE_STRENGTH = 4.0  # logit bonus of --coverage (measured in README "Ingredient coverage")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train recipe-generation models that resume exactly after any stop.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect recipe data.")
@@ -205,8 +207,12 @@ def generate(
     input_file: Annotated[Optional[Path], typer.Option("--input", help="One ingredient list per line.")] = None,
     output_file: Annotated[Optional[Path], typer.Option("--output", help="JSONL output for --input.")] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    coverage: Annotated[bool, typer.Option("--coverage", help="Steer decoding to use every requested "
+                        "ingredient in the list and in the directions.")] = False,
+    coverage_strength: Annotated[float, typer.Option(min=0.0, help="Logit bonus of --coverage.")] = COVERAGE_STRENGTH,
 ) -> None:
     """Generate recipes from ingredients."""
+    from .coverage import coverage as coverage_of
     from .data.format import parse_recipe, render_recipe
     from .generate import GenerationSettings, generate_texts
 
@@ -214,7 +220,8 @@ def generate(
         raise ConfigError("pass --ingredients 'a, b, c' or --input FILE (one ingredient list per line)")
     settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   top_k=top_k, repetition_penalty=repetition_penalty,
-                                  no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)
+                                  no_repeat_ngram_size=no_repeat_ngram_size, seed=seed,
+                                  coverage=coverage_strength if coverage else 0.0)
     settings.generate_kwargs(num)  # validates the preset before the model loads
     m, tok, seq2seq, max_prompt_tokens = _load_model(run, model, device)
 
@@ -224,6 +231,11 @@ def generate(
         for line in result.warnings(max_prompt_tokens):
             typer.echo(f"warning: {line}", err=True)
         return result.texts
+
+    def used(prompt: str, text: str) -> dict[str, Any]:
+        cov = coverage_of([x.strip() for x in prompt.split(",") if x.strip()], text)
+        return {"used": cov.used, "unused": cov.unused, "unused_in_directions":
+                [x for x in cov.used if x not in cov.in_directions], "ingredient_recall": round(cov.recall, 4)}
 
     if input_file is not None:
         if not input_file.is_file():
@@ -238,7 +250,7 @@ def generate(
                     parsed = parse_recipe(text)
                     out.write(json.dumps({"ingredients": p, "index": i, "text": text, "title": parsed.title,
                                           "ingredients_list": list(parsed.ingredients),
-                                          "directions": list(parsed.directions)}) + "\n")
+                                          "directions": list(parsed.directions), **used(p, text)}) + "\n")
         finally:
             if output_file:
                 out.close()
@@ -248,7 +260,8 @@ def generate(
         parsed = parse_recipe(text)
         if as_json:
             typer.echo(json.dumps({"title": parsed.title, "ingredients": list(parsed.ingredients),
-                                   "directions": list(parsed.directions), "complete": parsed.is_complete}))
+                                   "directions": list(parsed.directions), "complete": parsed.is_complete,
+                                   **used(ingredients, text)}))
         else:
             if i:
                 typer.echo("\n" + "-" * 40 + "\n")
@@ -265,25 +278,28 @@ def eval_(
     preset: Annotated[str, typer.Option(help="Decoding preset for the samples.")] = "greedy",
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1)] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    coverage: Annotated[bool, typer.Option("--coverage", help="Decode with ingredient coverage (see generate).")]
+    = False,
+    coverage_strength: Annotated[float, typer.Option(min=0.0, help="Logit bonus of --coverage.")] = COVERAGE_STRENGTH,
 ) -> None:
-    """Loss, perplexity and text metrics (BLEU, ROUGE, ingredient recall, structure, repetition)."""
+    """Loss, perplexity and text metrics (BLEU, ROUGE, ingredient coverage, structure, repetition)."""
     from rich.console import Console
     from rich.table import Table
 
-    from .evaluate import evaluate_run
+    from .evaluate import METRIC_KEYS, evaluate_run
     from .generate import GenerationSettings
 
     if split not in ("val", "train"):
         raise ConfigError(f"--split must be val or train, got {split!r}")
     GenerationSettings(preset=preset).generate_kwargs(1)  # validates the preset before the model loads
     result = evaluate_run(run, checkpoint=checkpoint, split=split, num_samples=num_samples, preset=preset,
-                          max_new_tokens=max_new_tokens, device=device)
+                          max_new_tokens=max_new_tokens, device=device,
+                          coverage_strength=coverage_strength if coverage else 0.0)
     table = Table(title=f"{result['model']} on {split} ({result['recipes']} recipes, "
-                        f"{result['num_samples']} generated, {preset})")
+                        f"{result['num_samples']} generated, {preset}{', coverage' if coverage else ''})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
-                "structure_score", "distinct_2", "repeated_4gram_rate", "length_words"):
+    for key in METRIC_KEYS:
         if key in result:
             table.add_row(key, f"{result[key]:.4f}")
     Console().print(table)

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .coverage import coverage, coverage_metrics
 from .data.format import parse_recipe
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -21,19 +22,6 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
-
-
-def _stem(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
-def ingredient_recall(ingredients: list[str], text: str) -> float:
-    """Share of prompt ingredients whose every word appears in the recipe (plural-insensitive)."""
-    if not ingredients:
-        return 1.0
-    vocab = {_stem(w) for w in words(text)}
-    used = sum(1 for ing in ingredients if words(ing) and all(_stem(w) in vocab for w in words(ing)))
-    return used / len(ingredients)
 
 
 def structure_score(text: str) -> float:
@@ -79,10 +67,18 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     return {k: v / n for k, v in totals.items()}
 
 
+# What ``chefgenius eval`` and the report show, in this order.
+METRIC_KEYS: tuple[str, ...] = (
+    "eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
+    "ingredient_recall_list", "ingredient_recall_directions", "ingredient_precision", "structure_score",
+    "distinct_2", "repeated_4gram_rate", "length_words",
+)
+
+
 def text_metrics(prompts: list[list[str]], hypotheses: list[str], references: list[str]) -> dict[str, float]:
     n = max(1, len(hypotheses))
     out = {"bleu": bleu(hypotheses, references), **rouge(hypotheses, references)}
-    out["ingredient_recall"] = sum(ingredient_recall(p, h) for p, h in zip(prompts, hypotheses)) / n
+    out.update(coverage_metrics(prompts, hypotheses))
     out["structure_score"] = sum(map(structure_score, hypotheses)) / n
     out["distinct_2"] = sum(distinct_n(h, 2) for h in hypotheses) / n
     out["repeated_4gram_rate"] = sum(repeated_ngram_rate(h, 4) for h in hypotheses) / n
@@ -94,7 +90,7 @@ def text_metrics(prompts: list[list[str]], hypotheses: list[str], references: li
 
 def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = "val", num_samples: int = 20,
                  preset: str = "greedy", max_new_tokens: int | None = None, device: str = "cpu",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, coverage_strength: float = 0.0) -> dict[str, Any]:
     """Loss/perplexity on a split and text metrics on ``num_samples`` generations; writes eval.json."""
     import torch
     from tqdm.auto import tqdm
@@ -132,7 +128,8 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
         result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(tokens)}
         result.update(validation_loss(model, tokens, pad_id=tokenizer.pad_token_id, is_seq2seq=seq2seq,
                                       batch_size=cfg.training.batch_size))
-        settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens or cfg.data.max_target_tokens)
+        settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens or cfg.data.max_target_tokens,
+                                      coverage=coverage_strength)
         prompts, hyps, refs, num_cut, num_capped = [], [], [], 0, 0
         for sample in tqdm(texts[:num_samples], desc="generate", disable=not progress or not num_samples):
             ings = sample["ingredients"]
@@ -145,10 +142,13 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
             refs.append(sample["target"])
         result["num_samples"] = len(hyps)
         result["preset"] = preset
+        result["coverage_strength"] = coverage_strength
         result["prompts_cut"] = num_cut
         result["max_new_tokens_capped"] = num_capped
         if hyps:
             result.update(text_metrics(prompts, hyps, refs))
+        # Every sample's ingredient coverage (which requested ingredients were used), five full texts.
+        result["coverage"] = [{"ingredients": p, **coverage(p, h).to_dict()} for p, h in zip(prompts, hyps)]
         result["samples"] = [{"ingredients": p, "generated": h, "reference": r}
                              for p, h, r in zip(prompts, hyps, refs)][:5]
         run.eval_file.write_text(json.dumps(result, indent=2))

@@ -34,6 +34,7 @@ class GenerationSettings:
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     seed: int = 0
+    coverage: float = 0.0  # logit bonus for requested ingredients not used yet (0 = off), see CoverageProcessor
 
     def generate_kwargs(self, num: int) -> dict[str, Any]:
         if self.preset not in PRESETS:
@@ -74,6 +75,68 @@ class Generation:
             out.append(f"max_new_tokens {self.capped_from} exceeds what the model's positions allow after the prompt; "
                        f"capped to {self.max_new_tokens}")
         return out
+
+
+class CoverageProcessor:
+    """Favour requested ingredients that the current section of the recipe has not used yet.
+
+    While the ingredient list is being written, ingredients missing from the list get ``strength``
+    added to the logit of the first token of their name; in the directions, those missing from the
+    directions do. A name spread over several tokens is then completed (its next token is favoured
+    by twice that, alone). Once the words appear, the favour stops, so nothing is pushed twice.
+    Deterministic: a pure function of the tokens so far.
+    """
+
+    def __init__(self, tokenizer: Any, ingredients: list[str], *, start: int, prefix_text: str,
+                 strength: float) -> None:
+        from .coverage import name_words
+
+        self.tokenizer, self.ingredients, self.start = tokenizer, ingredients, start
+        self.prefix_text, self.strength = prefix_text, strength
+        self.variants: dict[str, list[list[int]]] = {}
+        for ing in ingredients:
+            words = name_words(ing)
+            if not words:
+                continue
+            surface = " ".join(ing.lower().split())
+            seqs = []
+            for text in (f" {surface}", f" {surface.capitalize()}"):  # words follow a space in this format
+                ids = tokenizer.encode(text, add_special_tokens=False)
+                if ids and ids not in seqs:
+                    seqs.append(ids)
+            self.variants[ing] = seqs
+
+    def _missing(self, text: str) -> list[str]:
+        from .coverage import is_used, text_words
+        from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL
+
+        if DIRECTIONS_LABEL in text:
+            section = text.split(DIRECTIONS_LABEL, 1)[1]
+        elif INGREDIENTS_LABEL in text:
+            section = text.split(INGREDIENTS_LABEL, 1)[1]
+        else:
+            return []
+        words = text_words(section)
+        return [i for i in self.variants if not is_used(i, words)]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        for row in range(input_ids.shape[0]):
+            generated = input_ids[row, self.start:].tolist()
+            text = self.prefix_text + self.tokenizer.decode(generated, skip_special_tokens=True)
+            starts: set[int] = set()
+            continuations: set[int] = set()
+            for ing in self._missing(text):
+                for seq in self.variants[ing]:
+                    # Part of this name is already out: its next token, and only that, is favoured (twice).
+                    done = next((k for k in range(min(len(seq) - 1, len(generated)), 0, -1)
+                                 if generated[-k:] == seq[:k]), 0)
+                    (continuations if done else starts).add(seq[done])
+            favoured, bonus = (continuations, 2 * self.strength) if continuations else (starts, self.strength)
+            if favoured:
+                idx = torch.tensor(sorted(favoured), device=scores.device)
+                scores[row, idx] += bonus
+        return scores
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -127,6 +190,14 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
         common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
+        if settings.coverage:
+            from transformers import LogitsProcessorList
+
+            # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
+            start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
+            prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""
+            common["logits_processor"] = LogitsProcessorList([CoverageProcessor(
+                tokenizer, ingredients, start=start, prefix_text=prefix_seen, strength=settings.coverage)])
         if is_seq2seq:
             input_ids = torch.tensor([src], device=device)
             extra = {}

@@ -80,9 +80,10 @@ def write_report(run_dir: Path) -> Path:
         parts.append(f"<p>best validation loss {best['eval_loss']:.4f} (perplexity {best['eval_perplexity']:.2f}) "
                      f"at step {best['step']}; last {evals[-1]['eval_loss']:.4f}</p>")
     if eval_result:
-        keys = ["eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
-                "structure_score", "distinct_2", "repeated_4gram_rate", "length_words"]
-        rows = "".join(f"<tr><td>{k}</td><td>{eval_result[k]:.4f}</td></tr>" for k in keys if k in eval_result)
+        from .evaluate import METRIC_KEYS
+
+        rows = "".join(f"<tr><td>{k}</td><td>{eval_result[k]:.4f}</td></tr>" for k in METRIC_KEYS
+                       if k in eval_result)
         parts.append(f"<h2>chefgenius eval ({html.escape(str(eval_result.get('preset')))}, "
                      f"{eval_result.get('num_samples')} samples)</h2><table>{rows}</table>")
     for p in plots:
