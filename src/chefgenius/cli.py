@@ -118,7 +118,12 @@ def train(
                 from .generate import GenerationSettings, generate_texts
 
                 prompt = cfg.evaluation.prompts[0]
-                text = generate_texts(trainer.model, trainer.tokenizer, trainer.is_seq2seq, prompt,
+                model = trainer.model
+                if trainer.sharded:  # the other processes are gone: read the gathered final/ model
+                    from .model import load_for_inference
+
+                    model = load_for_inference(result.final_dir)[0]
+                text = generate_texts(model, trainer.tokenizer, trainer.is_seq2seq, prompt,
                                       GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens),
                                       max_prompt_tokens=cfg.data.max_prompt_tokens).texts[0]
                 typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")

@@ -76,6 +76,9 @@ class ModelConfig(_Strict):
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     lora_target_modules: list[str] | None = Field(None, description="Module names; None = per family.")
     compile: bool = Field(False, description="torch.compile the model.")
+    sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="Multi-process: ddp replicates the model; fsdp (FSDP2 fully_shard) shards model and "
+        "optimizer state over the processes, for models that do not fit one device.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
 
     @model_validator(mode="after")
@@ -170,6 +173,8 @@ class Config(_Strict):
         if ev.early_stopping_patience and not ev.every_steps and not ev.at_epoch_end:
             raise ValueError("evaluation.early_stopping_patience needs evaluations: set evaluation.every_steps "
                              "or evaluation.at_epoch_end=true")
+        if self.model.use_lora and self.model.sharding == "fsdp":
+            raise ValueError("model.sharding=fsdp with model.use_lora is not supported; use ddp for LoRA")
         if self.model.use_lora and self.training.precision == "bf16-pure":
             raise ValueError("training.precision=bf16-pure with model.use_lora is not supported; use bf16 autocast")
         return self

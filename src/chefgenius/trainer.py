@@ -36,7 +36,7 @@ from .checkpoint import (
     commit_directory,
     write_final,
 )
-from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
+from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, SHARDS, TRAIN_STATE, rank_dir
 from .config import Config, ConfigError, check_requirements
 from .data.format import TITLE_LABEL
 from .data.loader import ResumableSampler, make_batch
@@ -60,6 +60,7 @@ from .model import (
 from .optim import build_optimizer, build_scheduler
 from .resume import resume_changes
 from .rundir import RunDirectory, RunDirError
+from .sharding import full_state_dict, load_shards, save_shards, shard_model
 from .runtime import apply_runtime, resolve_device, seed_everything
 from .tracking import MetricsWriter
 
@@ -175,11 +176,18 @@ class Trainer:
             for line in warnings:
                 self.log(line)
         self.grad_accum = self._grad_accum(ckpt)
+        self._ckpt_sharded = ckpt is not None and (rank_dir(ckpt.path, 0) / f"{SHARDS}.json").is_file()
         self.model, self._fresh_base = self._build_model(ckpt, self.tokenizer)
         self.model.to(self.device)
         self._ddp: torch.nn.parallel.DistributedDataParallel | None = None
         self.train_model = self.eval_model = self.model
-        if self.world_size > 1:
+        self.sharded = self.world_size > 1 and cfg.model.sharding == "fsdp"
+        if self.sharded:
+            if ckpt is not None and not self._ckpt_sharded:
+                raise ResumeError(f"cannot resume {ckpt.path.name} with model.sharding=fsdp: it holds an unsharded "
+                                  "model; resume it with sharding ddp (it can then be saved sharded)")
+            shard_model(self.model)
+        elif self.world_size > 1:
             # DDP broadcasts rank 0's parameters here, so every rank starts from the same weights.
             self._ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -216,7 +224,12 @@ class Trainer:
             t0 = time.perf_counter()
             resized = ckpt.meta.get("world_size", 1) != self.world_size
             # A rank the checkpoint did not have gets a seed of its own (RNG restored last).
-            restored = ckpt.load_state(self._pieces(), rank=self.rank,
+            if self._ckpt_sharded:
+                load_shards(ckpt.path, self.model, self.optimizer, self.rank, self.world_size)
+            pieces = self._pieces()
+            if self._ckpt_sharded:
+                pieces.pop(OPTIMIZER, None)  # in the shards
+            restored = ckpt.load_state(pieces, rank=self.rank,
                                        missing_rng_seed=tc.seed + self.rank + 1_000_003 * ckpt.step if resized else None)
             if not distributed.all_true(restored):
                 self.log("note: processes the checkpoint did not have were seeded from (seed, rank, step)")
@@ -274,6 +287,9 @@ class Trainer:
                 model = load_lora_adapter(base, ckpt.model_dir, trainable=True)
             else:
                 model = apply_lora(base, mc, base.config.model_type, bool(base.config.is_encoder_decoder))
+        elif ckpt is not None and self._ckpt_sharded:
+            # Built as at the start, then filled from every rank's shards once the optimizer exists.
+            model = build_from_scratch(mc, tokenizer, max_pos) if mc.from_scratch else load_pretrained(mc.name_or_path)
         elif ckpt is not None:
             model = load_pretrained(ckpt.model_dir, strict=True)
         elif mc.from_scratch:
@@ -304,8 +320,9 @@ class Trainer:
                 f"evaluation.max_new_tokens to at most {limit - self.cfg.data.max_prompt_tokens - prefix}")
 
     def _pieces(self) -> dict[str, Any]:
-        pieces: dict[str, Any] = {OPTIMIZER: self.optimizer, SCHEDULER: self.scheduler, SAMPLER: self.sampler,
-                                  TRAIN_STATE: self.state}
+        pieces: dict[str, Any] = {SCHEDULER: self.scheduler, SAMPLER: self.sampler, TRAIN_STATE: self.state}
+        if not self.sharded:  # a sharded optimizer is saved with the model shards, per rank
+            pieces = {OPTIMIZER: self.optimizer, **pieces}
         if self.scaler is not None:
             pieces[SCALER] = self.scaler
         return pieces
@@ -337,6 +354,8 @@ class Trainer:
             if batch is None:  # no sample for this rank at the epoch's end: join the reduction with zeros
                 batch, weight = make_batch(self.train_data, [0], pad, self.device), 0.0
             is_last = i == len(batches) - 1
+            if self.sharded:
+                self.model.set_requires_gradient_sync(is_last)
             with nullcontext() if self._ddp is None or is_last else self._ddp.no_sync():
                 with self._autocast():
                     loss_sum, _ = token_loss_sum(self.train_model, batch, self.is_seq2seq)
@@ -354,6 +373,8 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.cfg.training.max_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients give a DTensor norm
+            grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -400,15 +421,22 @@ class Trainer:
                 "num_threads": torch.get_num_threads(), "created": time.time()}
 
     def save_checkpoint(self) -> Path | None:
-        return self.checkpoints.save(self.state.step, model=self.model, tokenizer=self.tokenizer,
-                                     pieces=self._pieces(), meta=self._meta())
+        shards = (lambda tmp: save_shards(tmp, self.model, self.optimizer, self.rank, self.world_size)
+                  ) if self.sharded else None
+        return self.checkpoints.save(self.state.step, model=None if self.sharded else self.model,
+                                     tokenizer=self.tokenizer, pieces=self._pieces(), meta=self._meta(),
+                                     rank_piece=shards)
 
     def _write_final(self) -> Path:
+        """Rank 0 writes final/; a sharded model is first gathered (every rank takes part)."""
+        full = full_state_dict(self.model) if self.sharded else None
+        if self.rank != 0:
+            return self.run.final
         summary = {"step": self.state.step, "best_val_loss": self.state.best_val_loss,
                    "best_step": self.state.best_step, "stopped_early": self.state.stopped_early,
                    "train_fingerprint": self.data.train_fingerprint, "versions": versions()}
         return write_final(self.run.final, self.state.step, model=self.model, tokenizer=self.tokenizer,
-                           summary=summary)
+                           summary=summary, state_dict=full)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, frame: Any) -> None:
@@ -466,7 +494,7 @@ class Trainer:
                 self.release_processes()
                 return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, elapsed,
                                  self._stop_signal)
-            final = self._write_final() if self.rank == 0 else self.run.final
+            final = self._write_final()
             self.release_processes()
         self.log(f"training complete at step {self.state.step}: final model in {final}")
         return FitResult("completed", self.state.step, final, self.state.best_val_loss, elapsed)
@@ -522,9 +550,11 @@ class Trainer:
                 self._last_eval = self.evaluate()
                 is_new_best = self._record_eval(self._last_eval)
                 writer.log({"step": st.step, "epoch": epoch_float, **self._last_eval})
-                if ec.prompts and self.rank == 0:
-                    with self.run.samples.open("a") as f:
-                        f.writelines(json.dumps(s) + "\n" for s in self._sample_prompts())
+                if ec.prompts and (self.rank == 0 or self.sharded):  # a sharded model generates on every rank
+                    samples = self._sample_prompts()
+                    if self.rank == 0:
+                        with self.run.samples.open("a") as f:
+                            f.writelines(json.dumps(s) + "\n" for s in samples)
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch_float:.2f}", loss=f"{out['loss']:.3f}")
             # A new best is saved so that keep_best has its weights.

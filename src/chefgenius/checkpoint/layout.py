@@ -22,6 +22,7 @@ SAMPLER = "sampler"
 TRAIN_STATE = "train_state"
 META = "meta"
 RNG = "rng"
+SHARDS = "shards"  # FSDP: this rank's slices of model and optimizer state, in its rank directory
 STATE_PIECES = (OPTIMIZER, SCHEDULER, SCALER, SAMPLER, TRAIN_STATE)
 
 TMP_PREFIX = ".tmp-"

@@ -165,19 +165,20 @@ class CheckpointManager:
         return ckpt
 
     def save(self, step: int, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
-             meta: dict[str, Any]) -> Path | None:
+             meta: dict[str, Any], rank_piece: Callable[[Path], None] | None = None) -> Path | None:
         """Commit a checkpoint, then apply retention; a failed write follows ``checkpoint.on_error``.
 
         Multi-process: rank 0 creates the temporary directory and names it to the others; every
         rank writes its own piece (its RNG state) into it; only when all ranks report success does
         rank 0 write the manifest and commit. Every rank then learns the outcome, so all of them
         stop or go on together. A rank killed at any point leaves an uncommitted temporary.
+        ``rank_piece(tmp)``: what else each rank writes (its model and optimizer shards).
         """
         try:
             if self.rank == 0:
-                path = self._commit(step, model, tokenizer, pieces, meta)
+                path = self._commit(step, model, tokenizer, pieces, meta, rank_piece)
             else:
-                path = self._write_rank_piece(step)
+                path = self._write_rank_piece(step, rank_piece)
         except CheckpointWriteError as err:
             if self.cfg.on_error == "stop":
                 raise
@@ -192,8 +193,8 @@ class CheckpointManager:
         return path
 
 
-    def _commit(self, step: int, model: Any, tokenizer: Any, pieces: dict[str, Stateful], meta: dict[str, Any]
-                ) -> Path:
+    def _commit(self, step: int, model: Any, tokenizer: Any, pieces: dict[str, Stateful], meta: dict[str, Any],
+                rank_piece: Callable[[Path], None] | None) -> Path:
         announced = False
 
         def write(tmp: Path) -> None:
@@ -203,6 +204,8 @@ class CheckpointManager:
             failure: BaseException | None = None
             try:
                 write_training_state(tmp, model=model, tokenizer=tokenizer, pieces=pieces, meta=meta, rank=0)
+                if rank_piece is not None:
+                    rank_piece(tmp)
             except BaseException as err:  # the other ranks must still hear that this save failed
                 failure = err
             everyone = distributed.all_true(failure is None)
@@ -225,13 +228,15 @@ class CheckpointManager:
             raise error
         return path
 
-    def _write_rank_piece(self, step: int) -> Path:
-        """Rank > 0: write this rank's RNG into the directory rank 0 names, then hear the outcome."""
+    def _write_rank_piece(self, step: int, rank_piece: Callable[[Path], None] | None) -> Path:
+        """Rank > 0: write this rank's RNG (and shards) into the directory rank 0 names, then hear the outcome."""
         message = distributed.broadcast_json()
         if "tmp" in message:
             failure: str | None = None
             try:
                 write_rank_state(Path(message["tmp"]), self.rank)
+                if rank_piece is not None:
+                    rank_piece(Path(message["tmp"]))
                 pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
                 if pause:
                     time.sleep(pause)
@@ -245,21 +250,28 @@ class CheckpointManager:
         return Path(message["path"])
 
 
-def write_hf_directory(directory: Path, model: Any, tokenizer: Any) -> None:
-    """One Hugging Face model directory: weights, config, generation config and tokenizer side by side."""
+def write_hf_directory(directory: Path, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None
+                       ) -> None:
+    """One Hugging Face model directory: weights, config, generation config and tokenizer side by side.
+
+    ``state_dict``: full weights gathered from a sharded model (saved instead of the model's own)."""
     from ..model import unwrap
 
     gen = getattr(unwrap(model), "generation_config", None)
     if gen is not None:  # generation stops at the end-of-recipe token, whoever loads the directory
         gen.eos_token_id = tokenizer.eos_token_id
         gen.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(directory))
+    if state_dict is not None:
+        model.save_pretrained(str(directory), state_dict=state_dict)
+    else:
+        model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
 
 
-def write_final(final_dir: Path, step: int, *, model: Any, tokenizer: Any, summary: dict[str, Any]) -> Path:
+def write_final(final_dir: Path, step: int, *, model: Any, tokenizer: Any, summary: dict[str, Any],
+                state_dict: dict[str, Any] | None = None) -> Path:
     def write(tmp: Path) -> None:
-        write_hf_directory(tmp, model, tokenizer)
+        write_hf_directory(tmp, model, tokenizer, state_dict)
         (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
 
     return commit_directory(final_dir, step, write)

@@ -28,7 +28,9 @@ class ResumeError(ValueError):
 
 def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
                          meta: dict[str, Any], rank: int = 0) -> None:
-    model.save_pretrained(str(model_dir(directory)))
+    """``model`` None: the model is sharded and every rank writes its slice (see sharding.py)."""
+    if model is not None:
+        model.save_pretrained(str(model_dir(directory)))
     tokenizer.save_pretrained(str(tokenizer_dir(directory)))
     for name, obj in pieces.items():
         save_state(directory, name, obj.state_dict())
