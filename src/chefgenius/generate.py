@@ -34,7 +34,9 @@ class GenerationSettings:
     repetition_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     seed: int = 0
-    coverage: float = 0.0  # logit bonus for requested ingredients not used yet (0 = off), see CoverageProcessor
+    # Coverage steering (0 = off): decode with logit bonuses 0, c/4, c/2, 3c/4 and c for requested
+    # ingredients not used yet (CoverageProcessor) and keep the recipe that uses the most of them.
+    coverage: float = 0.0
 
     def generate_kwargs(self, num: int) -> dict[str, Any]:
         if self.preset not in PRESETS:
@@ -80,9 +82,10 @@ class Generation:
 class CoverageProcessor:
     """Favour requested ingredients that the current section of the recipe has not used yet.
 
-    While the ingredient list is being written, ingredients missing from the list get ``strength``
-    added to the logit of the first token of their name; in the directions, those missing from the
-    directions do. A name spread over several tokens is then completed (its next token is favoured
+    While the ingredient list is being written, the first requested ingredient (in the request's
+    order, which is the order training targets list them in) missing from the list gets ``strength``
+    added to the logit of the first token of its name; in the directions, every ingredient missing
+    from the directions does. A name spread over several tokens is then completed (its next token is favoured
     by twice that, alone). Once the words appear, the favour stops, so nothing is pushed twice.
     Deterministic: a pure function of the tokens so far.
     """
@@ -111,13 +114,13 @@ class CoverageProcessor:
         from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL
 
         if DIRECTIONS_LABEL in text:
-            section = text.split(DIRECTIONS_LABEL, 1)[1]
-        elif INGREDIENTS_LABEL in text:
-            section = text.split(INGREDIENTS_LABEL, 1)[1]
-        else:
-            return []
-        words = text_words(section)
-        return [i for i in self.variants if not is_used(i, words)]
+            words = text_words(text.split(DIRECTIONS_LABEL, 1)[1])
+            return [i for i in self.variants if not is_used(i, words)]
+        if INGREDIENTS_LABEL in text:
+            # The list follows the request's order (as the training targets do): favour the next one only.
+            words = text_words(text.split(INGREDIENTS_LABEL, 1)[1])
+            return [i for i in self.variants if not is_used(i, words)][:1]
+        return []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()
@@ -186,32 +189,47 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
         kwargs["max_new_tokens"] = room
     was_training = model.training
     model.eval()
-    # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(settings.seed)
-        common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
-        if settings.coverage:
+    common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
+
+    def decode(strength: float) -> list[str]:
+        extra: dict[str, Any] = {}
+        if strength:
             from transformers import LogitsProcessorList
 
             # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
             start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
             prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""
-            common["logits_processor"] = LogitsProcessorList([CoverageProcessor(
-                tokenizer, ingredients, start=start, prefix_text=prefix_seen, strength=settings.coverage)])
-        if is_seq2seq:
-            input_ids = torch.tensor([src], device=device)
-            extra = {}
-            if prefix_ids:
-                start = model.config.decoder_start_token_id
-                extra["decoder_input_ids"] = torch.tensor([[start, *prefix_ids]], device=device)
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra, **common)
-            texts = [tokenizer.decode(o, skip_special_tokens=True) for o in out]  # includes the prefix
-        else:
+            extra["logits_processor"] = LogitsProcessorList([CoverageProcessor(
+                tokenizer, ingredients, start=start, prefix_text=prefix_seen, strength=strength)])
+        # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(settings.seed)
+            if is_seq2seq:
+                input_ids = torch.tensor([src], device=device)
+                if prefix_ids:
+                    first = model.config.decoder_start_token_id
+                    extra["decoder_input_ids"] = torch.tensor([[first, *prefix_ids]], device=device)
+                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra, **common)
+                return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]  # includes the prefix
             input_ids = torch.tensor([src + prefix_ids], device=device)
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **common)
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra, **common)
             new = out[:, len(src) + len(prefix_ids):]
-            texts = [prefix_text + tokenizer.decode(o, skip_special_tokens=True) for o in new]
+            return [(prefix_text + tokenizer.decode(o, skip_special_tokens=True)).strip() for o in new]
+
+    if settings.coverage:
+        texts = _most_covering([decode(settings.coverage * k / 4) for k in range(5)], ingredients)
+    else:
+        texts = decode(0.0)
     if was_training:
         model.train()
-    result.texts = [t.strip() for t in texts]
+    result.texts = texts
     return result
+
+
+def _most_covering(candidates: list[list[str]], ingredients: list[str]) -> list[str]:
+    """Per returned recipe, the candidate that uses the most requested ingredients; ties go to the
+    least steered one (candidates come in order of increasing steering)."""
+    from .coverage import coverage
+
+    return [max(((coverage(ingredients, c[i]).recall, -k), c[i]) for k, c in enumerate(candidates))[1]
+            for i in range(len(candidates[0]))]

@@ -1,0 +1,110 @@
+"""Multi-process scaling on this machine, and the cost of the fixed-order gradient sum.
+
+    python bench/distributed_scale.py [--steps 60] [--repeats 3] [--preset small]
+
+Contenders, run one after the other (never at once), same model, data, global batch (16) and seed:
+  1 process, accumulation 2 (1 and 2 threads)  |  2 processes DDP, ordered sum  |  2 processes DDP, tree all-reduce
+  |  2 processes FSDP2.
+Throughput is target tokens per second of the training loop, taken from metrics.jsonl (the first
+logged window, which includes warm-up, is dropped), so process start-up is not counted.
+Writes bench/results/distributed_scale.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(preset: str, steps: int, grad_accum: int, sharding: str, reduction: str, threads: int = 1) -> dict:
+    return {
+        "data": {"max_prompt_tokens": 32, "max_target_tokens": 128, "val_fraction": 0.1},
+        "model": {"from_scratch": "gpt2", "preset": preset, "vocab_size": 1000, "dropout": 0.0,
+                  "sharding": sharding},
+        "training": {"seed": 1, "max_steps": steps, "batch_size": 8, "grad_accum": grad_accum,
+                     "group_by_length": False, "num_threads": threads, "reduction": reduction, "warmup_steps": 5},
+        "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": [], "max_batches": 1},
+        "checkpoint": {"every_steps": 10_000},
+        "logging": {"every_steps": 10, "progress_bar": False},
+    }
+
+
+def run_one(name: str, nproc: int, cfg: dict, work: Path, env: dict[str, str]) -> float:
+    run_dir = work / name
+    cfg_path = work / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg_path), "-o", str(run_dir), "--no-sample",
+           "--resume", "never"]
+    if nproc > 1:
+        cmd += ["--nproc", str(nproc)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--preset", default="small")
+    args = ap.parse_args()
+    contenders = [
+        ("1 process, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto")),
+        ("1 process, 2 threads, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto", threads=2)),
+        ("2 processes DDP, ordered sum", 2, config(args.preset, args.steps, 1, "ddp", "ordered")),
+        ("2 processes DDP, tree all-reduce", 2, config(args.preset, args.steps, 1, "ddp", "allreduce")),
+        ("2 processes FSDP2", 2, config(args.preset, args.steps, 1, "fsdp", "auto")),
+    ]
+    results: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "CHEFGENIUS_CACHE": str(Path(tmp) / "cache")}
+        for rep in range(args.repeats):
+            for i, (name, nproc, cfg) in enumerate(contenders):
+                work = Path(tmp) / f"r{rep}"
+                work.mkdir(exist_ok=True)
+                results[name].append(run_one(f"c{i}", nproc, cfg, work, env))
+                print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
+    base = statistics.median(results[contenders[0][0]])
+    ordered = statistics.median(results[contenders[1][0]])
+    rows = []
+    for name, _, _ in contenders:
+        med = statistics.median(results[name])
+        rows.append({"contender": name, "median_tokens_per_s": round(med), "min": round(min(results[name])),
+                     "max": round(max(results[name])), "vs_1_process": round(med / base, 3),
+                     "vs_ordered": round(med / ordered, 3)})
+    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+            "torch": torch.__version__, "python": platform.python_version(), "preset": args.preset,
+            "steps": args.steps, "repeats": args.repeats, "global_batch": 16,
+            "command": f"python bench/distributed_scale.py --steps {args.steps} --repeats {args.repeats} "
+                       f"--preset {args.preset}"}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distributed_scale.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2))
+    lines = ["# Multi-process scaling (CPU, gloo)", "", f"`{info['command']}` on {info['machine']}, torch "
+             f"{info['torch']}; GPT-2 {args.preset} from scratch, global batch 16, one thread per process unless said; "
+             f"median of {args.repeats} runs, training-loop tokens/s (start-up excluded).", "",
+             "| contender | tokens/s (median) | min | max | vs 1 process | vs ordered sum |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_1_process']} | "
+              f"{r['vs_ordered']} |" for r in rows]
+    (out / "distributed_scale.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
