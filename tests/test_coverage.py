@@ -61,3 +61,35 @@ def test_empty_requests_and_texts():
     assert coverage([], RECIPE).recall == 1.0
     cov = coverage(["rice"], "junk without sections")
     assert cov.recall == 0.0 and cov.in_list == [] and cov.precision == 1.0
+
+
+def test_copy_weight_upweights_prompt_tokens_only_and_resumes_exactly(tmp_path):
+    import torch
+
+    from chefgenius.losses import copy_weights
+    from chefgenius.trainer import Trainer
+
+    from .conftest import quiet, tiny_config
+    from .test_resume import assert_identical_runs, run_with_stops
+
+    # Causal: prompt [5, 6, 9] (9 is a separator) then target [6, 7, 9, 5]; labels mask the prompt.
+    batch = {"input_ids": torch.tensor([[5, 6, 9, 6, 7, 9, 5, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]]),
+             "labels": torch.tensor([[-100, -100, -100, 6, 7, 9, 5, -100]])}
+    w = copy_weights(batch, False, 3.0, torch.tensor([9]))
+    assert w.tolist() == [[1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0]]
+    # Seq2seq: the whole encoder input is the prompt.
+    s2s = {"input_ids": torch.tensor([[5, 9, 1]]), "attention_mask": torch.tensor([[1, 1, 1]]),
+           "labels": torch.tensor([[5, 9, 2, -100]])}
+    assert copy_weights(s2s, True, 2.0, torch.tensor([9])).tolist() == [[2.0, 1.0, 1.0, 1.0]]
+    # Pure function of the batch: a weighted run stopped and resumed is still bit-identical.
+    cfg = tiny_config(training={"copy_weight": 3.0})
+    straight = Trainer(cfg, tmp_path / "straight", log=quiet)
+    assert straight.fit().status == "completed"
+    run_with_stops(cfg, tmp_path / "stopped", [6])
+    assert_identical_runs(tmp_path / "straight", tmp_path / "stopped")
+    plain = Trainer(tiny_config(training={"max_steps": 3}), tmp_path / "plain", log=quiet)
+    plain.fit()
+    weighted = Trainer(tiny_config(training={"max_steps": 3, "copy_weight": 3.0}), tmp_path / "weighted", log=quiet)
+    weighted.fit()
+    assert not torch.equal(plain.model.transformer.wte.weight, weighted.model.transformer.wte.weight)

@@ -115,6 +115,8 @@ class TrainingConfig(_Strict):
         "default", description="strict: torch.use_deterministic_algorithms(True) and cuBLAS workspace."
     )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
+    copy_weight: float = Field(1.0, ge=1.0, description="Loss weight of target tokens that occur in the prompt's "
+                               "ingredient list (1 = plain loss); > 1 teaches the model to use what it was given.")
     reduction: Literal["auto", "ordered", "allreduce"] = Field(
         "auto", description="Multi-process gradient sum: ordered (adds ranks in rank order, bit-exact resume "
         "with any number of processes), allreduce (NCCL/gloo tree), auto = ordered on CPU or with "
@@ -173,6 +175,8 @@ class Config(_Strict):
         if ev.early_stopping_patience and not ev.every_steps and not ev.at_epoch_end:
             raise ValueError("evaluation.early_stopping_patience needs evaluations: set evaluation.every_steps "
                              "or evaluation.at_epoch_end=true")
+        if self.training.copy_weight != 1.0 and not self.data.mask_prompt:
+            raise ValueError("training.copy_weight needs data.mask_prompt=true (the prompt is found by its mask)")
         if self.model.use_lora and self.model.sharding == "fsdp":
             raise ValueError("model.sharding=fsdp with model.use_lora is not supported; use ddp for LoRA")
         if self.model.use_lora and self.training.precision == "bf16-pure":
@@ -191,6 +195,7 @@ TRAJECTORY_KEYS: tuple[str, ...] = (
     "training.grad_accum", "training.learning_rate", "training.weight_decay", "training.adam_betas",
     "training.adam_eps", "training.schedule", "training.warmup_steps", "training.min_lr_ratio",
     "training.max_grad_norm", "training.precision", "training.group_by_length", "training.shuffle",
+    "training.copy_weight",
     "evaluation.every_steps", "evaluation.at_epoch_end", "evaluation.max_batches", "evaluation.early_stopping_patience",
     "evaluation.early_stopping_threshold",
 )

@@ -227,9 +227,11 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
 
 
 def _most_covering(candidates: list[list[str]], ingredients: list[str]) -> list[str]:
-    """Per returned recipe, the candidate that uses the most requested ingredients; ties go to the
-    least steered one (candidates come in order of increasing steering)."""
+    """Per returned recipe, the candidate that uses the most requested ingredients among those with a
+    complete structure (title, ingredient list, numbered directions), if any; ties go to the least
+    steered one (candidates come in order of increasing steering)."""
     from .coverage import coverage
+    from .evaluate import structure_score
 
-    return [max(((coverage(ingredients, c[i]).recall, -k), c[i]) for k, c in enumerate(candidates))[1]
-            for i in range(len(candidates[0]))]
+    return [max(((structure_score(c[i]) == 1.0, coverage(ingredients, c[i]).recall, -k), c[i])
+                for k, c in enumerate(candidates))[1] for i in range(len(candidates[0]))]

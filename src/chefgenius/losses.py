@@ -13,9 +13,30 @@ from .data.loader import Examples, make_batch
 from .model import unwrap
 
 
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool
-                   ) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over target tokens and their count, so accumulation can divide once."""
+def copy_weights(batch: dict[str, torch.Tensor], is_seq2seq: bool, weight: float, skip: torch.Tensor
+                 ) -> torch.Tensor:
+    """Per-label weights: ``weight`` for target tokens that also occur in the prompt's ingredient list.
+
+    Pure function of the batch (no RNG), so exact resume is unaffected. ``skip``: token ids that
+    never count as copied (the prompt prefix, separators, end of text).
+    """
+    labels = batch["labels"]
+    out = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    for row in range(labels.shape[0]):
+        ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+        prompt = ids if is_seq2seq else ids[labels[row][: len(ids)] == -100]
+        prompt = prompt[~torch.isin(prompt, skip)]
+        copied = torch.isin(labels[row], prompt) & (labels[row] != -100)
+        out[row][copied] = weight
+    return out
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over target tokens and their count, so accumulation can divide once.
+
+    With ``weights`` (same shape as the labels) the sum is weighted; the count stays the plain one.
+    """
     if is_seq2seq:
         labels = batch["labels"]
         decoder_input_ids = unwrap(model).prepare_decoder_input_ids_from_labels(labels=labels)
@@ -24,8 +45,13 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_se
     else:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+        weights = weights[:, 1:] if weights is not None else None
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    if weights is None:
+        loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+    else:
+        per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none")
+        loss = (per_token * weights.reshape(-1)).sum()
     return loss, int((labels != -100).sum())
 
 

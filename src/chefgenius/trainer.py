@@ -38,14 +38,14 @@ from .checkpoint import (
 )
 from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, SHARDS, TRAIN_STATE, rank_dir
 from .config import Config, ConfigError, check_requirements
-from .data.format import TITLE_LABEL
+from .data.format import PROMPT_PREFIX, TITLE_LABEL
 from .data.loader import ResumableSampler, make_batch
 from .data.prepared import PreparedDataset, prepare_dataset
 from .data.tokenize import default_cache_dir
 from . import distributed
 from .distributed import local_rank, print0, rank, world_size
 from .generate import GenerationSettings, generate_texts
-from .losses import token_loss_sum, validation_loss
+from .losses import copy_weights, token_loss_sum, validation_loss
 from .model import (
     apply_lora,
     build_from_scratch,
@@ -167,6 +167,11 @@ class Trainer:
         if self.rank == 0:
             distributed.barrier()
         self.tokenizer = given if given is not None else self.data.tokenizer()
+        tok = self.tokenizer
+        self._copy_skip = torch.tensor(sorted({*tok.encode(PROMPT_PREFIX, add_special_tokens=False),
+                                               *tok.encode(", ", add_special_tokens=False),
+                                               *tok.encode(",\n", add_special_tokens=False),
+                                               tok.eos_token_id, tok.pad_token_id} - {None}), device=self.device)
         self._log_data_report(self.data)
         changes: list[dict[str, Any]] = []
         if ckpt is not None:
@@ -345,6 +350,7 @@ class Trainer:
         self.train_model.train()
         pad = self.tokenizer.pad_token_id
         batches = [make_batch(self.train_data, mb, pad, self.device) if mb else None for mb in micro_batches]
+        copy_weight = self.cfg.training.copy_weight
         shift = 0 if self.is_seq2seq else 1
         num_tokens = distributed.all_sum_int(
             sum(int((b["labels"][:, shift:] != -100).sum()) for b in batches if b is not None))
@@ -357,8 +363,10 @@ class Trainer:
             if self.sharded:
                 self.model.set_requires_gradient_sync(is_last)
             with nullcontext() if self._ddp is None or is_last else self._ddp.no_sync():
+                weights = (copy_weights(batch, self.is_seq2seq, copy_weight, self._copy_skip)
+                           if copy_weight != 1.0 else None)
                 with self._autocast():
-                    loss_sum, _ = token_loss_sum(self.train_model, batch, self.is_seq2seq)
+                    loss_sum, _ = token_loss_sum(self.train_model, batch, self.is_seq2seq, weights)
                 # Dividing by the step's token count (not per micro-batch) makes accumulation exact.
                 loss = loss_sum * weight / max(1, num_tokens)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
