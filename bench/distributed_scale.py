@@ -80,7 +80,7 @@ def main() -> None:
                 results[name].append(run_one(f"c{i}", nproc, cfg, work, env))
                 print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
     base = statistics.median(results[contenders[0][0]])
-    ordered = statistics.median(results[contenders[1][0]])
+    ordered = statistics.median(results["2 processes DDP, ordered sum"])
     rows = []
     for name, _, _ in contenders:
         med = statistics.median(results[name])
