@@ -52,11 +52,21 @@ def init(device: torch.device) -> None:
     if world_size() <= 1 or is_initialized():
         return
     dist = _dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun keeps one store for the whole job: after a restart, the previous attempt's addresses
+        # are still in it and the new processes try to connect to dead peers (seen with torch 2.13:
+        # "connectFullMesh failed ... Connection refused"). A prefix per attempt keeps them apart.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size(),
+                              is_master=False)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"chefgenius/attempt-{attempt}", store),
+                                rank=rank(), world_size=world_size(), **kwargs)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend, **kwargs)
 
 
 def shutdown() -> None:
