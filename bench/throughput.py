@@ -12,7 +12,8 @@ and collation included. Contenders run one after another, never at once.
 - chefgenius: ``Trainer.fit`` with evaluation and checkpoints out of the timed window.
 - Hugging Face Trainer: its documented way to train a causal LM on tokenised examples (a list of
   dicts and a padding collator), ``save_strategy="no"``, ``report_to="none"``; once with default
-  random batches and once with ``train_sampling_strategy="group_by_length"`` (transformers 5; chefgenius groups by length by default).
+  random batches and once with ``train_sampling_strategy="group_by_length"`` (transformers 5;
+  chefgenius groups by length by default).
 
 Writes bench/results/throughput.{md,json}. Needs ``transformers`` Trainer's dependency ``accelerate``.
 """
@@ -170,7 +171,8 @@ def main() -> None:
         args.steps, args.repeats = WARM + 6, 1
     torch.set_num_threads(1)
     contenders = {
-        "bare PyTorch loop (same batches as chefgenius)": lambda w: run_bare(raw_config(args.preset, args.steps, True)),
+        "bare PyTorch loop (same batches as chefgenius)":
+            lambda w: run_bare(raw_config(args.preset, args.steps, True)),
         "chefgenius (defaults: length-grouped)": lambda w: run_chefgenius(raw_config(args.preset, args.steps, True), w),
         "HF Trainer, group_by_length": lambda w: run_hf(raw_config(args.preset, args.steps, True), w, True),
         "chefgenius, random batches": lambda w: run_chefgenius(raw_config(args.preset, args.steps, False), w),
@@ -196,7 +198,8 @@ def main() -> None:
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
             "transformers": transformers.__version__, "preset": args.preset, "steps": args.steps,
             "repeats": args.repeats, "quick": args.quick,
-            "command": f"python bench/throughput.py --steps {args.steps} --repeats {args.repeats} --preset {args.preset}"}
+            "command": f"python bench/throughput.py --steps {args.steps} --repeats {args.repeats} "
+                       f"--preset {args.preset}"}
     lines = ["# Training throughput", "", f"`{info['command']}` on {info['machine']}, torch {info['torch']}, "
              f"transformers {info['transformers']}; GPT-2 {args.preset} from scratch, batch 8, fp32, 1 thread; "
              f"target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}.", "",

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from .conftest import assert_same_weights, final_weights, tiny_config, write_config
 
 from chefgenius.checkpoint import list_checkpoints
 from chefgenius.checkpoint.format import load_state
 from chefgenius.checkpoint.manager import checkpoint_problem
 from chefgenius.data.loader import sample_digest
+
+from .conftest import assert_same_weights, final_weights, tiny_config, write_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend")
@@ -174,7 +175,7 @@ def test_killed_two_process_job_resumes_bit_exact(ref2, tmp_path):
     rng = random.Random(2)
     for stop_at in sorted(rng.sample(range(3, 20), 2)):
         proc = start(cfg, run, 2)
-        wait_until(lambda: logged_step(run) >= stop_at, proc)
+        wait_until(lambda at=stop_at: logged_step(run) >= at, proc)
         kill_job(proc)
     train(cfg, run, 2)
     assert_same_weights(final_weights(run), final_weights(ref))

@@ -134,7 +134,7 @@ def _launch_torchrun(nproc: int, max_restarts: int) -> None:
     if "RANK" in os.environ:
         _fail("--nproc is for launching; inside torchrun run 'chefgenius train' without it", 2)
     argv, rest, skip = sys.argv[1:], [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
         elif arg in ("--nproc", "--max-restarts"):
@@ -214,7 +214,8 @@ def generate(
     device: Annotated[str, typer.Option()] = "auto",
     coverage: Annotated[bool, typer.Option("--coverage", help="Steer decoding to use every requested "
                         "ingredient in the list and in the directions.")] = False,
-    coverage_strength: Annotated[float, typer.Option(min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
+    coverage_strength: Annotated[float, typer.Option(
+        min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
 ) -> None:
     """Generate recipes from ingredients."""
     from .coverage import coverage as coverage_of
@@ -285,7 +286,8 @@ def eval_(
     device: Annotated[str, typer.Option()] = "cpu",
     coverage: Annotated[bool, typer.Option("--coverage", help="Decode with ingredient coverage (see generate).")]
     = False,
-    coverage_strength: Annotated[float, typer.Option(min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
+    coverage_strength: Annotated[float, typer.Option(
+        min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
 ) -> None:
     """Loss, perplexity and text metrics (BLEU, ROUGE, ingredient coverage, structure, repetition)."""
     from rich.console import Console

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import transformers
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoint import (
     Checkpoint,
     CheckpointManager,
@@ -42,7 +42,6 @@ from .data.format import PROMPT_PREFIX, TITLE_LABEL
 from .data.loader import ResumableSampler, make_batch
 from .data.prepared import PreparedDataset, prepare_dataset
 from .data.tokenize import default_cache_dir
-from . import distributed
 from .distributed import local_rank, print0, rank, world_size
 from .generate import GenerationSettings, generate_texts
 from .losses import copy_weights, token_loss_sum, validation_loss
@@ -60,8 +59,8 @@ from .model import (
 from .optim import build_optimizer, build_scheduler
 from .resume import resume_changes
 from .rundir import RunDirectory, RunDirError
-from .sharding import full_state_dict, load_shards, save_shards, shard_model
 from .runtime import apply_runtime, resolve_device, seed_everything
+from .sharding import full_state_dict, load_shards, save_shards, shard_model
 from .tracking import MetricsWriter
 
 
@@ -234,8 +233,8 @@ class Trainer:
             pieces = self._pieces()
             if self._ckpt_sharded:
                 pieces.pop(OPTIMIZER, None)  # in the shards
-            restored = ckpt.load_state(pieces, rank=self.rank,
-                                       missing_rng_seed=tc.seed + self.rank + 1_000_003 * ckpt.step if resized else None)
+            new_rank_seed = tc.seed + self.rank + 1_000_003 * ckpt.step if resized else None
+            restored = ckpt.load_state(pieces, rank=self.rank, missing_rng_seed=new_rank_seed)
             if not distributed.all_true(restored):
                 self.log("note: processes the checkpoint did not have were seeded from (seed, rank, step)")
             open_window = self.state.step % cfg.logging.every_steps
