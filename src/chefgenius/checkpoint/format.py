@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import load_file, save_file
 
 from .layout import MAX_STATE_JSON_BYTES
 
@@ -77,9 +76,11 @@ def save_state(directory: Path, name: str, state: Any) -> list[Path]:
     write_bytes(json_path, json.dumps({"format_version": FORMAT_VERSION, "state": tree}, allow_nan=False).encode())
     written = [json_path]
     if tensors:
-        # Serialised in memory and written by us, so a full disk is an OSError like every other write.
+        # Written by safetensors straight to the file (no in-memory copy: half the time of serialise +
+        # write for optimizer state); a full disk raises SafetensorError naming os error 28, which
+        # the commit maps to ENOSPC like an OSError.
         st_path = directory / f"{name}.safetensors"
-        write_bytes(st_path, safetensors_bytes(tensors))
+        save_file(tensors, str(st_path))
         written.append(st_path)
     return written
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import SafetensorError
 
 from .. import distributed
 from ..config import CheckpointConfig
@@ -240,8 +241,8 @@ class CheckpointManager:
                 pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
                 if pause:
                     time.sleep(pause)
-            except OSError as err:
-                failure = f"rank {self.rank}: {err.strerror or err}"
+            except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
+                failure = f"rank {self.rank}: {getattr(err, 'strerror', None) or err}"
                 print(f"error: cannot write checkpoint step {step}: {failure}", file=sys.stderr, flush=True)
             distributed.all_true(failure is None)
             message = distributed.broadcast_json()
