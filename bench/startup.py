@@ -1,0 +1,166 @@
+"""Start-up: process start -> end of the first optimizer step, chefgenius (fresh and resuming) vs the
+Hugging Face Trainer.
+
+    python bench/startup.py [--repeats 3]
+
+Each contender is a fresh ``python`` process timed from ``Popen`` to the moment its first step is
+on record (chefgenius: the metrics.jsonl line of that step; HF: a callback's marker file), then
+killed. Same GPT-2 tiny, same tokenised bundled corpus (the HF script reads the token ids from a
+JSON file written beforehand, so it does no tokenising of its own), one thread.
+Writes bench/results/startup.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HF_SCRIPT = r'''
+import json, sys, time
+from pathlib import Path
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+import torch
+torch.set_num_threads(1)
+work = Path(sys.argv[1])
+rows = json.loads((work / "rows.json").read_text())
+meta = json.loads((work / "meta.json").read_text())
+class Mark(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 1:
+            (work / "first_step").write_text(str(time.time()))
+def collate(features):
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), width), meta["pad"]); lab = torch.full((len(features), width), -100)
+    att = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"]); ids[i, :n] = torch.tensor(f["input_ids"]); lab[i, :n] = torch.tensor(f["labels"])
+        att[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+torch.manual_seed(1)
+model = GPT2LMHeadModel(GPT2Config(vocab_size=meta["vocab"], n_positions=256, n_embd=128, n_layer=4, n_head=4))
+args = TrainingArguments(output_dir=str(work / "out"), per_device_train_batch_size=8, max_steps=1000,
+                         save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                         remove_unused_columns=False, dataloader_num_workers=0, logging_steps=1000)
+Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Mark()]).train()
+'''
+
+
+def chefgenius_config(work: Path) -> Path:
+    cfg = {
+        "data": {"max_prompt_tokens": 48, "max_target_tokens": 192},
+        "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 1000},
+        "training": {"seed": 1, "max_steps": 1000, "batch_size": 8, "num_threads": 1},
+        "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": []},
+        "checkpoint": {"every_steps": 10},
+        "logging": {"every_steps": 1, "progress_bar": False},
+    }
+    path = work / "cg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def logged_step(run: Path) -> int:
+    f = run / "metrics.jsonl"
+    if not f.is_file():
+        return 0
+    return max([json.loads(x).get("step", 0) for x in f.read_text().splitlines() if x.strip()] or [0])
+
+
+def timed(cmd: list[str], done, env: dict[str, str]) -> float:
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    while not done():
+        if p.poll() is not None:
+            raise SystemExit(f"{cmd} ended before its first step")
+        time.sleep(0.005)
+    elapsed = time.time() - t0
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    res: dict[str, list[float]] = {"chefgenius, fresh": [], "chefgenius, resuming at step 10": [],
+                                   "Hugging Face Trainer, fresh": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env = {**os.environ, "CHEFGENIUS_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
+        cfg = chefgenius_config(work)
+        cg = [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg), "--no-sample"]
+        # Prepare once (both sides then read prepared token ids) and dump the ids for the HF script.
+        timed([*cg, "-o", str(work / "warm")], lambda: logged_step(work / "warm") >= 1, env)
+        sys.path.insert(0, str(ROOT / "src"))
+        os.environ["CHEFGENIUS_CACHE"] = env["CHEFGENIUS_CACHE"]
+        from chefgenius.config import load_config
+        from chefgenius.data.prepared import prepare_dataset
+        from chefgenius.data.tokenize import default_cache_dir
+
+        c = load_config(cfg, [])
+        data = prepare_dataset(c.data, is_seq2seq=False, tokenizer=None, vocab_size=c.model.vocab_size,
+                               cache_dir=default_cache_dir(None), log=lambda *a: None, progress=False)
+        tok = data.tokenizer()
+        rows = [{"input_ids": x.tolist(), "labels": y.tolist()} for x, y in map(data.train.example,
+                                                                               range(len(data.train)))]
+        (work / "rows.json").write_text(json.dumps(rows))
+        (work / "meta.json").write_text(json.dumps({"pad": tok.pad_token_id, "vocab": len(tok)}))
+        (work / "hf.py").write_text(HF_SCRIPT)
+        # A run with a checkpoint at step 10 to resume from (copied fresh for every repeat).
+        timed([*cg, "-o", str(work / "base")], lambda: (work / "base" / "checkpoints" / "step-0000010").is_dir(), env)
+        for rep in range(args.repeats):
+            run = work / f"fresh{rep}"
+            res["chefgenius, fresh"].append(timed([*cg, "-o", str(run)], lambda r=run: logged_step(r) >= 1, env))
+            resume = work / f"resume{rep}"
+            subprocess.run(["cp", "-r", str(work / "base"), str(resume)], check=True)
+            for extra in resume.glob("checkpoints/step-*"):
+                if extra.name != "step-0000010":
+                    subprocess.run(["rm", "-rf", str(extra)], check=True)
+            res["chefgenius, resuming at step 10"].append(
+                timed([*cg, "-o", str(resume)], lambda r=resume: logged_step(r) >= 11 and _resumed(r), env))
+            hf_dir = work / f"hf{rep}"
+            hf_dir.mkdir()
+            for name in ("rows.json", "meta.json"):
+                (hf_dir / name).write_text((work / name).read_text())
+            res["Hugging Face Trainer, fresh"].append(
+                timed([sys.executable, str(work / "hf.py"), str(hf_dir)], lambda d=hf_dir: (d / "first_step").exists(),
+                      env))
+            print({k: round(v[-1], 2) for k, v in res.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in res.items()}
+    hf = med["Hugging Face Trainer, fresh"]
+    rows_out = [{"contender": k, "median_s": round(v, 2), "min_s": round(min(res[k]), 2),
+                 "max_s": round(max(res[k]), 2), "vs_hf": round(v / hf, 3)} for k, v in med.items()]
+    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(),
+            "repeats": args.repeats, "command": f"python bench/startup.py --repeats {args.repeats}"}
+    lines = ["# Start-up: process start -> first optimizer step", "", f"`{info['command']}` on {info['machine']}; "
+             f"GPT-2 tiny, bundled corpus (prepared once beforehand), median of {args.repeats}.", "",
+             "| contender | median s | min | max | vs HF Trainer |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['contender']} | {r['median_s']} | {r['min_s']} | {r['max_s']} | {r['vs_hf']} |" for r in rows_out]
+    out = ROOT / "bench" / "results"
+    (out / "startup.json").write_text(json.dumps({"info": info, "rows": rows_out}, indent=2))
+    (out / "startup.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _resumed(run: Path) -> bool:
+    return any(json.loads(x).get("event") == "resume" for x in (run / "metrics.jsonl").read_text().splitlines()
+               if x.strip())
+
+
+if __name__ == "__main__":
+    main()
