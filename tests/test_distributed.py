@@ -118,6 +118,20 @@ def sampler_at(run_dir: Path, step: int) -> dict:
     return load_state(run_dir / "checkpoints" / f"step-{step:07d}", "sampler")
 
 
+def kill_then_finish(cfg: Path, run: Path, nproc: int, kill_after: list[int]) -> None:
+    """SIGKILL the whole job once it has logged each step of ``kill_after``, then run it to the end."""
+    for stop_at in kill_after:
+        proc = start(cfg, run, nproc)
+        wait_until(lambda at=stop_at: logged_step(run) >= at, proc)
+        kill_job(proc)
+    train(cfg, run, nproc)
+
+
+def assert_same_run(run: Path, ref: Path) -> None:
+    assert_same_weights(final_weights(run), final_weights(ref))
+    assert step_losses(run) == step_losses(ref)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("dist")
@@ -172,14 +186,8 @@ def test_every_sample_once_per_epoch_and_visible_in_the_checkpoint(ref2):
 def test_killed_two_process_job_resumes_bit_exact(ref2, tmp_path):
     cfg, ref = ref2
     run = tmp_path / "run"
-    rng = random.Random(2)
-    for stop_at in sorted(rng.sample(range(3, 20), 2)):
-        proc = start(cfg, run, 2)
-        wait_until(lambda at=stop_at: logged_step(run) >= at, proc)
-        kill_job(proc)
-    train(cfg, run, 2)
-    assert_same_weights(final_weights(run), final_weights(ref))
-    assert step_losses(run) == step_losses(ref)
+    kill_then_finish(cfg, run, 2, sorted(random.Random(2).sample(range(3, 20), 2)))
+    assert_same_run(run, ref)
     assert all(checkpoint_problem(c.path) is None for c in list_checkpoints(run / "checkpoints"))
 
 
@@ -187,12 +195,8 @@ def test_three_processes_with_dropout_resume_bit_exact_after_kills(ref3, tmp_pat
     """Fixed-order gradient sum: DDP's rebuilt buckets after a restart cannot change the rounding."""
     cfg, ref = ref3
     run = tmp_path / "run"
-    proc = start(cfg, run, 3)
-    wait_until(lambda: logged_step(run) >= 10, proc)
-    kill_job(proc)
-    train(cfg, run, 3)
-    assert_same_weights(final_weights(run), final_weights(ref))
-    assert step_losses(run) == step_losses(ref)
+    kill_then_finish(cfg, run, 3, [10])
+    assert_same_run(run, ref)
 
 
 def test_a_killed_worker_is_restarted_by_torchrun_and_the_job_ends_identical(ref2, tmp_path):
@@ -203,8 +207,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_job_ends_identical(ref
     os.kill(worker_of_rank(proc.pid, 1), signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert_same_weights(final_weights(run), final_weights(ref))
-    assert step_losses(run) == step_losses(ref)
+    assert_same_run(run, ref)
     events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "resume" for e in events)  # the restarted group resumed
 
@@ -298,12 +301,8 @@ def test_fsdp_trains_like_ddp_and_saves_one_shard_per_rank(ref_fsdp, ref2):
 def test_fsdp_killed_job_resumes_bit_exact(ref_fsdp, tmp_path):
     cfg, ref = ref_fsdp
     run = tmp_path / "run"
-    proc = start(cfg, run, 2)
-    wait_until(lambda: logged_step(run) >= 10, proc)
-    kill_job(proc)
-    train(cfg, run, 2)
-    assert_same_weights(final_weights(run), final_weights(ref))
-    assert step_losses(run) == step_losses(ref)
+    kill_then_finish(cfg, run, 2, [10])
+    assert_same_run(run, ref)
 
 
 def test_fsdp_checkpoint_resumes_on_another_world_size(ref_fsdp, tmp_path):
