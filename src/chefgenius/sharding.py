@@ -60,12 +60,6 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.full_tensor() for n, p in model.named_parameters()}
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def _local(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -117,19 +111,18 @@ def _assemble(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tens
                           f"{parts[0].get('world_size') if parts else '?'} model shards (damaged or incomplete)")
     full: dict[str, torch.Tensor] = {}
     moments: dict[str, torch.Tensor] = {}
+    def place(into: dict[str, torch.Tensor], key: str, value: torch.Tensor, info: dict[str, Any]) -> None:
+        if not value.ndim:  # a 0-d tensor is not cut: every rank holds all of it
+            into[key] = value
+        else:
+            whole = into.setdefault(key, torch.empty(info["shape"], dtype=value.dtype))
+            whole[info["offset"]:info["offset"] + info["rows"]] = value
+
     for part in parts:
         for name, info in part["index"].items():
-            local = part["model"][name]
-            if not local.ndim:
-                full[name] = local
-                continue
-            whole = full.setdefault(name, torch.empty(info["shape"], dtype=local.dtype))
-            whole[info["offset"]:info["offset"] + info["rows"]] = local
-            for key, value in part["moments"].items():
-                pname, _, mkey = key.partition("::")
-                if pname == name:
-                    m = moments.setdefault(key, torch.empty(info["shape"], dtype=value.dtype))
-                    m[info["offset"]:info["offset"] + info["rows"]] = value
+            place(full, name, part["model"][name], info)
+        for key, value in part["moments"].items():  # keys are "param::moment"
+            place(moments, key, value, part["index"][key.partition("::")[0]])
     return full, moments, parts[0]["steps"], parts[0]["param_groups"]
 
 
