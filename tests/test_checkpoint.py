@@ -135,18 +135,19 @@ def test_resume_path_to_corrupt_checkpoint_is_an_error(tmp_path):
         Trainer(cfg, tmp_path, resume=str(ckpt), log=quiet).setup()
 
 
-def test_enospc_during_training_save_stops_with_error_and_keeps_earlier(tmp_path, monkeypatch):
-    import chefgenius.checkpoint.state as state_mod
+@pytest.mark.parametrize("background", [True, False], ids=["async", "sync"])
+def test_enospc_during_training_save_stops_with_error_and_keeps_earlier(tmp_path, monkeypatch, background):
+    import chefgenius.checkpoint.snapshot as snapshot_mod
 
-    real = state_mod.save_state
+    real = snapshot_mod.write_encoded
 
-    def full_disk_at_step_4(directory, name, state):
+    def full_disk_at_step_4(directory, name, encoded):
         if "step-0000004" in str(directory):
             raise OSError(errno.ENOSPC, "No space left on device", str(directory / f"{name}.safetensors"))
-        return real(directory, name, state)
+        return real(directory, name, encoded)
 
-    monkeypatch.setattr(state_mod, "save_state", full_disk_at_step_4)
-    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2})
+    monkeypatch.setattr(snapshot_mod, "write_encoded", full_disk_at_step_4)
+    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2, "async": background})
     with pytest.raises(CheckpointWriteError, match="No space left on device"):
         Trainer(cfg, tmp_path, log=quiet).fit()
     ckpts = list_checkpoints(tmp_path / "checkpoints")
@@ -156,7 +157,8 @@ def test_enospc_during_training_save_stops_with_error_and_keeps_earlier(tmp_path
 
     # checkpoint.on_error=continue keeps training and says so loudly.
     logs: list[str] = []
-    cfg2 = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2, "on_error": "continue"})
+    cfg2 = tiny_config(training={"num_epochs": 1},
+                       checkpoint={"every_steps": 2, "on_error": "continue", "async": background})
     result = Trainer(cfg2, tmp_path / "c", log=lambda *a: logs.append(" ".join(map(str, a)))).fit()
     assert result.status == "completed" and any("FAILED" in line for line in logs)
     assert 4 not in [c.step for c in list_checkpoints(tmp_path / "c" / "checkpoints")]

@@ -151,6 +151,8 @@ class CheckpointConfig(_Strict):
     keep_last: int = Field(3, ge=1, description="Keep the newest N checkpoints.")
     keep_best: int = Field(1, ge=0, description="Also keep the K best by validation loss.")
     on_error: Literal["stop", "continue"] = Field("stop", description="On a failed save: stop, or log and go on.")
+    async_: bool = Field(True, alias="async", description="Copy the state to CPU memory at the step and write, "
+                         "fsync, hash and commit it in the background (single-process runs).")
 
 
 class LoggingConfig(_Strict):
@@ -184,7 +186,7 @@ class Config(_Strict):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
 
 # Keys whose change alters the training trajectory; resume refuses to change them silently.

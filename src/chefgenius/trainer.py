@@ -204,6 +204,9 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
             self.eval_model = self.train_model if self._ddp is None else self.model
         self._check_generation_budget()
+        if cfg.checkpoint.async_ and self.world_size > 1:
+            self.log("note: checkpoints are written synchronously in multi-process runs (checkpoint.async "
+                     "applies to single-process runs)")
 
         self.train_data, self.val_data = self.data.train, self.data.val
         self.sampler = ResumableSampler(self.train_data.lengths(), batch_size=tc.batch_size,
@@ -427,7 +430,20 @@ class Trainer:
                 "grad_accum": self.grad_accum, "global_batch": self.sampler.samples_per_step,
                 "num_threads": torch.get_num_threads(), "created": time.time()}
 
-    def save_checkpoint(self) -> Path | None:
+    @property
+    def saves_async(self) -> bool:
+        """Background saves are single-process: the multi-process save protocol is a sequence of
+        collectives that must run on every rank's main thread."""
+        return self.cfg.checkpoint.async_ and self.world_size == 1
+
+    def save_checkpoint(self, wait: bool = False) -> Path | None:
+        """Save this step's state; asynchronously (returns at once, None) unless ``wait`` or not :attr:`saves_async`.
+
+        Returns the committed checkpoint, or None when it failed with ``checkpoint.on_error: continue``."""
+        if self.saves_async:
+            self.checkpoints.save_async(self.state.step, model=self.model, tokenizer=self.tokenizer,
+                                        pieces=self._pieces(), meta=self._meta())
+            return self.checkpoints.wait() if wait else None
         shards = (lambda tmp: save_shards(tmp, self.model, self.optimizer, self.rank, self.world_size)
                   ) if self.sharded else None
         return self.checkpoints.save(self.state.step, model=None if self.sharded else self.model,
@@ -527,15 +543,33 @@ class Trainer:
             self.log = lambda *args: bar.write(" ".join(map(str, args)))  # keep the bar intact below messages
         try:
             self._run_steps(writer, bar)
+            self.checkpoints.wait()  # normal completion and a stop both end with every save committed
+        except KeyboardInterrupt:  # a second Ctrl-C: abort now, leaving no half-written checkpoint
+            self.checkpoints.abandon()
+            raise
+        except BaseException:
+            self._wait_for_save_after_error()
+            raise
         finally:
             bar.close()
             self.log = log
 
+    def _wait_for_save_after_error(self) -> None:
+        """A failing run still commits the checkpoint it was writing (a good step's state); a save
+        error then is logged, and the error that stopped the run is the one raised."""
+        try:
+            self.checkpoints.wait()
+        except BaseException as err:  # noqa: BLE001 - reported; the original error propagates
+            self.log(f"WARNING: the checkpoint being written when the run failed did not commit: {err}")
+
     def _run_steps(self, writer: MetricsWriter, bar: Any) -> None:
         st, cc, lc, ec = self.state, self.cfg.checkpoint, self.cfg.logging, self.cfg.evaluation
         window_t, window_tokens = time.perf_counter(), 0
-        saved_at = st.step if self.resumed_from else -1
+        saved_at = st.step if self.resumed_from else -1  # the step of the newest save started
+        if self.resumed_from:
+            self.checkpoints.last_saved = st.step
         while not self._is_done() and self._stop_signal is None:
+            self.checkpoints.poll()
             epoch_before = self.sampler.epoch
             out = self.train_step(self.sampler.next_step())
             st.step += 1
@@ -566,14 +600,15 @@ class Trainer:
             bar.set_postfix(epoch=f"{epoch_float:.2f}", loss=f"{out['loss']:.3f}")
             # A new best is saved so that keep_best has its weights.
             if st.step % cc.every_steps == 0 or is_new_best or self._is_done():
-                if self.save_checkpoint() is not None:
-                    saved_at = st.step
+                self.save_checkpoint()
+                saved_at = st.step
             if self.on_step is not None:
                 self.on_step(self)
         if self._stop_signal is not None:
-            if saved_at != st.step and self.save_checkpoint() is not None:
-                saved_at = st.step
-            if saved_at == st.step:
+            if saved_at != st.step:
+                self.save_checkpoint()
+            self.checkpoints.wait()
+            if self.checkpoints.last_saved == st.step:
                 self.log(f"stopped at step {st.step}; checkpoint saved; run the same command again to resume")
             else:
                 self.log(f"stopped at step {st.step}; its checkpoint FAILED (see above): the same command resumes "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +23,29 @@ from .layout import MAX_STATE_JSON_BYTES
 
 FORMAT_VERSION = 1
 _T, _TUP, _ITEMS, _FLOAT = "__tensor__", "__tuple__", "__items__", "__float__"
+CopyTensor = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class CheckpointFormatError(ValueError):
     """A checkpoint file that is not ours, is damaged, or was written by an incompatible version."""
 
 
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+def _own_copy(path: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").contiguous().clone()
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str, copy: CopyTensor) -> Any:
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().to("cpu").contiguous().clone()
+        tensors[path] = copy(path, obj)
         return {_T: path}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
-            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
-        return {_ITEMS: [[k, _encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
+            return {k: _encode(v, tensors, f"{path}.{k}", copy) for k, v in obj.items()}
+        return {_ITEMS: [[k, _encode(v, tensors, f"{path}.{k}", copy)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
-        return {_TUP: [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+        return {_TUP: [_encode(v, tensors, f"{path}.{i}", copy) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
-        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return [_encode(v, tensors, f"{path}.{i}", copy) for i, v in enumerate(obj)]
     if isinstance(obj, float) and not math.isfinite(obj):
         return {_FLOAT: repr(obj)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -68,21 +75,45 @@ def write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def save_state(directory: Path, name: str, state: Any) -> list[Path]:
-    """Write one state piece; returns the files written."""
+@dataclass
+class EncodedState:
+    """One state piece split into its JSON tree and the tensors it refers to, ready to be written.
+
+    Holds no reference to live training state (every tensor is a copy), so it can be written while
+    training goes on.
+    """
+
+    tree: Any
+    tensors: dict[str, torch.Tensor]
+
+
+def encode_state(name: str, state: Any, copy: CopyTensor | None = None) -> EncodedState:
+    """``copy(path, tensor)``: a CPU copy of each tensor (default: a fresh clone; snapshots reuse buffers).
+
+    Anything that cannot be stored raises ``TypeError`` here, before any file is written."""
     tensors: dict[str, torch.Tensor] = {}
-    tree = _encode(state, tensors, name)
+    return EncodedState(_encode(state, tensors, name, copy or _own_copy), tensors)
+
+
+def write_encoded(directory: Path, name: str, encoded: EncodedState) -> list[Path]:
+    """Write one encoded piece as ``NAME.json`` (+ ``NAME.safetensors``); returns the files written."""
     json_path = directory / f"{name}.json"
-    write_bytes(json_path, json.dumps({"format_version": FORMAT_VERSION, "state": tree}, allow_nan=False).encode())
+    doc = {"format_version": FORMAT_VERSION, "state": encoded.tree}
+    write_bytes(json_path, json.dumps(doc, allow_nan=False).encode())
     written = [json_path]
-    if tensors:
+    if encoded.tensors:
         # Written by safetensors straight to the file (no in-memory copy: half the time of serialise +
         # write for optimizer state); a full disk raises SafetensorError naming os error 28, which
         # the commit maps to ENOSPC like an OSError.
         st_path = directory / f"{name}.safetensors"
-        save_file(tensors, str(st_path))
+        save_file(encoded.tensors, str(st_path))
         written.append(st_path)
     return written
+
+
+def save_state(directory: Path, name: str, state: Any) -> list[Path]:
+    """Write one state piece; returns the files written."""
+    return write_encoded(directory, name, encode_state(name, state))
 
 
 def read_json(path: Path, max_bytes: int) -> Any:

@@ -10,8 +10,10 @@ import errno
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from safetensors import SafetensorError
 from .. import distributed
 from ..config import CheckpointConfig
 from .format import CheckpointFormatError, load_state
-from .layout import META, RNG, SAMPLER, STATE_PIECES, TRAIN_STATE, model_dir, step_of, tokenizer_dir
+from .layout import META, RNG, SAMPLER, STATE_PIECES, TRAIN_STATE, checkpoint_dir, model_dir, step_of, tokenizer_dir
+from .snapshot import TensorBuffers, take_snapshot, write_snapshot
 from .state import ResumeError, Stateful, load_training_state, write_rank_state, write_training_state
 from .store import (
     SAVE_PAUSE_ENV,
@@ -101,6 +104,17 @@ def open_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, meta)
 
 
+class SaveAbandoned(Exception):
+    """An asynchronous save given up on purpose (the user aborted); its temporary directory is removed."""
+
+
+@dataclass
+class _PendingSave:
+    step: int
+    future: Future[list[Path]]
+    abandon: threading.Event
+
+
 @dataclass
 class CheckpointManager:
     root: Path
@@ -108,6 +122,10 @@ class CheckpointManager:
     log: Callable[..., None]
     rank: int = 0
     protected: set[int] = field(default_factory=set)
+    last_saved: int | None = None  # the step of the newest checkpoint this run committed
+    _pending: _PendingSave | None = None
+    _buffers: TensorBuffers = field(default_factory=TensorBuffers)
+    _writer: ThreadPoolExecutor | None = None
 
     def remove_temporaries(self, *also: Path) -> None:
         for d in (self.root, *also):
@@ -186,12 +204,87 @@ class CheckpointManager:
             self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
                      f"(checkpoint.on_error=continue): {err.strerror}")
             return None
+        self.last_saved = step
         if self.rank != 0:
             return path
-        for removed in apply_retention(self.root, keep_last=self.cfg.keep_last, keep_best=self.cfg.keep_best,
-                                       protect=self.protected):
+        for removed in self._apply_retention():
             self.log(f"retention: removed {removed.name}")
         return path
+
+    def _apply_retention(self) -> list[Path]:
+        return apply_retention(self.root, keep_last=self.cfg.keep_last, keep_best=self.cfg.keep_best,
+                               protect=self.protected)
+
+    # ----- asynchronous saves (single process) ---------------------------------------------------
+
+    def save_async(self, step: int, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
+                   meta: dict[str, Any]) -> None:
+        """Snapshot the state into reused CPU buffers now; write, fsync, hash, commit and apply retention
+        in a background thread. Waits for the previous save first (its buffers are reused).
+
+        Only the snapshot blocks training. The trainer reads nothing a background save writes, and
+        the save touches no live state, so the run's results do not depend on when it finishes.
+        """
+        self.wait()
+        snapshot = take_snapshot(model=model, pieces=pieces, meta=meta, buffers=self._buffers)
+        abandon = threading.Event()
+
+        def check_abandoned() -> None:
+            if abandon.is_set():
+                raise SaveAbandoned(f"checkpoint step {step} abandoned")
+
+        def write(tmp: Path) -> None:
+            write_snapshot(tmp, snapshot, model=model, tokenizer=tokenizer)
+            check_abandoned()
+
+        def job() -> list[Path]:
+            commit_checkpoint(self.root, step, write, before_commit=check_abandoned)
+            return self._apply_retention()
+
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint")
+        self._pending = _PendingSave(step, self._writer.submit(job), abandon)
+
+    @property
+    def saving(self) -> int | None:
+        """The step of the save under way in the background, if any."""
+        return self._pending.step if self._pending is not None else None
+
+    def poll(self) -> None:
+        """Report a background save that has finished (called every step; never blocks)."""
+        if self._pending is not None and self._pending.future.done():
+            self.wait()
+
+    def wait(self) -> Path | None:
+        """Block until the background save (if any) is committed; report it like a synchronous save:
+        its error raises (``on_error: stop``) or is logged loudly (``continue``, returns None)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        try:
+            removed = pending.future.result()
+        except CheckpointWriteError as err:
+            if self.cfg.on_error == "stop":
+                raise
+            self.log(f"WARNING: checkpoint at step {pending.step} FAILED and training goes on "
+                     f"(checkpoint.on_error=continue): {err.strerror}")
+            return None
+        self.last_saved = pending.step
+        for path in removed:
+            self.log(f"retention: removed {path.name}")
+        return checkpoint_dir(self.root, pending.step)
+
+    def abandon(self) -> None:
+        """Give up the background save (the user aborted): it stops before its commit and removes its
+        temporary directory; a checkpoint it already committed stays."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.abandon.set()
+        try:
+            pending.future.result()
+        except (SaveAbandoned, CheckpointWriteError):
+            pass
 
 
     def _commit(self, step: int, model: Any, tokenizer: Any, pieces: dict[str, Stateful], meta: dict[str, Any],

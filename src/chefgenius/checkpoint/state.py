@@ -12,9 +12,10 @@ from typing import Any, Protocol
 
 import torch
 
-from .format import CheckpointFormatError, load_state, save_state
-from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
+from .format import CheckpointFormatError, encode_state, load_state
+from .layout import RNG, rank_dir
 from .rng import capture_rng, restore_rng
+from .snapshot import take_snapshot, write_rank_snapshot, write_snapshot
 
 
 class Stateful(Protocol):
@@ -28,21 +29,14 @@ class ResumeError(ValueError):
 
 def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
                          meta: dict[str, Any], rank: int = 0) -> None:
-    """``model`` None: the model is sharded and every rank writes its slice (see sharding.py)."""
-    if model is not None:
-        model.save_pretrained(str(model_dir(directory)))
-    tokenizer.save_pretrained(str(tokenizer_dir(directory)))
-    for name, obj in pieces.items():
-        save_state(directory, name, obj.state_dict())
-    save_state(directory, META, meta)
-    write_rank_state(directory, rank)
+    """A synchronous save. ``model`` None: the model is sharded and every rank writes its slice (see sharding.py)."""
+    snapshot = take_snapshot(model=model, pieces=pieces, meta=meta, buffers=None)
+    write_snapshot(directory, snapshot, model=model, tokenizer=tokenizer, rank=rank)
 
 
 def write_rank_state(directory: Path, rank: int) -> None:
     """What differs between processes: each rank's RNG streams (dropout), under ``rank-NNNNN/``."""
-    rd = rank_dir(directory, rank)
-    rd.mkdir()
-    save_state(rd, RNG, capture_rng())
+    write_rank_snapshot(directory, encode_state(RNG, capture_rng()), rank)
 
 
 def check_optimizer_matches(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:

@@ -205,8 +205,11 @@ def _as_write_error(err: BaseException, name: str, step: int, tmp: Path) -> Chec
     return CheckpointWriteError(code, f"cannot write {name} (step {step}) at {where}: {reason}")
 
 
-def commit_directory(final: Path, step: int, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)`` beside ``final``, then fsync, manifest and rename atomically into place."""
+def commit_directory(final: Path, step: int, write: Callable[[Path], None],
+                     before_commit: Callable[[], None] | None = None) -> Path:
+    """Run ``write(tmp_dir)`` beside ``final``, then fsync, manifest and rename atomically into place.
+
+    ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed)."""
     root = final.parent
     tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     try:
@@ -217,6 +220,8 @@ def commit_directory(final: Path, step: int, write: Callable[[Path], None]) -> P
         pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
         if pause:
             time.sleep(pause)
+        if before_commit is not None:
+            before_commit()
         files, _ = _tree(tmp)
         for rel in files:
             _fsync_file(tmp / rel)
@@ -239,8 +244,9 @@ def commit_directory(final: Path, step: int, write: Callable[[Path], None]) -> P
     return final
 
 
-def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None]) -> Path:
-    return commit_directory(checkpoint_dir(root, step), step, write)
+def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None],
+                      before_commit: Callable[[], None] | None = None) -> Path:
+    return commit_directory(checkpoint_dir(root, step), step, write, before_commit)
 
 
 def select_retained(infos: list[CheckpointInfo], val_losses: dict[int, float | None], *, keep_last: int,
