@@ -1,34 +1,50 @@
-"""``python -m bench [--quick]``: every benchmark, one after another, results under bench/results/.
+"""``python -m bench [--quick]``: every benchmark, one after another; then ``bench/RESULTS.md`` (+ JSON).
 
 Run it on an idle machine: two trainings at once on 2 cores make every figure meaningless.
-``--quick`` runs the throughput comparison for a few steps only (a smoke test, no figures written).
+``--quick`` is a smoke test (about a minute, run by CI): every benchmark path once with few steps,
+no timing claims, results written to a temporary directory and left out of RESULTS.md.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FULL = [
     ["throughput.py", "--steps", "80", "--repeats", "3"],
+    ["throughput.py", "--steps", "30", "--repeats", "3", "--preset", "base"],
+    ["throughput.py", "--steps", "60", "--repeats", "3", "--family", "t5"],
     ["checkpoint_save.py", "--repeats", "5"],
+    ["async_checkpoint.py", "--preset", "small", "--steps", "60", "--repeats", "3"],
     ["startup.py", "--repeats", "3"],
     ["distributed_scale.py", "--steps", "60", "--repeats", "3"],
 ]
-QUICK = [["throughput.py", "--quick"]]
+QUICK = [
+    ["throughput.py", "--quick"],
+    ["checkpoint_save.py", "--repeats", "1", "--no-memory"],
+    ["async_checkpoint.py", "--preset", "tiny", "--steps", "12", "--repeats", "1"],
+]
 
 
 def main() -> None:
     quick = "--quick" in sys.argv[1:]
     failed = []
-    for script, *args in QUICK if quick else FULL:
-        print(f"== {script} {' '.join(args)}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / script), *args]).returncode != 0:
-            failed.append(script)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, **({"BENCH_RESULTS_DIR": tmp} if quick else {})}
+        for script, *args in QUICK if quick else FULL:
+            print(f"== {script} {' '.join(args)}", flush=True)
+            if subprocess.run([sys.executable, str(HERE / script), *args], env=env).returncode != 0:
+                failed.append(script)
     if not quick:
-        print("prepare_scale.py needs a 2.2M-row CSV: see its docstring", flush=True)
+        sys.path.insert(0, str(HERE))
+        from common import collect
+
+        print(f"prepare_scale.py needs a 2.2M-row CSV (see its docstring); its last results are kept.\n"
+              f"wrote {collect('python -m bench')}", flush=True)
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
 

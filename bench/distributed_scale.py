@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import write_result
 
 
 def config(preset: str, steps: int, grad_accum: int, sharding: str, reduction: str, threads: int = 1) -> dict:
@@ -87,24 +84,16 @@ def main() -> None:
         rows.append({"contender": name, "median_tokens_per_s": round(med), "min": round(min(results[name])),
                      "max": round(max(results[name])), "vs_1_process": round(med / base, 3),
                      "vs_ordered": round(med / ordered, 3)})
-    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-            "torch": torch.__version__, "python": platform.python_version(), "preset": args.preset,
-            "steps": args.steps, "repeats": args.repeats, "global_batch": 16,
-            "command": f"python bench/distributed_scale.py --steps {args.steps} --repeats {args.repeats} "
-                       f"--preset {args.preset}"}
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distributed_scale.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2))
-    lines = ["# Multi-process scaling (CPU, gloo)", "", f"`{info['command']}` on {info['machine']}, torch "
-             f"{info['torch']}; GPT-2 {args.preset} from scratch, global batch 16, one thread per process unless said; "
-             f"median of {args.repeats} runs, training-loop tokens/s (start-up excluded).", "",
+    command = f"python bench/distributed_scale.py --steps {args.steps} --repeats {args.repeats} --preset {args.preset}"
+    lines = ["# Multi-process scaling (CPU, gloo)", "", f"`{command}`; GPT-2 {args.preset} from scratch, global "
+             f"batch 16, one thread per process unless said; median of {args.repeats} runs, training-loop tokens/s "
+             "(start-up excluded).", "",
              "| contender | tokens/s (median) | min | max | vs 1 process | vs ordered sum |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_1_process']} | "
               f"{r['vs_ordered']} |" for r in rows]
-    (out / "distributed_scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_result("distributed_scale", lines, {"command": command, "preset": args.preset, "steps": args.steps,
+                                              "repeats": args.repeats, "global_batch": 16, "rows": rows})
 
 if __name__ == "__main__":
     main()

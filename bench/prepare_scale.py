@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from common import results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,8 @@ def move_checkpoint_to(run: Path, step: int, position: int) -> None:
     save_state(dst, "train_state", state)
     sampler = load_state(dst, "sampler")
     sampler.update(epoch=step // max(1, sampler["num_samples"] // sampler["samples_per_step"]), position=position)
+    for recount in ("consumed", "digest", "last_epoch"):  # recomputed from the position on load
+        sampler.pop(recount, None)
     save_state(dst, "sampler", sampler)
     sched = load_state(dst, "scheduler")
     sched["last_epoch"], sched["_step_count"] = step, step + 1
@@ -115,7 +118,7 @@ def main() -> int:
 
     results["plain_read_s"], rows = plain_read(args.big)
     results["rows"] = rows
-    out = ROOT / "bench" / "results"
+    out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     if args.skip_prepare:  # keep the preparation figures measured by an earlier full run
         earlier = json.loads((out / "prepare_scale.json").read_text())

@@ -1,8 +1,8 @@
 """Training throughput: chefgenius against the Hugging Face Trainer and a bare PyTorch loop.
 
-    python bench/throughput.py [--steps 80] [--repeats 3] [--preset tiny] [--quick]
+    python bench/throughput.py [--steps 80] [--repeats 3] [--family gpt2|t5] [--preset tiny|small|base] [--quick]
 
-Every contender trains the same GPT-2 (built from config, same seed) on the same prepared
+Every contender trains the same model (GPT-2 or T5, built from config, same seed) on the same prepared
 RecipeNLG-style data (the bundled corpus), batch size 8, one micro-batch per step, fp32, AdamW
 with the same hyper-parameters, clipping 1.0, one thread. Measured: target tokens per second of
 the training loop from step 10 to the last step (start-up and warm-up excluded), data loading
@@ -15,30 +15,30 @@ and collation included. Contenders run one after another, never at once.
   random batches and once with ``train_sampling_strategy="group_by_length"`` (transformers 5;
   chefgenius groups by length by default).
 
-Writes bench/results/throughput.{md,json}. Needs ``transformers`` Trainer's dependency ``accelerate``.
+Writes bench/results/throughput.{md,json} (GPT-2 tiny) or throughput_FAMILY_PRESET.{md,json}.
+Needs ``transformers`` Trainer's dependency ``accelerate``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 WARM = 10
 
 
-def raw_config(preset: str, steps: int, group_by_length: bool) -> dict:
+def raw_config(family: str, preset: str, steps: int, group_by_length: bool) -> dict:
     return {
         "data": {"max_prompt_tokens": 48, "max_target_tokens": 192, "val_fraction": 0.1},
-        "model": {"from_scratch": "gpt2", "preset": preset, "vocab_size": 1000, "dropout": 0.0},
+        "model": {"from_scratch": family, "preset": preset, "vocab_size": 8000 if preset == "base" else 1000,
+                  "dropout": 0.0},
         "training": {"seed": 1, "max_steps": steps, "batch_size": 8, "grad_accum": 1, "learning_rate": 1e-3,
                      "warmup_steps": 5, "schedule": "cosine", "weight_decay": 0.01, "max_grad_norm": 1.0,
                      "group_by_length": group_by_length, "num_threads": 1},
@@ -48,8 +48,8 @@ def raw_config(preset: str, steps: int, group_by_length: bool) -> dict:
     }
 
 
-def shift_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != -100).sum())
+def target_tokens(labels: torch.Tensor, seq2seq: bool) -> int:
+    return int((labels[:, 0 if seq2seq else 1:] != -100).sum())
 
 
 def run_chefgenius(cfg_raw: dict, work: Path) -> float:
@@ -75,7 +75,8 @@ def prepared(cfg_raw: dict):
     from chefgenius.data.tokenize import default_cache_dir
 
     cfg = build_config(cfg_raw)
-    data = prepare_dataset(cfg.data, is_seq2seq=False, tokenizer=None, vocab_size=cfg.model.vocab_size,
+    data = prepare_dataset(cfg.data, is_seq2seq=cfg.model.from_scratch == "t5", tokenizer=None,
+                           vocab_size=cfg.model.vocab_size,
                            cache_dir=default_cache_dir(None), log=lambda *a: None, progress=False)
     return cfg, data
 
@@ -116,7 +117,7 @@ def run_bare(cfg_raw: dict) -> float:
         if step == WARM:
             t0 = time.perf_counter()
         elif step > WARM:
-            n += shift_tokens(batch["labels"])
+            n += target_tokens(batch["labels"], cfg.model.from_scratch == "t5")
     return n / (time.perf_counter() - t0)
 
 
@@ -135,7 +136,7 @@ def run_hf(cfg_raw: dict, work: Path, group_by_length: bool) -> float:
     def collator(features: list[dict]) -> dict[str, torch.Tensor]:
         batch = collate([(torch.tensor(f["input_ids"]), torch.tensor(f["labels"])) for f in features],
                         tok.pad_token_id)
-        counted["tokens"] += shift_tokens(batch["labels"])
+        counted["tokens"] += target_tokens(batch["labels"], cfg.model.from_scratch == "t5")
         return batch
 
     marks: dict[int, tuple[float, int]] = {}
@@ -164,21 +165,26 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--family", default="gpt2", choices=["gpt2", "t5"])
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.repeats = WARM + 6, 1
     torch.set_num_threads(1)
+
+    def cfg(grouped: bool) -> dict:
+        return raw_config(args.family, args.preset, args.steps, grouped)
+
     contenders = {
-        "bare PyTorch loop (same batches as chefgenius)":
-            lambda w: run_bare(raw_config(args.preset, args.steps, True)),
-        "chefgenius (defaults: length-grouped)": lambda w: run_chefgenius(raw_config(args.preset, args.steps, True), w),
-        "HF Trainer, group_by_length": lambda w: run_hf(raw_config(args.preset, args.steps, True), w, True),
-        "chefgenius, random batches": lambda w: run_chefgenius(raw_config(args.preset, args.steps, False), w),
-        "HF Trainer (defaults: random batches)": lambda w: run_hf(raw_config(args.preset, args.steps, False), w, False),
+        "bare PyTorch loop (same batches as chefgenius)": lambda w: run_bare(cfg(True)),
+        "chefgenius (defaults: length-grouped)": lambda w: run_chefgenius(cfg(True), w),
+        "HF Trainer, group_by_length": lambda w: run_hf(cfg(True), w, True),
+        "chefgenius, random batches": lambda w: run_chefgenius(cfg(False), w),
+        "HF Trainer (defaults: random batches)": lambda w: run_hf(cfg(False), w, False),
     }
     results: dict[str, list[float]] = {k: [] for k in contenders}
+    params = 0
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CHEFGENIUS_CACHE"] = str(Path(tmp) / "cache")
         for rep in range(args.repeats):
@@ -187,32 +193,30 @@ def main() -> None:
                 work.mkdir()
                 results[name].append(fn(work))
                 print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
+        c, data = prepared(cfg(True))
+        params = sum(p.numel() for p in fresh_model(c, data.tokenizer()).parameters())
     med = {k: statistics.median(v) for k, v in results.items()}
     hf_default, hf_grouped = med["HF Trainer (defaults: random batches)"], med["HF Trainer, group_by_length"]
     bare = med["bare PyTorch loop (same batches as chefgenius)"]
     rows = [{"contender": k, "median_tokens_per_s": round(v), "min": round(min(results[k])),
              "max": round(max(results[k])), "vs_hf_defaults": round(v / hf_default, 3),
-             "vs_hf_grouped": round(v / hf_grouped, 3), "vs_bare": round(v / bare, 3)} for k, v in med.items()]
-    import transformers
-
-    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-            "transformers": transformers.__version__, "preset": args.preset, "steps": args.steps,
-            "repeats": args.repeats, "quick": args.quick,
-            "command": f"python bench/throughput.py --steps {args.steps} --repeats {args.repeats} "
-                       f"--preset {args.preset}"}
-    lines = ["# Training throughput", "", f"`{info['command']}` on {info['machine']}, torch {info['torch']}, "
-             f"transformers {info['transformers']}; GPT-2 {args.preset} from scratch, batch 8, fp32, 1 thread; "
-             f"target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}.", "",
+             "vs_hf_grouped": round(v / hf_grouped, 3), "vs_bare": round(v / bare, 3),
+             "all": [round(x) for x in results[k]]} for k, v in med.items()]
+    command = (f"python bench/throughput.py --steps {args.steps} --repeats {args.repeats} --family {args.family} "
+               f"--preset {args.preset}")
+    name = "GPT-2" if args.family == "gpt2" else "T5"
+    lines = [f"# Training throughput, {name} {args.preset}", "",
+             f"`{command}`; {name} {args.preset} from scratch ({params / 1e6:.1f}M parameters), batch 8, fp32, "
+             f"1 thread; target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}.", "",
              "| contender | tokens/s | min | max | vs HF defaults | vs HF grouped | vs bare loop |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_hf_defaults']} | "
               f"{r['vs_hf_grouped']} | {r['vs_bare']} |" for r in rows]
-    print("\n".join(lines))
-    if not args.quick:
-        out = ROOT / "bench" / "results"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "throughput.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2))
-        (out / "throughput.md").write_text("\n".join(lines) + "\n")
+    plain = (args.family, args.preset) == ("gpt2", "tiny")
+    result = "throughput" if plain else f"throughput_{args.family}_{args.preset}"
+    write_result(result, lines, {"command": command, "family": args.family, "preset": args.preset,
+                                 "parameters": params, "steps": args.steps, "repeats": args.repeats,
+                                 "quick": args.quick, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -40,10 +40,12 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "gpt2": {
         "tiny": {"n_embd": 128, "n_layer": 4, "n_head": 4},
         "small": {"n_embd": 256, "n_layer": 6, "n_head": 8},
+        "base": {"n_embd": 512, "n_layer": 7, "n_head": 8},  # ~25M parameters with an 8k vocabulary
     },
     "t5": {
         "tiny": {"d_model": 128, "d_ff": 256, "num_layers": 3, "num_heads": 4, "d_kv": 32},
         "small": {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64},
+        "base": {"d_model": 512, "d_ff": 1024, "num_layers": 4, "num_heads": 8, "d_kv": 64},
     },
 }
 DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "t5": ["q", "v"]}
