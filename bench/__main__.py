@@ -20,6 +20,7 @@ FULL = [
     ["throughput.py", "--steps", "60", "--repeats", "3", "--family", "t5"],
     ["checkpoint_save.py", "--repeats", "5"],
     ["async_checkpoint.py", "--preset", "small", "--steps", "60", "--repeats", "3"],
+    ["optimizer_step.py", "--steps", "20", "--repeats", "3"],
     ["startup.py", "--repeats", "3"],
     ["distributed_scale.py", "--steps", "60", "--repeats", "3"],
 ]

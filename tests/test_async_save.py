@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from chefgenius.checkpoint import list_checkpoints, load_state, verify_checkpoint
@@ -33,11 +34,14 @@ def _meta_without_time(raw: bytes) -> dict:
     return meta
 
 
-def test_background_checkpoints_hold_the_same_bytes_as_synchronous_ones(tmp_path):
+@pytest.mark.parametrize("model", [{}, {"use_lora": True, "lora_r": 4}], ids=["full", "lora"])
+def test_background_checkpoints_hold_the_same_bytes_as_synchronous_ones(tmp_path, model):
+    if model:
+        pytest.importorskip("peft")
     runs = {}
     for background in (True, False):
-        cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 2, "keep_last": 10,
-                                                                  "async": background})
+        cfg = tiny_config(model=model, training={"num_epochs": 1},
+                          checkpoint={"every_steps": 2, "keep_last": 10, "async": background})
         Trainer(cfg, tmp_path / str(background), log=quiet).fit()
         runs[background] = {c.step: c.path for c in list_checkpoints(tmp_path / str(background) / "checkpoints")}
     assert runs[True].keys() == runs[False].keys() and len(runs[True]) >= 3

@@ -65,10 +65,19 @@ class StateSnapshot:
 
 def _model_state_copy(model: Any, buffers: TensorBuffers) -> dict[str, torch.Tensor]:
     """The model's state dict in buffers; tensors that share memory (tied embeddings) share a copy,
-    so the saved model is the one ``save_pretrained`` would write from the live model."""
+    so the saved model is the one ``save_pretrained`` would write from the live model.
+
+    Frozen parameters (a LoRA run's base model) never change during training: they are referred
+    to, not copied, so a LoRA snapshot costs the adapters, not the base model.
+    """
+    trainable = {p.data_ptr() for p in model.parameters() if p.requires_grad}
+    frozen = {p.data_ptr() for p in model.parameters() if not p.requires_grad} - trainable
     copies: dict[tuple[Any, ...], torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for name, t in model.state_dict().items():
+        if t.data_ptr() in frozen and t.device.type == "cpu":
+            out[name] = t
+            continue
         alias = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                  t.dtype)
         if alias not in copies:
