@@ -110,11 +110,28 @@ def _tree(directory: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(odd)
 
 
-def write_manifest(directory: Path, step: int) -> None:
+def hash_files(directory: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Fsync each file and note its size and SHA-256: what one process contributes to a manifest."""
+    out = {}
+    for rel in names:
+        _fsync_file(directory / rel)
+        out[rel] = {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)}
+    return out
+
+
+def write_manifest(directory: Path, step: int, hashed: dict[str, dict[str, Any]] | None = None) -> None:
+    """``hashed``: entries other processes already computed (and fsynced); a file is hashed here only
+    when it has no entry or its size changed since."""
     names, odd = _tree(directory)
     if odd:
         raise OSError(errno.EINVAL, f"refusing to commit a checkpoint holding non-regular files {odd}")
-    files = {rel: {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)} for rel in names}
+    hashed = hashed or {}
+    files = {}
+    for rel in names:
+        size = (directory / rel).stat().st_size
+        known = hashed.get(rel)
+        files[rel] = known if known and known.get("size") == size else {"size": size,
+                                                                         "sha256": _sha256(directory / rel)}
     doc = {"format_version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
     path = directory / MANIFEST
     with path.open("w") as f:
@@ -205,18 +222,27 @@ def _as_write_error(err: BaseException, name: str, step: int, tmp: Path) -> Chec
     return CheckpointWriteError(code, f"cannot write {name} (step {step}) at {where}: {reason}")
 
 
-def commit_directory(final: Path, step: int, write: Callable[[Path], None],
-                     before_commit: Callable[[], None] | None = None) -> Path:
-    """Run ``write(tmp_dir)`` beside ``final``, then fsync, manifest and rename atomically into place.
-
-    ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed)."""
-    root = final.parent
-    tmp = root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+def temporary_directory(final: Path) -> Path:
+    """A fresh, empty temporary directory beside ``final`` (where a save is written before its commit)."""
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        write(tmp)
+    except OSError as err:
+        raise _as_write_error(err, final.name, step_of(final) or 0, tmp) from err
+    return tmp
+
+
+def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[str, Any]] | None = None,
+                   before_commit: Callable[[], None] | None = None) -> Path:
+    """Fsync, manifest and rename a written temporary directory into place; on failure remove it.
+
+    ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed).
+    ``hashed``: manifest entries of files other processes wrote, hashed and fsynced.
+    """
+    root = final.parent
+    try:
         pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
         if pause:
             time.sleep(pause)
@@ -224,8 +250,9 @@ def commit_directory(final: Path, step: int, write: Callable[[Path], None],
             before_commit()
         files, _ = _tree(tmp)
         for rel in files:
-            _fsync_file(tmp / rel)
-        write_manifest(tmp, step)
+            if rel not in (hashed or {}):
+                _fsync_file(tmp / rel)
+        write_manifest(tmp, step, hashed)
         for d in sorted({(tmp / f).parent for f in files} | {tmp}, key=lambda d: len(d.parts), reverse=True):
             _fsync_dir(d)
         if final.exists() or final.is_symlink():
@@ -242,6 +269,23 @@ def commit_directory(final: Path, step: int, write: Callable[[Path], None],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def commit_directory(final: Path, step: int, write: Callable[[Path], None],
+                     before_commit: Callable[[], None] | None = None) -> Path:
+    """Run ``write(tmp_dir)`` beside ``final``, then fsync, manifest and rename atomically into place.
+
+    ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed)."""
+    tmp = temporary_directory(final)
+    try:
+        write(tmp)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _as_write_error(err, final.name, step, tmp) from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit_written(tmp, final, step, before_commit=before_commit)
 
 
 def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None],
