@@ -21,6 +21,7 @@ FULL = [
     ["checkpoint_save.py", "--repeats", "5"],
     ["async_checkpoint.py", "--preset", "small", "--steps", "60", "--repeats", "3"],
     ["optimizer_step.py", "--steps", "20", "--repeats", "3"],
+    ["padding.py"],
     ["startup.py", "--repeats", "3"],
     ["distributed_scale.py", "--steps", "60", "--repeats", "3"],
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import pickle
 from pathlib import Path
@@ -192,3 +193,21 @@ def test_kill_while_writing_final_leaves_no_final_and_rerun_completes(tmp_path, 
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".tmp")]
     Trainer(cfg, tmp_path / "b", log=quiet).fit()
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+
+
+def test_each_rank_hashes_only_the_files_it_wrote(tmp_path):
+    from chefgenius.checkpoint.store import files_of_rank, hash_files
+
+    for f in ["meta.json", "model/model.safetensors", "rank-00000/rng.json", "rank-00001/rng.json",
+              "rank-00001/shards.safetensors", "rank-00002/rng.json"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text(f)
+    assert files_of_rank(tmp_path, 0) == ["meta.json", "model/model.safetensors", "rank-00000/rng.json"]
+    assert files_of_rank(tmp_path, 1) == ["rank-00001/rng.json", "rank-00001/shards.safetensors"]
+    # A manifest written from every rank's hashes equals one computed by reading everything back.
+    hashed = {k: v for r in range(3) for k, v in hash_files(tmp_path, files_of_rank(tmp_path, r)).items()}
+    write_manifest(tmp_path, 1, hashed)
+    from_ranks = json.loads((tmp_path / "MANIFEST.json").read_text())["files"]
+    write_manifest(tmp_path, 1)
+    assert from_ranks == json.loads((tmp_path / "MANIFEST.json").read_text())["files"]
+    assert sorted(from_ranks) == sorted([*hashed])

@@ -34,9 +34,10 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 TRAINING = {"batch_size": 4, "grad_accum": 1, "num_epochs": 2}
 
 
-def make_config(tmp_path: Path, name: str, *, dropout: float = 0.0, sharding: str = "ddp", **training) -> Path:
+def make_config(tmp_path: Path, name: str, *, dropout: float = 0.0, sharding: str = "ddp", background: bool = True,
+                **training) -> Path:
     cfg = tiny_config(model={"dropout": dropout, "sharding": sharding}, training={**TRAINING, **training},
-                      checkpoint={"every_steps": 4, "keep_last": 5})
+                      checkpoint={"every_steps": 4, "keep_last": 5, "async": background})
     return write_config(cfg, tmp_path / f"{name}.yaml")
 
 
@@ -50,7 +51,9 @@ def train(cfg: Path, run_dir: Path, nproc: int, *extra: str, expect: int = 0, en
           ) -> subprocess.CompletedProcess:
     done = subprocess.run(command(cfg, run_dir, nproc, *extra), capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
-    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
+    if done.returncode != expect:  # the workers' tracebacks come before torchrun's summary: show both
+        Path("/tmp/chefgenius-last-failed-job.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-8000:]
     return done
 
 
@@ -323,3 +326,24 @@ def test_fsdp_checkpoint_resumes_on_another_world_size(ref_fsdp, tmp_path):
     assert all(loss == pytest.approx(theirs[s], rel=1e-5) for s, loss in step_losses(run).items())
     mine, full = final_weights(run), final_weights(ref)
     assert all((mine[k] - full[k]).abs().max() < 1e-4 for k in full)
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_background_checkpoints_of_a_job_equal_synchronous_ones(ref2, ref_fsdp, tmp_path, sharding):
+    """Every rank writes its piece in the background and the commit is collective: same bytes as the
+    synchronous protocol, RNG of every rank and (FSDP) every rank's shards included."""
+    _, background = ref2 if sharding == "ddp" else ref_fsdp
+    sync = tmp_path / "sync"
+    train(make_config(tmp_path, "sync", sharding=sharding, background=False), sync, 2)
+    steps = [c.step for c in list_checkpoints(background / "checkpoints")]
+    assert steps == [c.step for c in list_checkpoints(sync / "checkpoints")] and len(steps) >= 3
+    for step in steps:
+        a, b = (run / "checkpoints" / f"step-{step:07d}" for run in (background, sync))
+        assert checkpoint_problem(a) is None
+        files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+        assert "rank-00001/rng.json" in files
+        for name in files:
+            if name not in ("meta.json", "MANIFEST.json"):
+                assert (a / name).read_bytes() == (b / name).read_bytes(), f"step {step}: {name} differs"
+    assert_same_weights(final_weights(background), final_weights(sync))

@@ -134,6 +134,22 @@ def broadcast_json(obj: Any = None) -> Any:
     return json.loads(bytes(buf.cpu().tolist()).decode())
 
 
+def all_gather_json(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (JSON bytes padded to the longest)."""
+    if not is_initialized():
+        return [obj]
+    dist, dev = _dist(), _comm_device()
+    data = json.dumps(obj).encode()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64, device=dev))
+    width = max(int(x.item()) for x in sizes)
+    mine = torch.zeros(width, dtype=torch.uint8, device=dev)
+    mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else mine[:0]
+    parts = [torch.empty(width, dtype=torch.uint8, device=dev) for _ in range(world_size())]
+    dist.all_gather(parts, mine)
+    return [json.loads(bytes(part[:int(n.item())].cpu().tolist()).decode()) for part, n in zip(parts, sizes)]
+
+
 # ----- gradient reduction hooks for DistributedDataParallel -----------------------------------------
 # The trainer divides each step's loss by the global token count, so gradients are *summed* over
 # ranks (DDP's built-in hook would average them).

@@ -30,8 +30,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay)
-    # Fused AdamW is one kernel per step on CUDA; on CPU the foreach path is the fast one.
-    fused = device.type == "cuda"
+    # Fused AdamW is one kernel per step on CUDA and on CPU (torch >= 2.4). Measured on CPU with 26M
+    # parameters, one thread: 32 ms per step against 145 ms for foreach and 108 ms for the for-loop
+    # (bench/optimizer_step.py). A checkpoint keeps the implementation it was written with: the
+    # optimizer's param_groups (with their fused / foreach flags) are restored on resume.
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                              fused=fused or None, foreach=None if fused else True)
 

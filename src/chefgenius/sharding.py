@@ -73,7 +73,12 @@ def _offset(global_rows: int, rank: int, world: int) -> int:
 
 def save_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int,
                 world: int) -> None:
-    """This rank's slices of the model and of its optimizer state, plus the index to reassemble them."""
+    save_state(rank_dir(directory, rank), SHARDS, shard_state(model, optimizer, rank, world))
+
+
+def shard_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, world: int) -> dict[str, Any]:
+    """This rank's slices of the model and of its optimizer state, plus the index to reassemble them
+    (the tensors are the live local shards: copy them before training goes on)."""
     from torch.distributed.tensor import DTensor
 
     reshard(model)
@@ -95,8 +100,8 @@ def save_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.
             elif isinstance(value, torch.Tensor):
                 moments[f"{name}::{key}"] = _local(value)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.state_dict()["param_groups"]]
-    save_state(rank_dir(directory, rank), SHARDS, {"world_size": world, "index": index, "model": tensors,
-                                                  "moments": moments, "steps": steps, "param_groups": groups})
+    return {"world_size": world, "index": index, "model": tensors, "moments": moments, "steps": steps,
+            "param_groups": groups}
 
 
 def _assemble(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float], list]:

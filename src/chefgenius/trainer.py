@@ -60,7 +60,7 @@ from .optim import build_optimizer, build_scheduler
 from .resume import resume_changes
 from .rundir import RunDirectory, RunDirError
 from .runtime import apply_runtime, resolve_device, seed_everything
-from .sharding import full_state_dict, load_shards, save_shards, shard_model
+from .sharding import full_state_dict, load_shards, save_shards, shard_model, shard_state
 from .tracking import MetricsWriter
 
 
@@ -204,9 +204,6 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
             self.eval_model = self.train_model if self._ddp is None else self.model
         self._check_generation_budget()
-        if cfg.checkpoint.async_ and self.world_size > 1:
-            self.log("note: checkpoints are written synchronously in multi-process runs (checkpoint.async "
-                     "applies to single-process runs)")
 
         self.train_data, self.val_data = self.data.train, self.data.val
         self.sampler = ResumableSampler(self.train_data.lengths(), batch_size=tc.batch_size,
@@ -374,8 +371,10 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             if weight:
                 total += loss_sum.detach().double()
-        # The step's loss over all ranks, and whether any rank was asked to stop (all stop together).
-        loss_total, stops = distributed.all_gather_sum([float(total), float(self._stop_signal is not None)])
+        # The step's loss over all ranks, whether any rank was asked to stop (all stop together), and
+        # how many have written their piece of a background checkpoint (all commit it together).
+        loss_total, stops, written = distributed.all_gather_sum([float(total), float(self._stop_signal is not None),
+                                                                 float(self.checkpoints.piece_written)])
         if stops and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM
         if self.scaler:
@@ -394,7 +393,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_total / max(1, num_tokens), "grad_norm": float(grad_norm), "lr": lr,
-                "tokens": num_tokens}
+                "tokens": num_tokens, "checkpoint_written": written == self.world_size}
 
     def evaluate(self) -> dict[str, float]:
         return validation_loss(self.eval_model, self.val_data, pad_id=self.tokenizer.pad_token_id,
@@ -430,19 +429,16 @@ class Trainer:
                 "grad_accum": self.grad_accum, "global_batch": self.sampler.samples_per_step,
                 "num_threads": torch.get_num_threads(), "created": time.time()}
 
-    @property
-    def saves_async(self) -> bool:
-        """Background saves are single-process: the multi-process save protocol is a sequence of
-        collectives that must run on every rank's main thread."""
-        return self.cfg.checkpoint.async_ and self.world_size == 1
-
     def save_checkpoint(self, wait: bool = False) -> Path | None:
-        """Save this step's state; asynchronously (returns at once, None) unless ``wait`` or not :attr:`saves_async`.
-
-        Returns the committed checkpoint, or None when it failed with ``checkpoint.on_error: continue``."""
-        if self.saves_async:
-            self.checkpoints.save_async(self.state.step, model=self.model, tokenizer=self.tokenizer,
-                                        pieces=self._pieces(), meta=self._meta())
+        """Save this step's state; in the background (returns None at once) with ``checkpoint.async``
+        unless ``wait``. Returns the committed checkpoint, or None when it failed with
+        ``checkpoint.on_error: continue``. Multi-process: every rank calls it at the same step."""
+        if self.cfg.checkpoint.async_:
+            shards = ({SHARDS: shard_state(self.model, self.optimizer, self.rank, self.world_size)}
+                      if self.sharded else None)
+            self.checkpoints.save_async(self.state.step, model=None if self.sharded else self.model,
+                                        tokenizer=self.tokenizer, pieces=self._pieces(), meta=self._meta(),
+                                        rank_state=shards)
             return self.checkpoints.wait() if wait else None
         shards = (lambda tmp: save_shards(tmp, self.model, self.optimizer, self.rank, self.world_size)
                   ) if self.sharded else None
@@ -555,8 +551,12 @@ class Trainer:
             self.log = log
 
     def _wait_for_save_after_error(self) -> None:
-        """A failing run still commits the checkpoint it was writing (a good step's state); a save
-        error then is logged, and the error that stopped the run is the one raised."""
+        """A failing single-process run still commits the checkpoint it was writing (a good step's
+        state); a save error then is logged, and the error that stopped the run is the one raised.
+        A multi-process commit needs every rank, which a failing run cannot promise: abandoned."""
+        if self.world_size > 1:
+            self.checkpoints.abandon()
+            return
         try:
             self.checkpoints.wait()
         except BaseException as err:  # noqa: BLE001 - reported; the original error propagates
@@ -569,9 +569,9 @@ class Trainer:
         if self.resumed_from:
             self.checkpoints.last_saved = st.step
         while not self._is_done() and self._stop_signal is None:
-            self.checkpoints.poll()
             epoch_before = self.sampler.epoch
             out = self.train_step(self.sampler.next_step())
+            self.checkpoints.poll(out["checkpoint_written"])
             st.step += 1
             st.num_tokens += out["tokens"]
             st.window_losses.append(out["loss"])

@@ -27,6 +27,7 @@ STATE_PIECES = (OPTIMIZER, SCHEDULER, SCALER, SAMPLER, TRAIN_STATE)
 
 TMP_PREFIX = ".tmp-"
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
+RANK_DIR = re.compile(r"^rank-\d{5,}$")
 
 # Upper bounds on what a reader will parse: a hostile file must not exhaust memory.
 MAX_MANIFEST_BYTES = 8 << 20

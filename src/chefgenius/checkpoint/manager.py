@@ -33,8 +33,12 @@ from .store import (
     apply_retention,
     commit_checkpoint,
     commit_directory,
+    commit_written,
+    files_of_rank,
+    hash_files,
     list_checkpoints,
     remove_temporaries,
+    temporary_directory,
     verify_checkpoint,
 )
 
@@ -111,8 +115,9 @@ class SaveAbandoned(Exception):
 @dataclass
 class _PendingSave:
     step: int
-    future: Future[list[Path]]
+    future: Future[Any]  # single process: paths retention removed; multi-process: this rank's file hashes
     abandon: threading.Event
+    tmp: Path | None = None  # multi-process: the shared temporary directory, committed collectively
 
 
 @dataclass
@@ -199,11 +204,7 @@ class CheckpointManager:
             else:
                 path = self._write_rank_piece(step, rank_piece)
         except CheckpointWriteError as err:
-            if self.cfg.on_error == "stop":
-                raise
-            self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
-                     f"(checkpoint.on_error=continue): {err.strerror}")
-            return None
+            return self._failed(step, err)
         self.last_saved = step
         if self.rank != 0:
             return path
@@ -215,77 +216,161 @@ class CheckpointManager:
         return apply_retention(self.root, keep_last=self.cfg.keep_last, keep_best=self.cfg.keep_best,
                                protect=self.protected)
 
-    # ----- asynchronous saves (single process) ---------------------------------------------------
+    # ----- asynchronous saves ----------------------------------------------------------------------
 
     def save_async(self, step: int, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
-                   meta: dict[str, Any]) -> None:
-        """Snapshot the state into reused CPU buffers now; write, fsync, hash, commit and apply retention
-        in a background thread. Waits for the previous save first (its buffers are reused).
+                   meta: dict[str, Any], rank_state: dict[str, Any] | None = None) -> None:
+        """Snapshot the state into reused CPU buffers now; write, fsync and hash it in a background
+        thread. Waits for the previous save first (its buffers are reused).
 
-        Only the snapshot blocks training. The trainer reads nothing a background save writes, and
-        the save touches no live state, so the run's results do not depend on when it finishes.
+        Single process: the background thread also commits and applies retention. Multi-process:
+        rank 0 creates the temporary directory and names it to all; each rank's thread writes its
+        piece, fsyncs and hashes its files; the commit is a collective on the main threads, at the
+        first step boundary where every rank reports its piece written (:meth:`poll`), or at the
+        next save, stop or end (:meth:`wait`): rank 0 writes the manifest from every rank's hashes
+        (nothing is read back) and renames. Only the snapshot blocks training; the save touches no
+        live state, so the run's results do not depend on when it finishes.
+        ``rank_state``: this rank's model and optimizer shards (sharded runs; ``model`` is then None).
         """
         self.wait()
-        snapshot = take_snapshot(model=model, pieces=pieces, meta=meta, buffers=self._buffers)
+        group = distributed.is_initialized()
+        tmp: Path | None = None
+        if group:
+            tmp = self._announce_temporary(step)
+            if tmp is None:
+                return
+        first = self.rank == 0
+        snapshot = take_snapshot(model=model if first else None, pieces=pieces if first else {},
+                                 meta=meta if first else None, buffers=self._buffers, rank_state=rank_state)
         abandon = threading.Event()
 
         def check_abandoned() -> None:
             if abandon.is_set():
                 raise SaveAbandoned(f"checkpoint step {step} abandoned")
 
-        def write(tmp: Path) -> None:
-            write_snapshot(tmp, snapshot, model=model, tokenizer=tokenizer)
+        def write(directory: Path) -> None:
+            write_snapshot(directory, snapshot, model=model if first else None,
+                           tokenizer=tokenizer if first else None, rank=self.rank)
             check_abandoned()
 
-        def job() -> list[Path]:
+        def commit_alone() -> Any:
             commit_checkpoint(self.root, step, write, before_commit=check_abandoned)
             return self._apply_retention()
 
+        def write_piece() -> Any:
+            write(tmp)
+            pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
+            if pause:
+                time.sleep(pause)
+            check_abandoned()
+            return hash_files(tmp, files_of_rank(tmp, self.rank))
+
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint")
-        self._pending = _PendingSave(step, self._writer.submit(job), abandon)
+        self._pending = _PendingSave(step, self._writer.submit(write_piece if group else commit_alone), abandon, tmp)
+
+    def _announce_temporary(self, step: int) -> Path | None:
+        """Rank 0 creates the save's temporary directory and names it to every rank (None: it failed)."""
+        if self.rank == 0:
+            try:
+                message = {"tmp": str(temporary_directory(checkpoint_dir(self.root, step)))}
+            except CheckpointWriteError as err:
+                message = {"error": err.strerror}
+            distributed.broadcast_json(message)
+        else:
+            message = distributed.broadcast_json()
+        if "error" in message:
+            self._failed(step, CheckpointWriteError(errno.EIO, message["error"]))
+            return None
+        return Path(message["tmp"])
 
     @property
     def saving(self) -> int | None:
         """The step of the save under way in the background, if any."""
         return self._pending.step if self._pending is not None else None
 
-    def poll(self) -> None:
-        """Report a background save that has finished (called every step; never blocks)."""
-        if self._pending is not None and self._pending.future.done():
+    @property
+    def piece_written(self) -> bool:
+        """Whether this process has a background save whose writing is over (what :meth:`poll` needs to
+        hear from every rank)."""
+        return self._pending is not None and self._pending.future.done()
+
+    def poll(self, written_everywhere: bool) -> None:
+        """At a step boundary: finish the background save once every rank has written its piece
+        (``written_everywhere``: the same value on every rank, from the step's all-gather)."""
+        if self._pending is not None and written_everywhere:
             self.wait()
 
     def wait(self) -> Path | None:
         """Block until the background save (if any) is committed; report it like a synchronous save:
-        its error raises (``on_error: stop``) or is logged loudly (``continue``, returns None)."""
+        its error raises (``on_error: stop``) or is logged loudly (``continue``, returns None).
+        Multi-process: every rank calls it at the same point (it commits collectively)."""
         pending, self._pending = self._pending, None
         if pending is None:
             return None
+        if pending.tmp is not None:
+            return self._commit_group(pending)
         try:
             removed = pending.future.result()
         except CheckpointWriteError as err:
-            if self.cfg.on_error == "stop":
-                raise
-            self.log(f"WARNING: checkpoint at step {pending.step} FAILED and training goes on "
-                     f"(checkpoint.on_error=continue): {err.strerror}")
-            return None
+            return self._failed(pending.step, err)
         self.last_saved = pending.step
         for path in removed:
             self.log(f"retention: removed {path.name}")
         return checkpoint_dir(self.root, pending.step)
 
+    def _commit_group(self, pending: _PendingSave) -> Path | None:
+        problem = None
+        hashed: dict[str, Any] = {}
+        try:
+            hashed = pending.future.result()
+        except Exception as err:  # noqa: BLE001 - every rank must hear of it; reported below as the save's error
+            problem = f"rank {self.rank}: {getattr(err, 'strerror', None) or err}"
+            print(f"error: cannot write checkpoint step {pending.step}: {problem}", file=sys.stderr, flush=True)
+        reports = distributed.all_gather_json({"hashed": hashed, "problem": problem})
+        final = checkpoint_dir(self.root, pending.step)
+        if self.rank == 0:
+            problems = [r["problem"] for r in reports if r["problem"]]
+            if problems:
+                shutil.rmtree(pending.tmp, ignore_errors=True)
+                outcome = {"error": f"cannot write checkpoint step {pending.step}: {problems[0]}"}
+            else:
+                merged = {rel: entry for r in reports for rel, entry in r["hashed"].items()}
+                try:
+                    commit_written(pending.tmp, final, pending.step, hashed=merged, pause=False)
+                    outcome = {"path": str(final)}
+                except CheckpointWriteError as err:
+                    outcome = {"error": err.strerror}
+            distributed.broadcast_json(outcome)
+        else:
+            outcome = distributed.broadcast_json()
+        if "error" in outcome:
+            return self._failed(pending.step, CheckpointWriteError(errno.EIO, outcome["error"]))
+        self.last_saved = pending.step
+        if self.rank == 0:
+            for removed in self._apply_retention():
+                self.log(f"retention: removed {removed.name}")
+        return final
+
+    def _failed(self, step: int, err: CheckpointWriteError) -> None:
+        if self.cfg.on_error == "stop":
+            raise err
+        self.log(f"WARNING: checkpoint at step {step} FAILED and training goes on "
+                 f"(checkpoint.on_error=continue): {err.strerror}")
+        return None
+
     def abandon(self) -> None:
-        """Give up the background save (the user aborted): it stops before its commit and removes its
-        temporary directory; a checkpoint it already committed stays."""
+        """Give up the background save (the user aborted, or the run failed in a multi-process job,
+        where a commit would need the other ranks): it stops before its commit; its temporary
+        directory is removed, or left to the next run; a checkpoint it already committed stays."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
         pending.abandon.set()
         try:
             pending.future.result()
-        except (SaveAbandoned, CheckpointWriteError):
+        except Exception:  # noqa: BLE001 - abandoned on purpose: its outcome no longer matters
             pass
-
 
     def _commit(self, step: int, model: Any, tokenizer: Any, pieces: dict[str, Stateful], meta: dict[str, Any],
                 rank_piece: Callable[[Path], None] | None) -> Path:

@@ -9,6 +9,8 @@ while the next steps change the model and optimizer in place.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,26 +23,53 @@ from .rng import capture_rng
 
 
 class TensorBuffers:
-    """CPU tensors keyed by name, allocated on first use and refilled by later snapshots."""
+    """CPU tensors keyed by name, allocated on first use and refilled by later snapshots.
+
+    Copies from CPU tensors are queued and run by :meth:`finish`, spread over the machine's cores:
+    training waits for them anyway, so its cores are free (two threads copy 300 MiB in 28 ms
+    instead of 51 ms on the 2-core benchmark machine). Copies from a GPU are issued at once,
+    non-blocking, into pinned memory.
+    """
+
+    PARALLEL_MIN_BYTES = 8 << 20
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._queued: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._copied_from_cuda = False
+        self._pool: ThreadPoolExecutor | None = None
 
     def copy(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach()
         buf = self._buffers.get(key)
-        if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
-            pin = tensor.device.type == "cuda"
-            buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
-            self._buffers[key] = buf
         on_gpu = tensor.device.type == "cuda"
-        self._copied_from_cuda |= on_gpu
-        buf.copy_(tensor, non_blocking=on_gpu)
+        if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
+            buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=on_gpu)
+            self._buffers[key] = buf
+        if on_gpu:
+            self._copied_from_cuda = True
+            buf.copy_(tensor, non_blocking=True)
+        else:
+            self._queued.append((buf, tensor))
         return buf
 
-    def ready_event(self) -> Any:
-        """An event the writer waits on before reading buffers filled by asynchronous GPU copies."""
+    def finish(self) -> Any:
+        """Run the queued copies; returns a CUDA event the writer must wait on (GPU copies), or None."""
+        queued, self._queued = self._queued, []
+        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      len(queued), 8)
+        if workers > 1 and sum(b.numel() * b.element_size() for b, _ in queued) >= self.PARALLEL_MIN_BYTES:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chefgenius-snapshot")
+            shares: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(workers)]
+            loads = [0] * workers
+            for pair in sorted(queued, key=lambda bt: -bt[0].numel() * bt[0].element_size()):
+                i = loads.index(min(loads))  # largest first onto the least loaded thread
+                shares[i].append(pair)
+                loads[i] += pair[0].numel() * pair[0].element_size()
+            list(self._pool.map(_copy_all, shares))  # tensor copies release the GIL
+        else:
+            _copy_all(queued)
         if not self._copied_from_cuda:
             return None
         self._copied_from_cuda = False
@@ -53,12 +82,17 @@ class TensorBuffers:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
 
+def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for buf, src in pairs:
+        buf.copy_(src)
+
+
 @dataclass
 class StateSnapshot:
     """Everything one rank writes into a checkpoint, detached from the live objects."""
 
-    pieces: dict[str, EncodedState]  # optimizer, scheduler, sampler, train state, meta
-    rng: EncodedState
+    pieces: dict[str, EncodedState]  # optimizer, scheduler, sampler, train state, meta (rank 0)
+    rank_pieces: dict[str, EncodedState]  # this rank's RNG (and model/optimizer shards), in rank-NNNNN/
     model_state: dict[str, torch.Tensor] | None  # copied weights; None: write the live model now
     ready: Any = None  # a CUDA event to wait for, or None
 
@@ -86,21 +120,28 @@ def _model_state_copy(model: Any, buffers: TensorBuffers) -> dict[str, torch.Ten
     return out
 
 
-def take_snapshot(*, model: Any, pieces: dict[str, Any], meta: dict[str, Any],
-                  buffers: TensorBuffers | None) -> StateSnapshot:
+def take_snapshot(*, model: Any, pieces: dict[str, Any], meta: dict[str, Any] | None,
+                  buffers: TensorBuffers | None, rank_state: dict[str, Any] | None = None) -> StateSnapshot:
     """``buffers`` None: a synchronous save; tensors are cloned and the live model is written directly.
 
-    ``model`` None: the model is sharded and written by every rank itself (see sharding.py)."""
+    ``model`` None: nothing of the model is written (sharded: see ``rank_state``; or not rank 0).
+    ``meta`` None: no meta piece (ranks other than 0). ``rank_state``: more state for this rank's
+    directory besides its RNG (its model and optimizer shards).
+    """
     copy = buffers.copy if buffers is not None else None
     encoded = {name: encode_state(name, obj.state_dict(), copy) for name, obj in pieces.items()}
-    encoded[META] = encode_state(META, meta)
+    if meta is not None:
+        encoded[META] = encode_state(META, meta)
+    rank_pieces = {RNG: encode_state(RNG, capture_rng())}
+    rank_pieces.update({name: encode_state(name, state, copy) for name, state in (rank_state or {}).items()})
     model_state = _model_state_copy(model, buffers) if buffers is not None and model is not None else None
-    return StateSnapshot(pieces=encoded, rng=encode_state(RNG, capture_rng()), model_state=model_state,
-                         ready=buffers.ready_event() if buffers is not None else None)
+    return StateSnapshot(pieces=encoded, rank_pieces=rank_pieces, model_state=model_state,
+                         ready=buffers.finish() if buffers is not None else None)
 
 
 def write_snapshot(directory: Path, snapshot: StateSnapshot, *, model: Any, tokenizer: Any, rank: int = 0) -> None:
-    """Write a snapshot in the checkpoint layout (the model and tokenizer in Hugging Face format)."""
+    """Write a snapshot in the checkpoint layout (the model and tokenizer in Hugging Face format);
+    ``model`` / ``tokenizer`` None: not written by this rank."""
     if snapshot.ready is not None:
         snapshot.ready.synchronize()
     if model is not None:
@@ -109,14 +150,17 @@ def write_snapshot(directory: Path, snapshot: StateSnapshot, *, model: Any, toke
             model.save_pretrained(str(model_dir(directory)), state_dict=dict(snapshot.model_state))
         else:
             model.save_pretrained(str(model_dir(directory)))
-    tokenizer.save_pretrained(str(tokenizer_dir(directory)))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tokenizer_dir(directory)))
     for name, encoded in snapshot.pieces.items():
         write_encoded(directory, name, encoded)
-    write_rank_snapshot(directory, snapshot.rng, rank)
+    write_rank_pieces(directory, snapshot.rank_pieces, rank)
 
 
-def write_rank_snapshot(directory: Path, rng: EncodedState, rank: int) -> None:
-    """What differs between processes: each rank's RNG streams (dropout), under ``rank-NNNNN/``."""
+def write_rank_pieces(directory: Path, pieces: dict[str, EncodedState], rank: int) -> None:
+    """What differs between processes, under ``rank-NNNNN/``: each rank's RNG streams (dropout), and
+    in a sharded run its slices of model and optimizer state."""
     rd = rank_dir(directory, rank)
     rd.mkdir()
-    write_encoded(rd, RNG, rng)
+    for name, encoded in pieces.items():
+        write_encoded(rd, name, encoded)

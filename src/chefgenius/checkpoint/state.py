@@ -15,7 +15,7 @@ import torch
 from .format import CheckpointFormatError, encode_state, load_state
 from .layout import RNG, rank_dir
 from .rng import capture_rng, restore_rng
-from .snapshot import take_snapshot, write_rank_snapshot, write_snapshot
+from .snapshot import take_snapshot, write_rank_pieces, write_snapshot
 
 
 class Stateful(Protocol):
@@ -36,7 +36,7 @@ def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces:
 
 def write_rank_state(directory: Path, rank: int) -> None:
     """What differs between processes: each rank's RNG streams (dropout), under ``rank-NNNNN/``."""
-    write_rank_snapshot(directory, encode_state(RNG, capture_rng()), rank)
+    write_rank_pieces(directory, {RNG: encode_state(RNG, capture_rng())}, rank)
 
 
 def check_optimizer_matches(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:

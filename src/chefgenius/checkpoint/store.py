@@ -26,7 +26,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from .format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
-from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, TMP_PREFIX, checkpoint_dir, step_of
+from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, RANK_DIR, TMP_PREFIX, checkpoint_dir, rank_dir, step_of
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Test hook: widen the window between writing a checkpoint's files and committing it, so that
@@ -108,6 +108,26 @@ def _tree(directory: Path) -> tuple[list[str], list[str]]:
             else:
                 odd.append(rel)
     return sorted(files), sorted(odd)
+
+
+def files_of_rank(directory: Path, rank: int) -> list[str]:
+    """The files one process writes into a checkpoint: its rank directory, and for rank 0 all the rest.
+
+    Never looks into another rank's directory (that process may be writing there right now)."""
+    own = rank_dir(Path(), rank).as_posix()
+    if rank != 0:
+        files, _ = _tree(directory / own)
+        return [f"{own}/{f}" for f in files]
+    out = []
+    for entry in sorted(os.listdir(directory)):
+        if RANK_DIR.match(entry) and entry != own:
+            continue
+        path = directory / entry
+        if path.is_dir() and not path.is_symlink():
+            out += [f"{entry}/{f}" for f in _tree(path)[0]]
+        elif entry != MANIFEST:
+            out.append(entry)
+    return sorted(out)
 
 
 def hash_files(directory: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -235,7 +255,7 @@ def temporary_directory(final: Path) -> Path:
 
 
 def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[str, Any]] | None = None,
-                   before_commit: Callable[[], None] | None = None) -> Path:
+                   before_commit: Callable[[], None] | None = None, pause: bool = True) -> Path:
     """Fsync, manifest and rename a written temporary directory into place; on failure remove it.
 
     ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed).
@@ -243,9 +263,9 @@ def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[
     """
     root = final.parent
     try:
-        pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
-        if pause:
-            time.sleep(pause)
+        seconds = float(os.environ.get(SAVE_PAUSE_ENV) or 0) if pause else 0
+        if seconds:
+            time.sleep(seconds)
         if before_commit is not None:
             before_commit()
         files, _ = _tree(tmp)
