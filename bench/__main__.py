@@ -29,6 +29,8 @@ QUICK = [
     ["throughput.py", "--quick"],
     ["checkpoint_save.py", "--repeats", "1", "--no-memory"],
     ["async_checkpoint.py", "--preset", "tiny", "--steps", "12", "--repeats", "1"],
+    ["optimizer_step.py", "--steps", "2", "--repeats", "1"],
+    ["padding.py"],
 ]
 
 

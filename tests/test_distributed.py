@@ -135,6 +135,25 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert step_losses(run) == step_losses(ref)
 
 
+def assert_same_checkpoints(run: Path, ref: Path) -> None:
+    """Checkpoints of the same steps hold the same bytes (every rank's RNG, FSDP shards), whether
+    written in the background by a killed and resumed job or synchronously by an uninterrupted one;
+    only creation times and the resume history differ."""
+    steps = {c.step for c in list_checkpoints(run / "checkpoints")}
+    steps &= {c.step for c in list_checkpoints(ref / "checkpoints")}
+    assert len(steps) >= 3, steps
+    for step in sorted(steps):
+        a, b = (r / "checkpoints" / f"step-{step:07d}" for r in (run, ref))
+        assert checkpoint_problem(a) is None
+        files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+        assert "rank-00001/rng.json" in files
+        for name in set(files) - {"meta.json", "MANIFEST.json", "train_state.json"}:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), f"step {step}: {name} differs"
+        mine, theirs = (load_state(c, "train_state") for c in (a, b))
+        assert {**mine, "resumes": []} == {**theirs, "resumes": []}
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("dist")
@@ -142,10 +161,11 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ref2(workdir) -> tuple[Path, Path]:
-    """Uninterrupted 2-process run (no dropout: also the reference of the equivalence tests)."""
-    cfg = make_config(workdir, "ref2")
-    train(cfg, workdir / "ref2", 2)
-    return cfg, workdir / "ref2"
+    """Uninterrupted 2-process run (no dropout: also the reference of the equivalence tests), saving
+    synchronously; the runs under test use the returned config, which saves in the background (the
+    default), so every comparison with it also checks background saves against synchronous ones."""
+    train(make_config(workdir, "ref2-sync", background=False), workdir / "ref2", 2)
+    return make_config(workdir, "ref2"), workdir / "ref2"
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +212,7 @@ def test_killed_two_process_job_resumes_bit_exact(ref2, tmp_path):
     kill_then_finish(cfg, run, 2, sorted(random.Random(2).sample(range(3, 20), 2)))
     assert_same_run(run, ref)
     assert all(checkpoint_problem(c.path) is None for c in list_checkpoints(run / "checkpoints"))
+    assert_same_checkpoints(run, ref)
 
 
 def test_three_processes_with_dropout_resume_bit_exact_after_kills(ref3, tmp_path):
@@ -280,9 +301,9 @@ def test_a_world_size_that_cannot_keep_the_global_batch_is_refused(ref2, tmp_pat
 
 @pytest.fixture(scope="module")
 def ref_fsdp(workdir) -> tuple[Path, Path]:
-    cfg = make_config(workdir, "fsdp", sharding="fsdp")
-    train(cfg, workdir / "fsdp", 2)
-    return cfg, workdir / "fsdp"
+    """Like ``ref2``: the reference saves synchronously, the returned config in the background."""
+    train(make_config(workdir, "fsdp-sync", sharding="fsdp", background=False), workdir / "fsdp", 2)
+    return make_config(workdir, "fsdp", sharding="fsdp"), workdir / "fsdp"
 
 
 def test_fsdp_trains_like_ddp_and_saves_one_shard_per_rank(ref_fsdp, ref2):
@@ -306,6 +327,7 @@ def test_fsdp_killed_job_resumes_bit_exact(ref_fsdp, tmp_path):
     run = tmp_path / "run"
     kill_then_finish(cfg, run, 2, [10])
     assert_same_run(run, ref)
+    assert_same_checkpoints(run, ref)
 
 
 def test_fsdp_checkpoint_resumes_on_another_world_size(ref_fsdp, tmp_path):
@@ -327,23 +349,3 @@ def test_fsdp_checkpoint_resumes_on_another_world_size(ref_fsdp, tmp_path):
     mine, full = final_weights(run), final_weights(ref)
     assert all((mine[k] - full[k]).abs().max() < 1e-4 for k in full)
 
-
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_background_checkpoints_of_a_job_equal_synchronous_ones(ref2, ref_fsdp, tmp_path, sharding):
-    """Every rank writes its piece in the background and the commit is collective: same bytes as the
-    synchronous protocol, RNG of every rank and (FSDP) every rank's shards included."""
-    _, background = ref2 if sharding == "ddp" else ref_fsdp
-    sync = tmp_path / "sync"
-    train(make_config(tmp_path, "sync", sharding=sharding, background=False), sync, 2)
-    steps = [c.step for c in list_checkpoints(background / "checkpoints")]
-    assert steps == [c.step for c in list_checkpoints(sync / "checkpoints")] and len(steps) >= 3
-    for step in steps:
-        a, b = (run / "checkpoints" / f"step-{step:07d}" for run in (background, sync))
-        assert checkpoint_problem(a) is None
-        files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
-        assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
-        assert "rank-00001/rng.json" in files
-        for name in files:
-            if name not in ("meta.json", "MANIFEST.json"):
-                assert (a / name).read_bytes() == (b / name).read_bytes(), f"step {step}: {name} differs"
-    assert_same_weights(final_weights(background), final_weights(sync))
