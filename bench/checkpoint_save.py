@@ -29,6 +29,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -201,7 +202,8 @@ def main() -> None:
     from chefgenius.config import CheckpointConfig
 
     names = {"floor": "floor: safetensors + fsync", "sync": "chefgenius, synchronous",
-             "hf": "HF Trainer _save_checkpoint", "copy": "in-memory copy into reused buffers",
+             "hf": "HF Trainer _save_checkpoint", "copy1": "in-memory copy into reused buffers, 1 thread",
+             "copy": "in-memory copy into reused buffers, all cores",
              "blocked": "chefgenius async: training blocked", "background": "chefgenius async: until committed"}
     timings: dict[str, list[float]] = {k: [] for k in names}
     sizes: dict[str, int] = {}
@@ -218,6 +220,9 @@ def main() -> None:
         pairs = copy_pairs(model, opt)
         for buf, src in pairs:  # touched once, like the async buffers after their first save
             buf.copy_(src)
+        cores = len(os.sched_getaffinity(0))
+        shares = [pairs[i::cores] for i in range(cores)]  # tensor copies release the GIL
+        pool = ThreadPoolExecutor(max_workers=cores)
         hf = Trainer(model=model, args=TrainingArguments(output_dir=str(root / "hf"), report_to="none",
                                                         use_cpu=True, save_strategy="steps"),
                      optimizers=(opt, pieces["scheduler"]))
@@ -240,6 +245,9 @@ def main() -> None:
             t0 = time.perf_counter()
             for buf, src in pairs:
                 buf.copy_(src)
+            timings["copy1"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            list(pool.map(lambda share: [b.copy_(s) for b, s in share], shares))
             timings["copy"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             background.save_async(rep, model=model, tokenizer=tok, pieces=pieces, meta=META)
@@ -272,7 +280,8 @@ def main() -> None:
     blocked = med["blocked"]
     lines += ["", f"Targets: synchronous save {med['sync'] / med['hf']:.2f}x HF (<= 1.5x); bytes "
               f"{sizes['sync'] / sizes['hf']:.4f}x HF (<= 1.01x); async training blocked {blocked / med['copy']:.2f}x "
-              f"the in-memory copy (<= 1.2x) and {blocked / med['hf']:.3f}x HF (<= 0.1x).", "",
+              f"the in-memory copy on all cores (<= 1.2x; {blocked / med['copy1']:.2f}x the one-thread copy) and "
+              f"{blocked / med['hf']:.3f}x HF (<= 0.1x).", "",
               "Peak memory (fresh process per mode; RSS high-water mark):", "",
               "| mode | training peak MiB | peak while saving MiB | extra MiB | extra / (model + optimizer state) |",
               "|---|---:|---:|---:|---:|"]

@@ -32,7 +32,7 @@ def lengths_of(path: str | None) -> np.ndarray:
                         "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 1000}})
     data = prepare_dataset(cfg.data, is_seq2seq=False, tokenizer=None, vocab_size=1000,
                            cache_dir=default_cache_dir(None), log=lambda *a: None, progress=False)
-    return np.asarray(data.train.lengths())
+    return np.asarray([len(data.train.example(i)[0]) for i in range(len(data.train))])  # tokens per sequence
 
 
 def pad_share(lengths: np.ndarray, grouped: bool, epochs: int = 20) -> tuple[float, float]:
