@@ -20,19 +20,21 @@ def copy_weights(batch: dict[str, torch.Tensor], is_seq2seq: bool, weight: float
     Pure function of the batch (no RNG), so exact resume is unaffected. ``skip``: token ids that
     never count as copied (the prompt prefix, separators, end of text).
     """
-    labels = batch["labels"]
-    out = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
-    for row in range(labels.shape[0]):
-        ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
-        prompt = ids if is_seq2seq else ids[labels[row][: len(ids)] == -100]
-        prompt = prompt[~torch.isin(prompt, skip)]
-        copied = torch.isin(labels[row], prompt) & (labels[row] != -100)
-        out[row][copied] = weight
-    return out
+    labels, ids = batch["labels"], batch["input_ids"]
+    # Prompt positions: every attended input token (seq2seq), or those without a label (causal LM).
+    prompt = batch["attention_mask"].bool()
+    if not is_seq2seq:
+        prompt = prompt & (labels[:, :ids.shape[1]] == -100)
+    prompt = prompt & ~torch.isin(ids, skip)
+    # One comparison of every label with every prompt token of its row: no per-row Python loop and
+    # no data-dependent shapes, so no device-to-host synchronisation on a GPU.
+    copied = ((labels.unsqueeze(2) == ids.unsqueeze(1)) & prompt.unsqueeze(1)).any(dim=2) & (labels != -100)
+    return torch.where(copied, torch.tensor(weight, dtype=torch.float32, device=labels.device),
+                       torch.ones((), dtype=torch.float32, device=labels.device))
 
 
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool,
-                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over target tokens and their count, so accumulation can divide once.
 
     With ``weights`` (same shape as the labels) the sum is weighted; the count stays the plain one.
@@ -52,7 +54,7 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_se
     else:
         per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none")
         loss = (per_token * weights.reshape(-1)).sum()
-    return loss, int((labels != -100).sum())
+    return loss, (labels != -100).sum()  # a tensor: reading it would synchronise with the device
 
 
 @torch.no_grad()
@@ -68,6 +70,6 @@ def validation_loss(model: torch.nn.Module, data: Examples, *, pad_id: int, is_s
         with autocast if autocast is not None else nullcontext():
             loss_sum, n = token_loss_sum(model, batch, is_seq2seq)
         total += float(loss_sum)
-        count += n
+        count += int(n)
     loss = total / max(1, count)
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}

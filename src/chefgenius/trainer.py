@@ -39,7 +39,7 @@ from .checkpoint import (
 from .checkpoint.layout import OPTIMIZER, SAMPLER, SCALER, SCHEDULER, SHARDS, TRAIN_STATE, rank_dir
 from .config import Config, ConfigError, check_requirements
 from .data.format import PROMPT_PREFIX, TITLE_LABEL
-from .data.loader import ResumableSampler, make_batch
+from .data.loader import ResumableSampler, collate, make_batch, target_tokens, to_device
 from .data.prepared import PreparedDataset, prepare_dataset
 from .data.tokenize import default_cache_dir
 from .distributed import local_rank, print0, rank, world_size
@@ -348,11 +348,10 @@ class Trainer:
         """
         self.train_model.train()
         pad = self.tokenizer.pad_token_id
-        batches = [make_batch(self.train_data, mb, pad, self.device) if mb else None for mb in micro_batches]
+        on_cpu = [collate([self.train_data.example(i) for i in mb], pad) if mb else None for mb in micro_batches]
         copy_weight = self.cfg.training.copy_weight
-        shift = 0 if self.is_seq2seq else 1
-        num_tokens = distributed.all_sum_int(
-            sum(int((b["labels"][:, shift:] != -100).sum()) for b in batches if b is not None))
+        num_tokens = distributed.all_sum_int(sum(target_tokens(b, self.is_seq2seq) for b in on_cpu if b is not None))
+        batches = [to_device(b, self.device) if b is not None else None for b in on_cpu]
         total = torch.zeros((), dtype=torch.float64, device=self.device)  # float64: same sum for any split
         for i, batch in enumerate(batches):
             weight = 1.0

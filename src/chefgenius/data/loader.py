@@ -60,8 +60,17 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> dict
 def make_batch(data: Examples, indices: list[int] | range, pad_id: int, device: torch.device
                ) -> dict[str, torch.Tensor]:
     """The padded batch of ``indices`` on ``device``; used by training and evaluation alike."""
-    batch = collate([data.example(i) for i in indices], pad_id)
+    return to_device(collate([data.example(i) for i in indices], pad_id), device)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def target_tokens(batch: dict[str, torch.Tensor], is_seq2seq: bool) -> int:
+    """Tokens that enter the loss (a causal LM predicts from the second position on). Counted on
+    the CPU batch, before it moves to the device: no device-to-host sync per micro-batch."""
+    return int((batch["labels"][:, 0 if is_seq2seq else 1:] != -100).sum())
 
 
 class ResumableSampler:
