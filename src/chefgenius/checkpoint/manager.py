@@ -271,18 +271,22 @@ class CheckpointManager:
 
     def _announce_temporary(self, step: int) -> Path | None:
         """Rank 0 creates the save's temporary directory and names it to every rank (None: it failed)."""
-        if self.rank == 0:
-            try:
-                message = {"tmp": str(temporary_directory(checkpoint_dir(self.root, step)))}
-            except CheckpointWriteError as err:
-                message = {"error": err.strerror}
-            distributed.broadcast_json(message)
-        else:
-            message = distributed.broadcast_json()
+        message = self._decided_by_rank0(lambda: {"tmp": str(temporary_directory(checkpoint_dir(self.root, step)))})
         if "error" in message:
             self._failed(step, CheckpointWriteError(errno.EIO, message["error"]))
             return None
         return Path(message["tmp"])
+
+    def _decided_by_rank0(self, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """What rank 0's ``decide()`` returns (or the error of the write it failed), on every rank."""
+        if self.rank != 0:
+            return distributed.broadcast_json()
+        try:
+            message = decide()
+        except CheckpointWriteError as err:
+            message = {"error": err.strerror}
+        distributed.broadcast_json(message)
+        return message
 
     @property
     def saving(self) -> int | None:
@@ -329,21 +333,17 @@ class CheckpointManager:
             print(f"error: cannot write checkpoint step {pending.step}: {problem}", file=sys.stderr, flush=True)
         reports = distributed.all_gather_json({"hashed": hashed, "problem": problem})
         final = checkpoint_dir(self.root, pending.step)
-        if self.rank == 0:
+
+        def commit() -> dict[str, Any]:
             problems = [r["problem"] for r in reports if r["problem"]]
             if problems:
                 shutil.rmtree(pending.tmp, ignore_errors=True)
-                outcome = {"error": f"cannot write checkpoint step {pending.step}: {problems[0]}"}
-            else:
-                merged = {rel: entry for r in reports for rel, entry in r["hashed"].items()}
-                try:
-                    commit_written(pending.tmp, final, pending.step, hashed=merged, pause=False)
-                    outcome = {"path": str(final)}
-                except CheckpointWriteError as err:
-                    outcome = {"error": err.strerror}
-            distributed.broadcast_json(outcome)
-        else:
-            outcome = distributed.broadcast_json()
+                return {"error": f"cannot write checkpoint step {pending.step}: {problems[0]}"}
+            merged = {rel: entry for r in reports for rel, entry in r["hashed"].items()}
+            commit_written(pending.tmp, final, pending.step, hashed=merged, pause=False)
+            return {"path": str(final)}
+
+        outcome = self._decided_by_rank0(commit)
         if "error" in outcome:
             return self._failed(pending.step, CheckpointWriteError(errno.EIO, outcome["error"]))
         self.last_saved = pending.step

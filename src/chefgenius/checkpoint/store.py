@@ -18,7 +18,8 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -262,7 +263,7 @@ def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[
     ``hashed``: manifest entries of files other processes wrote, hashed and fsynced.
     """
     root = final.parent
-    try:
+    with _discarded_on_error(tmp, final.name, step):
         seconds = float(os.environ.get(SAVE_PAUSE_ENV) or 0) if pause else 0
         if seconds:
             time.sleep(seconds)
@@ -282,12 +283,6 @@ def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except (OSError, SafetensorError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _as_write_error(err, final.name, step, tmp) from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -297,15 +292,22 @@ def commit_directory(final: Path, step: int, write: Callable[[Path], None],
 
     ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed)."""
     tmp = temporary_directory(final)
-    try:
+    with _discarded_on_error(tmp, final.name, step):
         write(tmp)
+    return commit_written(tmp, final, step, before_commit=before_commit)
+
+
+@contextmanager
+def _discarded_on_error(tmp: Path, name: str, step: int) -> Iterator[None]:
+    """Remove the temporary directory of a save that fails; a write failure becomes one CheckpointWriteError."""
+    try:
+        yield
     except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _as_write_error(err, final.name, step, tmp) from err
+        raise _as_write_error(err, name, step, tmp) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return commit_written(tmp, final, step, before_commit=before_commit)
 
 
 def commit_checkpoint(root: Path, step: int, write: Callable[[Path], None],
