@@ -428,17 +428,18 @@ class Trainer:
                 "grad_accum": self.grad_accum, "global_batch": self.sampler.samples_per_step,
                 "num_threads": torch.get_num_threads(), "created": time.time()}
 
-    def save_checkpoint(self, wait: bool = False) -> Path | None:
-        """Save this step's state; in the background (returns None at once) with ``checkpoint.async``
-        unless ``wait``. Returns the committed checkpoint, or None when it failed with
-        ``checkpoint.on_error: continue``. Multi-process: every rank calls it at the same step."""
+    def save_checkpoint(self) -> Path | None:
+        """Save this step's state. With ``checkpoint.async`` it is written in the background and this
+        returns None at once (``self.checkpoints.wait()`` commits it); otherwise it returns the
+        committed checkpoint, or None when it failed with ``checkpoint.on_error: continue``.
+        Multi-process: every rank calls it at the same step."""
         if self.cfg.checkpoint.async_:
             shards = ({SHARDS: shard_state(self.model, self.optimizer, self.rank, self.world_size)}
                       if self.sharded else None)
             self.checkpoints.save_async(self.state.step, model=None if self.sharded else self.model,
                                         tokenizer=self.tokenizer, pieces=self._pieces(), meta=self._meta(),
                                         rank_state=shards)
-            return self.checkpoints.wait() if wait else None
+            return None
         shards = (lambda tmp: save_shards(tmp, self.model, self.optimizer, self.rank, self.world_size)
                   ) if self.sharded else None
         return self.checkpoints.save(self.state.step, model=None if self.sharded else self.model,

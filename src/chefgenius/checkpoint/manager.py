@@ -289,11 +289,6 @@ class CheckpointManager:
         return message
 
     @property
-    def saving(self) -> int | None:
-        """The step of the save under way in the background, if any."""
-        return self._pending.step if self._pending is not None else None
-
-    @property
     def piece_written(self) -> bool:
         """Whether this process has a background save whose writing is over (what :meth:`poll` needs to
         hear from every rank)."""
@@ -369,8 +364,10 @@ class CheckpointManager:
         pending.abandon.set()
         try:
             pending.future.result()
-        except Exception:  # noqa: BLE001 - abandoned on purpose: its outcome no longer matters
+        except SaveAbandoned:
             pass
+        except Exception as err:  # noqa: BLE001 - the run is already failing or aborting: said, not raised
+            self.log(f"WARNING: checkpoint step {pending.step} was abandoned and had failed too: {err}")
 
     def _commit(self, step: int, model: Any, tokenizer: Any, pieces: dict[str, Stateful], meta: dict[str, Any],
                 rank_piece: Callable[[Path], None] | None) -> Path:

@@ -77,10 +77,6 @@ class TensorBuffers:
         event.record()
         return event
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
-
 
 def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for buf, src in pairs:
