@@ -97,7 +97,7 @@ def chefgenius_pieces(opt):
     from chefgenius.config import TrainingConfig
     from chefgenius.data.loader import ResumableSampler
     from chefgenius.optim import build_scheduler
-    from chefgenius.trainer import TrainState
+    from chefgenius.train_state import TrainState
 
     return {"optimizer": opt, "scheduler": build_scheduler(opt, TrainingConfig(), 1000),
             "sampler": ResumableSampler(list(range(1, 1001)), batch_size=8, grad_accum=1, seed=0),

@@ -118,7 +118,7 @@ def test_corrupt_newest_checkpoints_fall_back_and_still_end_exact(tmp_path):
         f.truncate(100)
     logs: list[str] = []
     trainer = Trainer(cfg, tmp_path / "b", log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
-    assert trainer.resume_from == ckpts[-4].path
+    assert trainer.resumed_from.path == ckpts[-4].path
     skipped = [line.split()[2].rstrip(":") for line in logs if line.startswith("skipping checkpoint")]
     assert skipped == [newest.name, second.name, third.name]
     trainer.fit()

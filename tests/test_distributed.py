@@ -282,18 +282,18 @@ def test_elastic_resume_keeps_the_global_batch_and_every_sample(ref2, tmp_path, 
         assert loss == pytest.approx(theirs[step], rel=1e-5)
 
 
-def test_a_world_size_that_cannot_keep_the_global_batch_is_refused(ref2, tmp_path, monkeypatch):
+def test_a_world_size_that_cannot_keep_the_global_batch_is_refused(ref2):
     from chefgenius.checkpoint.manager import open_checkpoint
     from chefgenius.checkpoint.state import ResumeError
-    from chefgenius.trainer import Trainer
+    from chefgenius.config import load_config
+    from chefgenius.resume import grad_accum_for
 
     cfg, ref = ref2
-    from chefgenius.config import load_config
-
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    trainer = Trainer(load_config(cfg, []), tmp_path / "x", log=lambda *a: None)
+    meta = open_checkpoint(ref / "checkpoints" / "step-0000016").meta
+    training = load_config(cfg, []).training
     with pytest.raises(ResumeError, match="global batch of 8 samples is not a multiple of training.batch_size=4 x 3"):
-        trainer._grad_accum(open_checkpoint(ref / "checkpoints" / "step-0000016"))
+        grad_accum_for(training, meta, 3, log=lambda *a: None)
+    assert grad_accum_for(training, meta, 1, log=lambda *a: None) == 2  # 1 process x 4 x 2 keeps the batch of 8
 
 
 # ----- FSDP2 (model.sharding: fsdp) ------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_lying_checkpoint_is_invalid_in_verify_list_inspect_and_resume_falls_bac
     assert r.exit_code == 1 and "INVALID" in _one_line(r.output)
     logs: list[str] = []
     trainer = Trainer(stopped_run[1], run, log=lambda *a: logs.append(" ".join(map(str, a)))).setup()
-    assert trainer.resume_from is not None and trainer.resume_from.name != newest.name
+    assert trainer.resumed_from is not None and trainer.resumed_from.path.name != newest.name
     assert any("skipping checkpoint " + newest.name in line for line in logs)
     assert trainer.fit().status == "completed"
     assert_same_weights(final_weights(stopped_run[0].parent / "ref"), final_weights(run))

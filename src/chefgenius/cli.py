@@ -82,7 +82,6 @@ def train(
         _launch_torchrun(nproc, max_restarts)
     from . import distributed
     from .config import load_config
-    from .rundir import RunDirectory
     from .trainer import Trainer
 
     overrides = list(set_ or [])
@@ -92,9 +91,7 @@ def train(
     if cfg.data.path and Path(cfg.data.path).exists():
         # Recorded absolute so that eval, report and resume work from any working directory.
         cfg.data.path = str(Path(cfg.data.path).resolve())
-    run = RunDirectory(output_dir)
-    trainer = Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ()))
-    with run.lock():
+    with Trainer(cfg, output_dir, resume=resume, allow_changes=tuple(allow_change or ())) as trainer:
         try:
             result = trainer.fit()
         except OSError as err:
@@ -114,19 +111,25 @@ def train(
                        f"{result.best_val_loss:.4f}; final model in {result.final_dir}")
             _write_report(output_dir)
             if sample and cfg.evaluation.prompts:
-                from .data.format import parse_recipe, render_recipe
-                from .generate import GenerationSettings, generate_texts
+                _print_sample(trainer, result.final_dir)
 
-                prompt = cfg.evaluation.prompts[0]
-                model = trainer.model
-                if trainer.sharded:  # the other processes are gone: read the gathered final/ model
-                    from .model import load_for_inference
 
-                    model = load_for_inference(result.final_dir)[0]
-                text = generate_texts(model, trainer.tokenizer, trainer.is_seq2seq, prompt,
-                                      GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens),
-                                      max_prompt_tokens=cfg.data.max_prompt_tokens).texts[0]
-                typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
+def _print_sample(trainer: Any, final_dir: Path) -> None:
+    """A greedy recipe for the first evaluation prompt, from the model just trained."""
+    from .data.format import parse_recipe, render_recipe
+    from .generate import GenerationSettings, generate_texts
+
+    cfg = trainer.cfg
+    prompt = cfg.evaluation.prompts[0]
+    model = trainer.model
+    if trainer.sharded:  # the other processes are gone: read the gathered final/ model
+        from .model import load_for_inference
+
+        model = load_for_inference(final_dir)[0]
+    text = generate_texts(model, trainer.tokenizer, trainer.is_seq2seq, prompt,
+                          GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens),
+                          max_prompt_tokens=cfg.data.max_prompt_tokens).texts[0]
+    typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
 
 
 def _launch_torchrun(nproc: int, max_restarts: int) -> None:

@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .config import ModelConfig
+from .config import Config, ModelConfig
 from .distributed import print0
 from .rundir import BASE_MODEL_DIR
 
@@ -203,13 +203,51 @@ def load_lora_adapter(base: torch.nn.Module, adapter_dir: Path, trainable: bool)
 
 def find_lora_base(adapter_dir: Path) -> str:
     """The base model of an adapter directory: the run's stored base when it moved with the run."""
+    from .checkpoint.layout import run_of
+
     recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    for parent in (adapter_dir, *list(adapter_dir.parents)[:3]):
-        if (parent / BASE_MODEL_DIR).is_dir():
-            return str(parent / BASE_MODEL_DIR)
+    stored = run_of(adapter_dir) / BASE_MODEL_DIR
+    if stored.is_dir():
+        return str(stored)
     if not recorded:
         raise ModelLoadError(f"{adapter_dir} holds LoRA adapters but no base model can be found for them")
     return recorded
+
+
+def build_model(cfg: Config, ckpt: Any, tokenizer: Any, base_model_dir: Path
+                ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The model to train (from ``ckpt``, a :class:`~chefgenius.checkpoint.Checkpoint`, when resuming),
+    and a freshly built LoRA base that the run must store (``base_model_dir``) before training."""
+    mc = cfg.model
+    max_pos = cfg.data.max_prompt_tokens + cfg.data.max_target_tokens + 8
+    fresh_base = None
+    if mc.use_lora:
+        if mc.from_scratch and ckpt is None:
+            base = build_from_scratch(mc, tokenizer, max_pos)
+            fresh_base = copy.deepcopy(base)  # apply_lora rewrites the base's layers in place
+        else:
+            base = load_pretrained(base_model_dir, strict=True) if mc.from_scratch else load_pretrained(mc.name_or_path)
+        if ckpt is not None:
+            model = load_lora_adapter(base, ckpt.model_dir, trainable=True)
+        else:
+            model = apply_lora(base, mc, base.config.model_type, bool(base.config.is_encoder_decoder))
+    elif ckpt is not None and ckpt.is_sharded:
+        # Built as at the start, then filled from every rank's shards once the optimizer exists.
+        model = build_from_scratch(mc, tokenizer, max_pos) if mc.from_scratch else load_pretrained(mc.name_or_path)
+    elif ckpt is not None:
+        model = load_pretrained(ckpt.model_dir, strict=True)
+    elif mc.from_scratch:
+        model = build_from_scratch(mc, tokenizer, max_pos)
+    else:
+        model = load_pretrained(mc.name_or_path)
+    if len(tokenizer) > unwrap(model).get_input_embeddings().weight.shape[0]:
+        unwrap(model).resize_token_embeddings(len(tokenizer))
+    if mc.gradient_checkpointing:
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        unwrap(model).config.use_cache = False
+    if cfg.training.precision == "bf16-pure":
+        model.to(torch.bfloat16)
+    return model, fresh_base
 
 
 def model_family(model: torch.nn.Module) -> str:

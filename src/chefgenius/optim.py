@@ -59,3 +59,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, total
     fn = partial(lr_factor, warmup=cfg.warmup_steps, total=total_steps, schedule=cfg.schedule,
                  min_ratio=cfg.min_lr_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def build_optimization(model: torch.nn.Module, cfg: TrainingConfig, device: torch.device, total_steps: int
+                       ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler | None]:
+    """Optimizer, learning-rate schedule and (fp16 only) gradient scaler."""
+    optimizer = build_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+    return optimizer, build_scheduler(optimizer, cfg, total_steps), scaler

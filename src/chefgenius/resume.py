@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from .checkpoint import ResumeError
-from .config import trajectory_differences
+from .config import TrainingConfig, trajectory_differences
 
 DATA_KEY = "data"
 THREADS_KEY = "training.num_threads"
@@ -53,3 +55,24 @@ def resume_changes(meta: dict[str, Any], config: dict[str, Any], *, train_finger
             warnings.append(f"warning: checkpoint written with {lib} {saved[lib]}, running {versions[lib]}; "
                             "exactness is only guaranteed on the same versions")
     return [{"key": k, "old": a, "new": b} for k, a, b in diffs], warnings
+
+
+def grad_accum_for(cfg: TrainingConfig, meta: dict[str, Any] | None, world_size: int,
+                   log: Callable[..., None]) -> int:
+    """Micro-batches per step: the config's, or after a change of world size what keeps the global batch."""
+    saved_world = meta.get("world_size", 1) if meta is not None else world_size
+    if saved_world == world_size:
+        return cfg.grad_accum
+    saved = meta["config"]["training"]
+    global_batch = int(meta.get("global_batch") or saved["batch_size"] * saved["grad_accum"] * saved_world)
+    per_micro = cfg.batch_size * world_size
+    if global_batch % per_micro:
+        raise ResumeError(
+            f"cannot resume on {world_size} processes: the run's global batch of {global_batch} samples "
+            f"is not a multiple of training.batch_size={cfg.batch_size} x {world_size} processes; use a "
+            f"process count that divides {global_batch // math.gcd(global_batch, cfg.batch_size)} or change "
+            "training.batch_size (with --allow-change training.batch_size)")
+    accum = global_batch // per_micro
+    log(f"world size {saved_world} -> {world_size}: gradient accumulation {accum} keeps the global "
+        f"batch of {global_batch} samples")
+    return accum

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from .checkpoint.layout import is_final
 from .distributed import rank
+from .fileio import atomic_write_text
 from .tracking import truncate_after
 
 LOCK_FILE = ".lock"
@@ -29,11 +31,6 @@ class RunDirError(ValueError):
 
 class RunLockedError(RunDirError):
     """Another process holds the run directory."""
-
-
-# Locks this process holds, by directory: (file descriptor, depth). Re-entrant so that `train`
-# can hold the lock across fit(), the report and the sample while fit() takes it too.
-_held: dict[str, tuple[int, int]] = {}
 
 
 class RunDirectory:
@@ -94,7 +91,7 @@ class RunDirectory:
 
     def is_complete(self) -> bool:
         """Whether training finished: ``final/`` was committed (it is written only at completion)."""
-        return (self.final / "summary.yaml").is_file()
+        return is_final(self.final)
 
     def read_config(self) -> dict[str, Any]:
         if not self.config_file.is_file():
@@ -108,10 +105,10 @@ class RunDirectory:
         return raw
 
     def write_config(self, config: dict[str, Any]) -> None:
-        _replace_text(self.config_file, yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=False))
 
     def write_data_report(self, report: dict[str, Any]) -> None:
-        _replace_text(self.data_report, json.dumps(report, indent=1))
+        atomic_write_text(self.data_report, json.dumps(report, indent=1))
 
     def truncate_logs(self, step: int) -> None:
         """Drop log entries after ``step``: they will be logged again, so the logs read like one run."""
@@ -123,41 +120,27 @@ class RunDirectory:
     def lock(self) -> Iterator[None]:
         """Exclusive lock for the whole run; the OS releases it when the process dies, even by SIGKILL.
 
-        In a multi-process run rank 0 holds it for the job; the other ranks take no lock.
+        In a multi-process run rank 0 holds it for the job; the other ranks take no lock. Not
+        re-entrant: one owner takes it (the Trainer, or a command that reads the run).
         """
         if rank() != 0:
             yield
             return
-        key = str(self.path.resolve())
-        if key in _held:
-            fd, depth = _held[key]
-            _held[key] = (fd, depth + 1)
-        else:
-            self.check_usable()
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RunLockedError(f"{self.path} is in use by another chefgenius process (pid {holder}); wait for "
-                                     "it to finish or stop it, or choose another --output-dir") from None
+        self.check_usable()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(f"{self.path} is in use by another chefgenius process (pid {holder}); wait for "
+                                 "it to finish or stop it, or choose another --output-dir") from None
+        try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            _held[key] = (fd, 1)
-        try:
             yield
         finally:
-            fd, depth = _held[key]
-            if depth > 1:
-                _held[key] = (fd, depth - 1)
-            else:
-                del _held[key]
-                os.close(fd)  # closing releases the flock; the pid text is left, harmless
+            os.close(fd)  # closing releases the flock; the pid text is left, harmless
 
 
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

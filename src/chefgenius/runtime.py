@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -34,3 +35,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def setup_runtime(cfg: TrainingConfig, rank: int, world_size: int) -> torch.device:
+    """The device, the process group (torchrun), threads and determinism, and seeds (``seed + rank``)."""
+    from . import distributed
+
+    device = resolve_device(cfg.device)
+    if world_size > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", distributed.local_rank())
+    distributed.init(device)
+    apply_runtime(cfg)
+    seed_everything(cfg.seed + rank)
+    return device
+
+
+def autocast_for(device: torch.device, precision: str) -> AbstractContextManager:
+    """A fresh autocast context for mixed precision (bf16 / fp16); a no-op for fp32 and bf16-pure."""
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return nullcontext()

@@ -1,22 +1,19 @@
 """FSDP2 (``fully_shard``) for models that do not fit one device, and their sharded training state.
 
-Each rank saves its own shard of every parameter and of its AdamW moments under ``rank-NNNNN/``
-as safetensors, with a JSON index (global shape, offset along dim 0) — not
-torch.distributed.checkpoint's format, whose metadata file is a pickle. Loading reads every
-rank's shards, assembles full tensors and takes this rank's slice, so a checkpoint loads on any
-number of processes, or into an unsharded model.
+Each rank saves its own shard of every parameter and of its AdamW moments (as safetensors, with a
+JSON index: global shape, offset along dim 0; files named by checkpoint/shards.py) — not
+torch.distributed.checkpoint's format, whose metadata file is a pickle. Loading assembles full
+tensors from every rank's shards and takes this rank's slice, so a checkpoint loads on any number
+of processes, or into an unsharded model.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint.format import CheckpointFormatError, load_state, save_state
-from .checkpoint.layout import SHARDS, rank_dir
 from .checkpoint.state import ResumeError
 
 
@@ -71,11 +68,6 @@ def _offset(global_rows: int, rank: int, world: int) -> int:
     return min(rank * math.ceil(global_rows / world), global_rows)
 
 
-def save_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-                world: int) -> None:
-    save_state(rank_dir(directory, rank), SHARDS, shard_state(model, optimizer, rank, world))
-
-
 def shard_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, world: int) -> dict[str, Any]:
     """This rank's slices of the model and of its optimizer state, plus the index to reassemble them
     (the tensors are the live local shards: copy them before training goes on)."""
@@ -104,15 +96,11 @@ def shard_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: 
             "param_groups": groups}
 
 
-def _assemble(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float], list]:
+def _assemble(parts: list[dict[str, Any]], name: str
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float], list]:
     """Full tensors from every rank's shards (model, optimizer moments), per-parameter steps, groups."""
-    dirs = sorted(ckpt.glob("rank-*"))
-    try:
-        parts = [load_state(d, SHARDS) for d in dirs if (d / f"{SHARDS}.json").is_file()]
-    except CheckpointFormatError as err:
-        raise ResumeError(f"cannot resume: sharded state: {err}") from None
     if not parts or len(parts) != parts[0].get("world_size"):
-        raise ResumeError(f"cannot resume: {ckpt.name} holds {len(parts)} of "
+        raise ResumeError(f"cannot resume: {name} holds {len(parts)} of "
                           f"{parts[0].get('world_size') if parts else '?'} model shards (damaged or incomplete)")
     full: dict[str, torch.Tensor] = {}
     moments: dict[str, torch.Tensor] = {}
@@ -131,12 +119,13 @@ def _assemble(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tens
     return full, moments, parts[0]["steps"], parts[0]["param_groups"]
 
 
-def load_shards(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-                world: int) -> None:
-    """Fill this rank's slices (or the whole unsharded model) from a sharded checkpoint of any world size."""
+def load_shards(parts: list[dict[str, Any]], name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                rank: int, world: int) -> None:
+    """Fill this rank's slices (or the whole unsharded model) from the shards of a checkpoint (``name``)
+    saved by any number of processes."""
     from torch.distributed.tensor import DTensor
 
-    full, moments, steps, groups = _assemble(ckpt)
+    full, moments, steps, groups = _assemble(parts, name)
     params = dict(model.named_parameters())
     if set(full) != set(params):
         missing, extra = sorted(set(params) - set(full)), sorted(set(full) - set(params))

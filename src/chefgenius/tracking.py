@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .config import LoggingConfig
+from .fileio import atomic_write_text
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -27,9 +27,7 @@ def truncate_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [e for e in read_jsonl(path) if e.get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
 
 
 class MetricsWriter:
@@ -80,3 +78,13 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+class NullMetrics:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, entry: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

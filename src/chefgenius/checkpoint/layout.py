@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 MANIFEST = "MANIFEST.json"
+SUMMARY = "summary.yaml"  # in final/: written only when training completed
 
 # Named pieces of a training checkpoint. ``ckpt inspect`` reports them under these names.
 MODEL = "model"
@@ -53,6 +54,27 @@ def model_dir(ckpt: Path) -> Path:
 
 def tokenizer_dir(ckpt: Path) -> Path:
     return ckpt / TOKENIZER
+
+
+def is_final(final_dir: Path) -> bool:
+    """Whether ``final_dir`` holds a committed final model (it is written only at completion)."""
+    return (final_dir / SUMMARY).is_file()
+
+
+def run_of(directory: Path) -> Path:
+    """The run directory that a checkpoint, its ``model/`` directory, or ``final/`` belongs to
+    (for any other directory: its parent)."""
+    directory = Path(directory)
+    if directory.name == MODEL:
+        directory = directory.parent
+    if STEP_DIR.match(directory.name):
+        return directory.parent.parent  # RUN/checkpoints/step-NNNNNNN
+    return directory.parent
+
+
+def checkpoint_name_hint(root: Path) -> str:
+    """How a user names a checkpoint of a run, in messages."""
+    return f"{root}/step-NNNNNNN"
 
 
 def hf_dirs(path: Path) -> tuple[Path, Path]:

@@ -24,7 +24,19 @@ from safetensors import SafetensorError
 from .. import distributed
 from ..config import CheckpointConfig
 from .format import CheckpointFormatError, load_state
-from .layout import META, RNG, SAMPLER, STATE_PIECES, TRAIN_STATE, checkpoint_dir, model_dir, step_of, tokenizer_dir
+from .layout import (
+    META,
+    RNG,
+    SAMPLER,
+    STATE_PIECES,
+    SUMMARY,
+    TRAIN_STATE,
+    checkpoint_dir,
+    model_dir,
+    step_of,
+    tokenizer_dir,
+)
+from .shards import is_sharded
 from .snapshot import TensorBuffers, take_snapshot, write_snapshot
 from .state import ResumeError, Stateful, load_training_state, write_rank_state, write_training_state
 from .store import (
@@ -64,6 +76,10 @@ class Checkpoint:
     @property
     def tokenizer_dir(self) -> Path:
         return tokenizer_dir(self.path)
+
+    @property
+    def is_sharded(self) -> bool:
+        return is_sharded(self.path)
 
     def load_state(self, pieces: dict[str, Stateful], rank: int = 0, missing_rng_seed: int | None = None) -> bool:
         """Every training piece, then the RNG; refuses state whose step disagrees with the directory.
@@ -448,7 +464,7 @@ def write_final(final_dir: Path, step: int, *, model: Any, tokenizer: Any, summa
                 state_dict: dict[str, Any] | None = None) -> Path:
     def write(tmp: Path) -> None:
         write_hf_directory(tmp, model, tokenizer, state_dict)
-        (tmp / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+        (tmp / SUMMARY).write_text(yaml.safe_dump(summary, sort_keys=False))
 
     return commit_directory(final_dir, step, write)
 

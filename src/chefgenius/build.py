@@ -1,0 +1,53 @@
+"""Builders of a run's parts that belong to no single module: data for every rank, run metadata."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import transformers
+
+from . import __version__, distributed
+from .config import Config
+from .data.prepared import PreparedDataset, prepare_dataset
+from .data.tokenize import default_cache_dir
+from .model import load_tokenizer, model_family
+
+
+def versions() -> dict[str, str]:
+    return {"chefgenius": __version__, "torch": str(torch.__version__), "transformers": str(transformers.__version__),
+            "python": sys.version.split()[0]}
+
+
+def build_data(cfg: Config, ckpt: Any, *, is_seq2seq: bool, rank: int, log: Callable[..., None]
+               ) -> tuple[PreparedDataset, Any]:
+    """The prepared dataset and the tokenizer: the checkpoint's, the pretrained model's, or (from
+    scratch) the one prepared with the data. Rank 0 prepares (or finds) the dataset; the others then
+    map it."""
+    mc = cfg.model
+    given = (load_tokenizer(ckpt.tokenizer_dir) if ckpt is not None else
+             None if mc.from_scratch else load_tokenizer(mc.name_or_path))
+    if rank != 0:
+        distributed.barrier()
+    data = prepare_dataset(cfg.data, is_seq2seq=is_seq2seq, tokenizer=given,
+                           vocab_size=mc.vocab_size if mc.from_scratch else None,
+                           cache_dir=default_cache_dir(cfg.data.cache_dir), log=log,
+                           progress=cfg.logging.progress_bar and rank == 0)
+    if rank == 0:
+        distributed.barrier()
+    rep = data.report
+    dropped = ", ".join(f"{reason}: {n}" for reason, n in rep.dropped.most_common())
+    log(f"data: read {rep.num_read}, kept {rep.num_kept}, dropped {rep.num_dropped}"
+        + (f" ({dropped})" if dropped else "") + "; details in data_report.json")
+    return data, given if given is not None else data.tokenizer()
+
+
+def run_meta(cfg: Config, data: PreparedDataset, model: torch.nn.Module, *, is_seq2seq: bool, world_size: int,
+             grad_accum: int, global_batch: int) -> dict[str, Any]:
+    """What every checkpoint records about the run besides its state (resume checks read it)."""
+    return {"config": cfg.to_dict(), "versions": versions(), "train_fingerprint": data.train_fingerprint,
+            "val_fingerprint": data.val_fingerprint, "split_seed": cfg.data.split_seed, "is_seq2seq": is_seq2seq,
+            "model_family": model_family(model), "world_size": world_size, "grad_accum": grad_accum,
+            "global_batch": global_batch, "num_threads": torch.get_num_threads()}
