@@ -82,10 +82,11 @@ def move_checkpoint_to(run: Path, step: int, position: int) -> None:
     """Rewrite the newest checkpoint as if taken at ``step`` (sampler at ``position`` of its epoch), through
     chefgenius's own state files, so that resume cost at a late step can be measured without training that long."""
     from chefgenius.checkpoint import list_checkpoints, load_state, save_state
+    from chefgenius.checkpoint.layout import MANIFEST, checkpoint_dir
     from chefgenius.checkpoint.store import write_manifest
 
     src = list_checkpoints(run / "checkpoints")[-1].path
-    dst = src.parent / f"step-{step:07d}"
+    dst = checkpoint_dir(src.parent, step)
     src.rename(dst)
     state = load_state(dst, "train_state")
     state["step"] = step
@@ -98,7 +99,7 @@ def move_checkpoint_to(run: Path, step: int, position: int) -> None:
     sched = load_state(dst, "scheduler")
     sched["last_epoch"], sched["_step_count"] = step, step + 1
     save_state(dst, "scheduler", sched)
-    (dst / "MANIFEST.json").unlink()
+    (dst / MANIFEST).unlink()
     write_manifest(dst, step)
 
 

@@ -97,14 +97,15 @@ def timed(cmd: list[str], done, env: dict[str, str]) -> float:
 
 def resumable_copy(base: Path, run: Path, step: int) -> Path:
     """A copy of ``base`` whose only checkpoint is its step-10 one, moved to ``step`` (mid-epoch)."""
-    shutil.copytree(base, run)
-    for extra in run.glob("checkpoints/step-*"):
-        if extra.name != "step-0000010":
-            shutil.rmtree(extra)
-    if step != 10:
-        from chefgenius.checkpoint import load_state
+    from chefgenius.checkpoint import list_checkpoints, load_state
+    from chefgenius.checkpoint.layout import checkpoint_dir
 
-        sampler = load_state(run / "checkpoints" / "step-0000010", "sampler")
+    shutil.copytree(base, run)
+    for extra in list_checkpoints(run / "checkpoints"):
+        if extra.step != 10:
+            shutil.rmtree(extra.path)
+    if step != 10:
+        sampler = load_state(checkpoint_dir(run / "checkpoints", 10), "sampler")
         half = sampler["num_samples"] // 2 // sampler["samples_per_step"] * sampler["samples_per_step"]
         move_checkpoint_to(run, step, half)
     return run
@@ -126,6 +127,7 @@ def main() -> None:
         # Prepare once (both sides then read prepared token ids) and dump the ids for the HF script.
         timed([*cg, "-o", str(work / "warm")], lambda: logged_step(work / "warm") >= 1, env)
         os.environ["CHEFGENIUS_CACHE"] = env["CHEFGENIUS_CACHE"]
+        from chefgenius.checkpoint.layout import checkpoint_dir
         from chefgenius.config import load_config
         from chefgenius.data.prepared import prepare_dataset
         from chefgenius.data.tokenize import default_cache_dir
@@ -140,7 +142,7 @@ def main() -> None:
         (work / "meta.json").write_text(json.dumps({"pad": tok.pad_token_id, "vocab": len(tok)}))
         (work / "hf.py").write_text(HF_SCRIPT)
         # A run with a checkpoint at step 10 to resume from (copied fresh for every repeat).
-        timed([*cg, "-o", str(work / "base")], lambda: (work / "base" / "checkpoints" / "step-0000010").is_dir(), env)
+        timed([*cg, "-o", str(work / "base")], lambda: checkpoint_dir(work / "base" / "checkpoints", 10).is_dir(), env)
         for rep in range(args.repeats):
             run = work / f"fresh{rep}"
             res["chefgenius, fresh"].append(timed([*cg, "-o", str(run)], lambda r=run: logged_step(r) >= 1, env))

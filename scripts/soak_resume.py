@@ -1,6 +1,6 @@
 """Soak test (not in CI): kill and resume one training run N times, then compare with a straight run.
 
-    python scripts/soak_resume.py --kills 100 --workdir /tmp/soak
+    python scripts/soak_resume.py --kills 100 --workdir /tmp/soak [--save-pause 0.2]
 
 Prints how many resumes succeeded and whether the final weights equal the uninterrupted run's.
 """
@@ -18,8 +18,10 @@ import yaml
 from safetensors.torch import load_file
 
 from chefgenius.config import build_config
-from chefgenius.soak import kill_and_resume
 from chefgenius.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the kill driver lives with the tests
+from tests.soak import kill_and_resume, slow_saves  # noqa: E402
 
 
 def soak_config(num_epochs: int):
@@ -44,6 +46,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/chefgenius-soak"))
+    ap.add_argument("--save-pause", type=float, default=0.0,
+                    help="hold each save open this long in its (background) writer, so more kills hit a save")
     args = ap.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -56,7 +60,8 @@ def main() -> int:
     print(f"uninterrupted run: {time.time() - t0:.0f}s", flush=True)
     t0 = time.time()
     result = kill_and_resume(config_path, args.workdir / "killed", num_kills=args.kills, seed=args.seed,
-                             during_save_every=3, timeout_s=6 * 3600)
+                             during_save_every=3, timeout_s=6 * 3600,
+                             env=slow_saves(args.save_pause) if args.save_pause else None)
     a, b = weights(args.workdir / "straight"), weights(args.workdir / "killed")
     same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ok = result.exit_code == 0 and same

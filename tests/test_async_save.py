@@ -17,10 +17,10 @@ from chefgenius.checkpoint import list_checkpoints, load_state, verify_checkpoin
 from chefgenius.checkpoint.layout import TMP_PREFIX
 from chefgenius.checkpoint.snapshot import TensorBuffers, take_snapshot, write_snapshot
 from chefgenius.model import build_from_scratch, train_tokenizer
-from chefgenius.soak import last_logged_step, train_command
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config, write_config
+from .soak import last_logged_step, slow_saves, train_command
 
 
 def _files(ckpt: Path) -> dict[str, bytes]:
@@ -113,7 +113,7 @@ def test_sigkill_while_a_background_save_is_in_flight_loses_nothing(tmp_path):
     config = write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
     # Each save is held open for 3 s in its background thread: training must go on meanwhile.
-    env = {**os.environ, "CHEFGENIUS_TEST_SAVE_PAUSE_S": "3"}
+    env = slow_saves(3)
     proc = subprocess.Popen(train_command(config, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     root = run / "checkpoints"
     deadline = time.monotonic() + 120

@@ -10,7 +10,7 @@ import pytest
 from chefgenius.config import QualityConfig
 from chefgenius.data.clean import clean_recipes, content_hash, quality_score, repair
 from chefgenius.data.loader import ResumableSampler
-from chefgenius.data.sources import DataError, Recipe, read_csv, read_jsonl, read_source
+from chefgenius.data.sources import DataError, Recipe, read_source
 from chefgenius.data.split import fingerprint, split_recipes
 
 from .conftest import SHARED_DATA
@@ -29,7 +29,7 @@ def test_csv_parses_json_lists_and_counts_malformed_rows(tmp_path):
     evil = '3,Evil,"__import__(\'os\').system(\'touch pwned\')","[""c""]",x,y,"[]"\n'
     path = tmp_path / "r.csv"
     path.write_text(CSV_HEADER + good + bad_json + too_many + evil)
-    rows = list(read_csv(path))
+    rows = list(read_source(str(path), "csv"))
     assert isinstance(rows[0], Recipe) and rows[0].ingredients == ("1 onion", "2 cups water")
     assert rows[0].ner == ("onion", "water")
     kept, report = clean_recipes(rows, QualityConfig())
@@ -44,7 +44,7 @@ def test_missing_columns_and_missing_file_are_clear_errors(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("title,steps\nSoup,boil\n")
     with pytest.raises(DataError, match="lacks column"):
-        list(read_csv(path))
+        list(read_source(str(path), "csv"))
     with pytest.raises(DataError, match="does not exist"):
         read_source(str(tmp_path / "nope.csv"))
 
@@ -57,7 +57,7 @@ def test_jsonl_accepts_lists_and_newline_strings_and_honours_quality_score(tmp_p
         "not an object",
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
-    parsed = list(read_jsonl(path))
+    parsed = list(read_source(str(path), "jsonl"))
     assert parsed[0].directions == ("Beat.", "Cook.") and parsed[1].ingredients == ("1 egg", "salt")
     kept, report = clean_recipes(parsed, QualityConfig())
     assert [r.title for r in kept] == ["A"]
@@ -80,7 +80,7 @@ def test_junk_sample_file_is_repaired_and_scored(tmp_path):
     path = SHARED_DATA / "recipenlg-junk-sample.csv"
     if not path.exists():
         pytest.skip(f"{path} absent (shared data folder not provided)")
-    kept, report = clean_recipes(read_csv(path), QualityConfig())
+    kept, report = clean_recipes(read_source(str(path), "csv"), QualityConfig())
     assert report.num_read == 10
     assert report.repaired["exclamation_runs"] >= 4 and report.repaired["section_headers"] >= 1
     assert all("!!" not in " ".join(r.directions) for r in kept)
@@ -160,7 +160,7 @@ def test_real_recipenlg_sample_loads():
     path = SHARED_DATA / "recipenlg-sample-1k.csv"
     if not path.exists():
         pytest.skip(f"{path} absent (shared data folder not provided)")
-    kept, report = clean_recipes(read_csv(path), QualityConfig())
+    kept, report = clean_recipes(read_source(str(path), "csv"), QualityConfig())
     assert report.num_read == 999 and report.num_kept > 800
 
 

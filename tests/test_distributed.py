@@ -25,6 +25,7 @@ from chefgenius.checkpoint.manager import checkpoint_problem
 from chefgenius.data.loader import sample_digest
 
 from .conftest import assert_same_weights, final_weights, tiny_config, write_config
+from .soak import slow_saves
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend")
@@ -240,7 +241,7 @@ def test_a_rank_killed_while_a_checkpoint_is_written_commits_nothing(ref2, tmp_p
     cfg, ref = ref2
     run = tmp_path / "run"
     # Each rank pauses after writing its piece: rank 1 is killed there, before anyone commits.
-    proc = start(cfg, run, 2, env={"CHEFGENIUS_TEST_SAVE_PAUSE_S": "30"})
+    proc = start(cfg, run, 2, env=slow_saves(30))
     ckpts = run / "checkpoints"
     wait_until(lambda: ckpts.is_dir() and any(p.name.startswith(".tmp-") and (p / "rank-00001").is_dir()
                                               for p in ckpts.iterdir()), proc)
@@ -259,7 +260,7 @@ def test_elastic_resume_keeps_the_global_batch_and_every_sample(ref2, tmp_path, 
     cfg = make_config(tmp_path, "elastic", grad_accum=2 if before == 1 else 1)
     run = tmp_path / "run"
     # Saves pause before they commit, so the kill lands before step 20's checkpoint exists.
-    proc = start(cfg, run, before, env={"CHEFGENIUS_TEST_SAVE_PAUSE_S": "0.6"})
+    proc = start(cfg, run, before, env=slow_saves(0.6))
     wait_until(lambda: (run / "checkpoints" / "step-0000016").is_dir(), proc)  # 5 steps into epoch 1
     kill_job(proc)
     if after == 1:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chefgenius.evaluate import (
-    bleu,
-    distinct_n,
-    repeated_ngram_rate,
-    rouge,
-    structure_score,
-    text_metrics,
-)
+from chefgenius.data.format import structure_score
+from chefgenius.metrics import bleu, distinct_n, repeated_ngram_rate, rouge, text_metrics
 
 GOOD = "Title: Egg Toast\nIngredients:\n- 2 eggs\n- 1 slice bread\nDirections:\n1. Fry the eggs.\n2. Toast the bread."
 

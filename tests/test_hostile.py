@@ -21,10 +21,10 @@ from chefgenius.checkpoint.manager import checkpoint_problem
 from chefgenius.checkpoint.store import write_manifest
 from chefgenius.cli import app
 from chefgenius.model import ModelLoadError
-from chefgenius.soak import last_logged_step, train_command
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, resize_fs, tiny_config, write_config
+from .soak import last_logged_step, train_command
 from .test_resume import Crash, _crash_at, train_losses
 
 runner = CliRunner()

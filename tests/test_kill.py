@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from chefgenius.checkpoint import list_checkpoints, verify_checkpoint
-from chefgenius.soak import kill_and_resume, last_logged_step, train_command
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
+from .soak import kill_and_resume, last_logged_step, slow_saves, train_command
 
 
 def _write_config(cfg, path: Path) -> Path:
@@ -41,7 +41,7 @@ def test_ten_random_kills_some_during_checkpoint_writes(tmp_path):
                       evaluation={"every_steps": 6, "at_epoch_end": False})
     _reference(cfg, tmp_path / "ref")
     # The pause hook holds every save open for 0.3 s, so the kills meant for a save land in one.
-    env = {**os.environ, "CHEFGENIUS_TEST_SAVE_PAUSE_S": "0.3"}
+    env = slow_saves(0.3)
     result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=10, seed=2,
                              during_save_every=3, env=env)
     assert result.kills == 10 and result.exit_code == 0, result.log
@@ -89,7 +89,7 @@ def test_second_ctrl_c_aborts_without_leaving_a_broken_checkpoint(tmp_path):
     config = _write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
     # Saves are held open for 2 s, so the second Ctrl-C lands while the stop's own save is under way.
-    proc = _start_and_wait_for_step(config, run, 3, env={**os.environ, "CHEFGENIUS_TEST_SAVE_PAUSE_S": "2"})
+    proc = _start_and_wait_for_step(config, run, 3, env=slow_saves(2))
     proc.send_signal(signal.SIGINT)
     seen = b""
     for line in iter(proc.stdout.readline, b""):  # the handler has run: a second signal is now a second one

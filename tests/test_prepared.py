@@ -16,13 +16,13 @@ import torch
 from chefgenius.config import build_config
 from chefgenius.data import prepared as prepared_mod
 from chefgenius.data.loader import ResumableSampler, make_batch
-from chefgenius.data.prepare import prepare_recipes
 from chefgenius.data.prepared import prepare_dataset
 from chefgenius.data.sources import bundled_corpus_path
-from chefgenius.data.tokenize import tokenize_recipes, tokenizer_digest
+from chefgenius.data.tokenize import tokenizer_digest
 from chefgenius.model import train_tokenizer
 
 from .conftest import SHARED_DATA, quiet
+from .reference_data import prepare_recipes, tokenize_recipes
 
 
 def _data_cfg(path: Path | None, **over):

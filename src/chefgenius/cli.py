@@ -164,35 +164,10 @@ def _write_report(run_dir: Path) -> None:
 
 def _load_model(run: Optional[Path], model: Optional[str], device: str):
     """Model, tokenizer, is_seq2seq and the prompt budget it was trained with."""
-    import torch
+    from .inference import load_generator
 
-    from .config import build_config
-    from .model import load_for_inference
-    from .rundir import RunDirectory
-
-    if (run is None) == (model is None):
-        raise ConfigError("pass exactly one of --run DIR and --model PATH")
-    max_prompt_tokens = 64
-    if run is not None:
-        rd = RunDirectory(run)
-        if not rd.path.is_dir():
-            raise ConfigError(f"run directory {run} does not exist")
-        if not rd.is_complete():
-            raise ConfigError(f"{run} has no final/ model (training not complete); use --model "
-                              f"{rd.checkpoints}/step-NNNNNNN")
-        max_prompt_tokens = build_config(rd.read_config()).data.max_prompt_tokens
-        path: Any = rd.final
-    else:
-        path = model
-        for candidate in (Path(model), *list(Path(model).parents)[:2]):
-            rd = RunDirectory(candidate)
-            if rd.config_file.is_file() and rd.checkpoints.is_dir():
-                max_prompt_tokens = build_config(rd.read_config()).data.max_prompt_tokens
-                break
-    m, tok, seq2seq = load_for_inference(path)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    return m.to(dev), tok, seq2seq, max_prompt_tokens
+    g = load_generator(run=run, model=model, device=device)
+    return g.model, g.tokenizer, g.is_seq2seq, g.max_prompt_tokens
 
 
 @app.command()
@@ -221,9 +196,8 @@ def generate(
         min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
 ) -> None:
     """Generate recipes from ingredients."""
-    from .coverage import coverage as coverage_of
     from .data.format import parse_recipe, render_recipe
-    from .generate import GenerationSettings, generate_texts
+    from .generate import GenerationSettings, generate_texts, recipe_record
 
     if (ingredients is None) == (input_file is None):
         raise ConfigError("pass --ingredients 'a, b, c' or --input FILE (one ingredient list per line)")
@@ -234,47 +208,48 @@ def generate(
     settings.generate_kwargs(num)  # validates the preset before the model loads
     m, tok, seq2seq, max_prompt_tokens = _load_model(run, model, device)
 
-    def gen(prompt: str):
+    def gen(prompt: str) -> list[str]:
         result = generate_texts(m, tok, seq2seq, prompt, settings, num=num, title=title,
                                 max_prompt_tokens=max_prompt_tokens)
         for line in result.warnings(max_prompt_tokens):
             typer.echo(f"warning: {line}", err=True)
         return result.texts
 
-    def used(prompt: str, text: str) -> dict[str, Any]:
-        cov = coverage_of([x.strip() for x in prompt.split(",") if x.strip()], text)
-        return {"used": cov.used, "unused": cov.unused, "unused_in_directions":
-                [x for x in cov.used if x not in cov.in_directions], "ingredient_recall": round(cov.recall, 4)}
-
     if input_file is not None:
-        if not input_file.is_file():
-            raise ConfigError(f"--input {input_file} does not exist")
-        from tqdm.auto import tqdm
-
-        prompts = [line.strip() for line in input_file.read_text().splitlines() if line.strip()]
-        out = open(output_file, "w") if output_file else sys.stdout
-        try:
-            for p in tqdm(prompts, desc="generate", file=sys.stderr):
-                for i, text in enumerate(gen(p)):
-                    parsed = parse_recipe(text)
-                    out.write(json.dumps({"ingredients": p, "index": i, "text": text, "title": parsed.title,
-                                          "ingredients_list": list(parsed.ingredients),
-                                          "directions": list(parsed.directions), **used(p, text)}) + "\n")
-        finally:
-            if output_file:
-                out.close()
+        _generate_file(gen, input_file, output_file)
         return
-    texts = gen(ingredients)
-    for i, text in enumerate(texts):
-        parsed = parse_recipe(text)
+    for i, text in enumerate(gen(ingredients)):
+        record = recipe_record(ingredients, text)
         if as_json:
-            typer.echo(json.dumps({"title": parsed.title, "ingredients": list(parsed.ingredients),
-                                   "directions": list(parsed.directions), "complete": parsed.is_complete,
-                                   **used(ingredients, text)}))
+            typer.echo(json.dumps(record))
         else:
             if i:
                 typer.echo("\n" + "-" * 40 + "\n")
+            parsed = parse_recipe(text)
             typer.echo(render_recipe(parsed) if parsed.is_complete else text)
+
+
+def _generate_file(gen: Any, input_file: Path, output_file: Optional[Path]) -> None:
+    """``generate --input``: one JSON line per generated recipe, for one ingredient list per input line."""
+    from tqdm.auto import tqdm
+
+    from .generate import recipe_record
+
+    if not input_file.is_file():
+        raise ConfigError(f"--input {input_file} does not exist")
+    prompts = [line.strip() for line in input_file.read_text().splitlines() if line.strip()]
+    out = open(output_file, "w") if output_file else sys.stdout
+    try:
+        for p in tqdm(prompts, desc="generate", file=sys.stderr):
+            for i, text in enumerate(gen(p)):
+                record = recipe_record(p, text)
+                out.write(json.dumps({"ingredients": p, "index": i, "text": text, "title": record["title"],
+                                      "ingredients_list": record["ingredients"],
+                                      **{k: v for k, v in record.items() if k not in ("title", "ingredients")}})
+                          + "\n")
+    finally:
+        if output_file:
+            out.close()
 
 
 @app.command("eval")
@@ -495,13 +470,13 @@ def ckpt_export(path: Path, out: Path,
                 ) -> None:
     """Write one Hugging Face model directory (weights and tokenizer; LoRA merged unless --no-merge-lora)."""
     from .checkpoint import checkpoint_problem
-    from .checkpoint.layout import MANIFEST
+    from .checkpoint.layout import has_manifest
     from .checkpoint.manager import export_directory, write_hf_directory
     from .model import load_for_inference
 
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist or is not a directory (pass a checkpoint or final/ directory)")
-    if (path / MANIFEST).exists():
+    if has_manifest(path):
         problem = checkpoint_problem(path)
         if problem:
             raise ConfigError(f"refusing to export: {problem}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .data.format import TITLE_LABEL, format_prompt, title_prefix
+from .data.format import TITLE_LABEL, format_prompt, structure_score, title_prefix
 from .data.tokenize import encode_example
 from .model import max_positions
 
@@ -179,14 +179,8 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
     prefix_text = title_prefix(title) if title else TITLE_LABEL
     prefix_ids = tokenizer.encode(prefix_text, add_special_tokens=False) if prefix_text else []
     result = Generation([], dropped, kwargs["max_new_tokens"])
-    limit = max_positions(model)
-    if limit is not None and not is_seq2seq and len(src) + len(prefix_ids) + result.max_new_tokens > limit:
-        room = limit - len(src) - len(prefix_ids)
-        if room < 1:
-            raise GenerationError(f"the prompt and title take {len(src) + len(prefix_ids)} tokens, the model has "
-                                  f"{limit} positions; shorten the title or the ingredient list")
-        result.capped_from, result.max_new_tokens = result.max_new_tokens, room
-        kwargs["max_new_tokens"] = room
+    kwargs["max_new_tokens"] = _cap_budget(result, max_positions(model) if not is_seq2seq else None,
+                                           len(src) + len(prefix_ids))
     was_training = model.training
     model.eval()
     common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
@@ -226,12 +220,38 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
     return result
 
 
+def _cap_budget(result: Generation, limit: int | None, used: int) -> int:
+    """New tokens that fit the model's positions after ``used`` prompt tokens (recorded in ``result``)."""
+    if limit is None or used + result.max_new_tokens <= limit:
+        return result.max_new_tokens
+    if limit - used < 1:
+        raise GenerationError(f"the prompt and title take {used} tokens, the model has {limit} positions; shorten "
+                              "the title or the ingredient list")
+    result.capped_from, result.max_new_tokens = result.max_new_tokens, limit - used
+    return result.max_new_tokens
+
+
 def _most_covering(candidates: list[list[str]], ingredients: list[str]) -> list[str]:
     """Per returned recipe, the candidate that uses the most requested ingredients among those with a
     complete structure (title, ingredient list, numbered directions), if any; ties go to the least
     steered one (candidates come in order of increasing steering)."""
     from .coverage import coverage
-    from .evaluate import structure_score
 
     return [max(((structure_score(c[i]) == 1.0, coverage(ingredients, c[i]).recall, -k), c[i])
                 for k, c in enumerate(candidates))[1] for i in range(len(candidates[0]))]
+
+
+def recipe_record(ingredients: list[str] | str, text: str) -> dict[str, Any]:
+    """A generated recipe as data: its parsed parts and which requested ingredients it used (what
+    ``generate --json`` prints)."""
+    from .coverage import coverage
+    from .data.format import parse_recipe
+
+    if isinstance(ingredients, str):
+        ingredients = [x.strip() for x in ingredients.split(",")]
+    parsed = parse_recipe(text)
+    cov = coverage([x for x in ingredients if x], text)
+    return {"title": parsed.title, "ingredients": list(parsed.ingredients), "directions": list(parsed.directions),
+            "complete": parsed.is_complete, "used": cov.used, "unused": cov.unused,
+            "unused_in_directions": [x for x in cov.used if x not in cov.in_directions],
+            "ingredient_recall": round(cov.recall, 4)}

@@ -56,6 +56,11 @@ def tokenizer_dir(ckpt: Path) -> Path:
     return ckpt / TOKENIZER
 
 
+def has_manifest(directory: Path) -> bool:
+    """Whether ``directory`` was committed by chefgenius (a checkpoint or final/), so it must verify."""
+    return (directory / MANIFEST).exists()
+
+
 def is_final(final_dir: Path) -> bool:
     """Whether ``final_dir`` holds a committed final model (it is written only at completion)."""
     return (final_dir / SUMMARY).is_file()

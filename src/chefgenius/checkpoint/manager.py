@@ -7,11 +7,9 @@ through one :class:`Checkpoint` handle, opened once per run after the checkpoint
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +38,6 @@ from .shards import is_sharded
 from .snapshot import TensorBuffers, take_snapshot, write_snapshot
 from .state import ResumeError, Stateful, load_training_state, write_rank_state, write_training_state
 from .store import (
-    SAVE_PAUSE_ENV,
     CheckpointWriteError,
     apply_retention,
     commit_checkpoint,
@@ -50,6 +47,7 @@ from .store import (
     hash_files,
     list_checkpoints,
     remove_temporaries,
+    run_save_hooks,
     temporary_directory,
     verify_checkpoint,
 )
@@ -275,9 +273,7 @@ class CheckpointManager:
 
         def write_piece() -> Any:
             write(tmp)
-            pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
-            if pause:
-                time.sleep(pause)
+            run_save_hooks()
             check_abandoned()
             return hash_files(tmp, files_of_rank(tmp, self.rank))
 
@@ -351,7 +347,7 @@ class CheckpointManager:
                 shutil.rmtree(pending.tmp, ignore_errors=True)
                 return {"error": f"cannot write checkpoint step {pending.step}: {problems[0]}"}
             merged = {rel: entry for r in reports for rel, entry in r["hashed"].items()}
-            commit_written(pending.tmp, final, pending.step, hashed=merged, pause=False)
+            commit_written(pending.tmp, final, pending.step, hashed=merged, hooks=False)
             return {"path": str(final)}
 
         outcome = self._decided_by_rank0(commit)
@@ -429,9 +425,7 @@ class CheckpointManager:
                 write_rank_state(Path(message["tmp"]), self.rank)
                 if rank_piece is not None:
                     rank_piece(Path(message["tmp"]))
-                pause = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
-                if pause:
-                    time.sleep(pause)
+                run_save_hooks()
             except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
                 failure = f"rank {self.rank}: {getattr(err, 'strerror', None) or err}"
                 print(f"error: cannot write checkpoint step {step}: {failure}", file=sys.stderr, flush=True)

@@ -11,7 +11,6 @@ regular files inside the checkpoint, and every file present must be listed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -26,13 +25,21 @@ from typing import Any
 
 from safetensors import SafetensorError
 
+from ..fileio import fsync_dir, fsync_file, sha256_file
 from .format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
 from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, RANK_DIR, TMP_PREFIX, checkpoint_dir, rank_dir, step_of
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Test hook: widen the window between writing a checkpoint's files and committing it, so that
 # kill tests can land a SIGKILL inside a save deterministically. Unset in normal use.
-SAVE_PAUSE_ENV = "CHEFGENIUS_TEST_SAVE_PAUSE_S"
+# Called with no arguments once a save's files are written and before it commits (in whichever thread
+# writes). An extension point for observers; the fault tests use it to hold saves open while they kill.
+SAVE_HOOKS: list[Callable[[], None]] = []
+
+
+def run_save_hooks() -> None:
+    for hook in SAVE_HOOKS:
+        hook()
 
 
 class CheckpointWriteError(OSError):
@@ -69,27 +76,6 @@ def remove_temporaries(root: Path) -> list[Path]:
                     p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _tree(directory: Path) -> tuple[list[str], list[str]]:
@@ -135,8 +121,8 @@ def hash_files(directory: Path, names: Iterable[str]) -> dict[str, dict[str, Any
     """Fsync each file and note its size and SHA-256: what one process contributes to a manifest."""
     out = {}
     for rel in names:
-        _fsync_file(directory / rel)
-        out[rel] = {"size": (directory / rel).stat().st_size, "sha256": _sha256(directory / rel)}
+        fsync_file(directory / rel)
+        out[rel] = {"size": (directory / rel).stat().st_size, "sha256": sha256_file(directory / rel)}
     return out
 
 
@@ -152,7 +138,7 @@ def write_manifest(directory: Path, step: int, hashed: dict[str, dict[str, Any]]
         size = (directory / rel).stat().st_size
         known = hashed.get(rel)
         files[rel] = known if known and known.get("size") == size else {"size": size,
-                                                                         "sha256": _sha256(directory / rel)}
+                                                                         "sha256": sha256_file(directory / rel)}
     doc = {"format_version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
     path = directory / MANIFEST
     with path.open("w") as f:
@@ -228,7 +214,7 @@ def verify_checkpoint(ckpt: Path) -> str | None:
         if size != entry["size"]:
             return f"{ckpt.name}: file {rel} has {size} bytes, manifest says {entry['size']}"
     for rel, entry in listed.items():
-        if _sha256(ckpt / rel) != entry["sha256"]:
+        if sha256_file(ckpt / rel) != entry["sha256"]:
             return f"{ckpt.name}: file {rel} does not match its SHA-256 in the manifest (corrupted)"
     return None
 
@@ -256,7 +242,7 @@ def temporary_directory(final: Path) -> Path:
 
 
 def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[str, Any]] | None = None,
-                   before_commit: Callable[[], None] | None = None, pause: bool = True) -> Path:
+                   before_commit: Callable[[], None] | None = None, hooks: bool = True) -> Path:
     """Fsync, manifest and rename a written temporary directory into place; on failure remove it.
 
     ``before_commit()`` runs last before the manifest; raising there abandons the save (nothing committed).
@@ -264,25 +250,24 @@ def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[
     """
     root = final.parent
     with _discarded_on_error(tmp, final.name, step):
-        seconds = float(os.environ.get(SAVE_PAUSE_ENV) or 0) if pause else 0
-        if seconds:
-            time.sleep(seconds)
+        if hooks:
+            run_save_hooks()
         if before_commit is not None:
             before_commit()
         files, _ = _tree(tmp)
         for rel in files:
             if rel not in (hashed or {}):
-                _fsync_file(tmp / rel)
+                fsync_file(tmp / rel)
         write_manifest(tmp, step, hashed)
         for d in sorted({(tmp / f).parent for f in files} | {tmp}, key=lambda d: len(d.parts), reverse=True):
-            _fsync_dir(d)
+            fsync_dir(d)
         if final.exists() or final.is_symlink():
             # Only an unverifiable leftover can stand here (resume skips to an older one): set it aside.
             trash = root / f"{TMP_PREFIX}replaced-{final.name}-{os.getpid()}"
             os.rename(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     return final
 
 

@@ -130,5 +130,12 @@ def parse_recipe(text: str) -> ParsedRecipe:
     return ParsedRecipe(title, tuple(ingredients), tuple(directions))
 
 
+def structure_score(text: str) -> float:
+    """Mean of three checks: a title, a non-empty ingredient list, numbered directions."""
+    parsed = parse_recipe(text)
+    has_numbered = bool(re.search(r"(?:^|\s)1\.\s", text.split(DIRECTIONS_LABEL, 1)[-1])) and bool(parsed.directions)
+    return (bool(parsed.title) + bool(parsed.ingredients) + has_numbered) / 3
+
+
 def render_recipe(parsed: ParsedRecipe) -> str:
     return format_target(parsed.title or "(untitled)", parsed.ingredients, parsed.directions)

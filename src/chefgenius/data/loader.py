@@ -174,13 +174,6 @@ class ResumableSampler:
             self.consumed = self.digest = 0
         return micro
 
-    def resize(self, world_size: int, rank: int, grad_accum: int) -> None:
-        """Continue the same global order on another number of ranks (the global batch stays)."""
-        before = self.samples_per_step
-        self.world_size, self.rank, self.grad_accum = world_size, rank, grad_accum
-        if self.samples_per_step != before:
-            raise ValueError(f"resizing changes the global batch from {before} to {self.samples_per_step} samples")
-
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "num_samples": self.num_samples,
                 "samples_per_step": self.samples_per_step, "seed": self.seed, "group_width": self.group_width,

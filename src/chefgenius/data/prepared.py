@@ -11,7 +11,7 @@ Preparation streams the source in chunks that a process pool cleans (both cores)
 in order (so the result never depends on scheduling), keeps only per-recipe hashes and offsets
 in memory, spills texts to disk, and tokenises with the fast tokenizer's batch encoder. The
 samples of each split are stored in content-hash order, exactly the order of the in-memory path
-(``prepare.prepare_recipes``), so the same recipes get the same sample indices either way.
+(``tests/reference_data.py``), so the same recipes get the same sample indices either way.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, QualityConfig
+from ..fileio import atomic_write_text, update_from_file
 from .clean import CleanReport, clean_one, content_hash, excerpt, merge_report
 from .format import recipe_to_example
 from .sources import ByteCounter, DataError, RawRow, Recipe, RowError, bundled_corpus_path, read_rows
@@ -77,9 +78,7 @@ def source_digest(cfg: DataConfig) -> str:
         files = []
     for f in files:
         h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(8 << 20), b""):
-                h.update(block)
+        update_from_file(h, f)
     return h.hexdigest()
 
 
@@ -255,9 +254,7 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
         if scratch_key is not None:
             index = root / "index" / scratch_key
             index.parent.mkdir(parents=True, exist_ok=True)
-            tmp = index.with_name(index.name + f".tmp{os.getpid()}")
-            tmp.write_text(json.loads((path / "meta.json").read_text())["tokenizer_digest"])
-            os.replace(tmp, index)
+            atomic_write_text(index, json.loads((path / "meta.json").read_text())["tokenizer_digest"])
     log(f"data: prepared dataset {path.name} built in {time.perf_counter() - t0:.1f} s")
     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
 
@@ -314,8 +311,6 @@ class _Spill:
 def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any], *, is_seq2seq: bool,
            tokenizer: Any | None, vocab_size: int | None, log: Callable[[str], None], progress: bool,
            workers: int | None) -> Path:
-    from tqdm.auto import tqdm
-
     from ..checkpoint import commit_directory
     from ..checkpoint.store import remove_temporaries
 
@@ -326,69 +321,9 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
     work.mkdir()
     try:
         # Stage 1: clean in a process pool, merge in order, de-duplicate, split, spill texts.
-        spills = {name: _Spill(work / f"{name}.txt") for name in ("ner", "ingredients", "prompt", "target")}
-        hashes, sides = bytearray(), bytearray()
-        report = CleanReport()
-        seen: set[bytes] = set()
-        source_path = Path(cfg.path) if cfg.path else bundled_corpus_path()
-        counter = ByteCounter(source_path) if source_path.is_file() else None
-        rows = read_rows(cfg.path, cfg.format, cfg.hf_split, counter)
-        if cfg.max_recipes is not None:
-            rows = itertools.islice(rows, cfg.max_recipes)
-        jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction)
-                for chunk in _chunks(iter(rows), CHUNK_ROWS))
-        num_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-        bar = tqdm(desc="prepare", total=source_path.stat().st_size if counter else None, unit="B", unit_scale=True,
-                   disable=not progress, dynamic_ncols=True)  # bytes give the ETA; rows/s in the postfix
-        t_start, num_rows = time.perf_counter(), 0
-        with _pool(num_workers) as pool:
-            results = pool.imap(_clean_chunk, jobs) if pool is not None else map(_clean_chunk, jobs)
-            for kept, part in results:
-                merge_report(report, part)
-                for h, ner, ingredients, prompt, target, is_val, ex in kept:
-                    raw = bytes.fromhex(h)
-                    if cfg.quality.dedupe:
-                        if raw[:16] in seen:
-                            report.drop("duplicate", ex)
-                            continue
-                        seen.add(raw[:16])
-                    hashes += raw
-                    sides.append(is_val)
-                    for name, text in (("ner", ner), ("ingredients", ingredients), ("prompt", prompt),
-                                       ("target", target)):
-                        spills[name].add(text)
-                num_rows += part.num_read
-                bar.update(counter.count - bar.n if counter else 0)
-                bar.set_postfix(rows=num_rows, rows_per_s=f"{num_rows / (time.perf_counter() - t_start):.0f}",
-                                refresh=False)
-        bar.close()
-        del seen
-        report.num_kept = len(sides)
-        source = cfg.path or "the bundled corpus"
-        if not report.num_kept:
-            raise DataError(
-                f"no usable recipes in {source}: read {report.num_read}, dropped all "
-                f"({', '.join(f'{k}: {v}' for k, v in report.dropped.most_common(3)) or 'file is empty'}); "
-                "run 'chefgenius data check' on it")
-        readers = {name: s.reader() for name, s in spills.items()}
-        hash_arr = np.frombuffer(bytes(hashes), dtype=">u8").reshape(-1, 4)
-        side_arr = np.frombuffer(bytes(sides), dtype=np.uint8).astype(bool)
-        orders = {}
-        for side, flag in (("train", False), ("val", True)):
-            idx = np.flatnonzero(side_arr == flag)
-            cols = hash_arr[idx]
-            orders[side] = idx[np.lexsort((cols[:, 3], cols[:, 2], cols[:, 1], cols[:, 0]))]
-        if not len(orders["train"]) or not len(orders["val"]):
-            raise DataError(f"{source} has {report.num_kept} usable recipes: too few for a train/validation split "
-                            f"with data.val_fraction={cfg.val_fraction}; add recipes or change the fraction")
-        fingerprints = {}
-        for side, order in orders.items():
-            h = hashlib.sha256()
-            for i in order:
-                h.update(hashes[32 * i:32 * i + 32].hex().encode())
-                h.update(readers["ner"](int(i)).encode())
-            fingerprints[side] = h.hexdigest()[:16]
-
+        hashes, sides, report, readers = _clean_all(cfg, work, progress, workers)
+        orders = _split_orders(cfg, hashes, sides, report)
+        fingerprints = {side: _fingerprint(order, hashes, readers["ner"]) for side, order in orders.items()}
         # Stage 2: the tokenizer, trained from a bounded, deterministic sample when none is given.
         if tokenizer is None:
             from ..model import train_tokenizer
@@ -398,32 +333,108 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
             tokenizer = train_tokenizer([readers["prompt"](int(i)) + "\n" + readers["target"](int(i))
                                          for i in sample], vocab_size)
         tok_digest = tokenizer_digest(tokenizer)
+        meta = {"version": PREPARED_VERSION, "source": str(cfg.path or "bundled"), "source_digest": digest,
+                "data": data_fields, "is_seq2seq": is_seq2seq, "tokenizer_digest": tok_digest,
+                "vocab_size": len(tokenizer), "counts": {side: int(len(order)) for side, order in orders.items()},
+                "fingerprints": fingerprints}
         final = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
-
         # Stage 3: tokenise each split in sample order, in batches, straight to disk.
-        def write(tmp: Path) -> None:
-            arrays = {}
-            dtype = np.uint16 if len(tokenizer) <= 65536 else np.uint32
-            for side, order in orders.items():
-                arrays[side] = _tokenize_side(tmp, side, order, readers, tokenizer, dtype, cfg, is_seq2seq,
-                                              progress)
-                texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
-                          "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
-                (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            meta = {"version": PREPARED_VERSION, "source": str(cfg.path or "bundled"), "source_digest": digest,
-                    "data": data_fields, "is_seq2seq": is_seq2seq, "tokenizer_digest": tok_digest,
-                    "vocab_size": len(tokenizer),
-                    "counts": {side: int(len(order)) for side, order in orders.items()},
-                    "fingerprints": fingerprints, "arrays": arrays, "report": report.to_dict(),
-                    "created": time.time()}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-
-        commit_directory(final, 0, write)
+        commit_directory(final, 0, lambda tmp: _write_store(tmp, cfg, orders, readers, tokenizer, is_seq2seq,
+                                                            progress, {**meta, "report": report.to_dict()}))
         _save_report(root, digest, cfg, report)
         return final
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _clean_all(cfg: DataConfig, work: Path, progress: bool, workers: int | None
+               ) -> tuple[bytearray, bytearray, CleanReport, dict[str, Callable[[int], str]]]:
+    """Every kept recipe's content hash and side (validation or not), the report, and readers of its
+    texts spilled to ``work`` (NER, ingredients, prompt, target), in source order."""
+    from tqdm.auto import tqdm
+
+    spills = {name: _Spill(work / f"{name}.txt") for name in ("ner", "ingredients", "prompt", "target")}
+    hashes, sides = bytearray(), bytearray()
+    report = CleanReport()
+    seen: set[bytes] = set()
+    source_path = Path(cfg.path) if cfg.path else bundled_corpus_path()
+    counter = ByteCounter(source_path) if source_path.is_file() else None
+    rows = read_rows(cfg.path, cfg.format, cfg.hf_split, counter)
+    if cfg.max_recipes is not None:
+        rows = itertools.islice(rows, cfg.max_recipes)
+    jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction)
+            for chunk in _chunks(iter(rows), CHUNK_ROWS))
+    num_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    bar = tqdm(desc="prepare", total=source_path.stat().st_size if counter else None, unit="B", unit_scale=True,
+               disable=not progress, dynamic_ncols=True)  # bytes give the ETA; rows/s in the postfix
+    t_start, num_rows = time.perf_counter(), 0
+    with _pool(num_workers) as pool:
+        results = pool.imap(_clean_chunk, jobs) if pool is not None else map(_clean_chunk, jobs)
+        for kept, part in results:
+            merge_report(report, part)
+            for h, ner, ingredients, prompt, target, is_val, ex in kept:
+                raw = bytes.fromhex(h)
+                if cfg.quality.dedupe:
+                    if raw[:16] in seen:
+                        report.drop("duplicate", ex)
+                        continue
+                    seen.add(raw[:16])
+                hashes += raw
+                sides.append(is_val)
+                for name, text in (("ner", ner), ("ingredients", ingredients), ("prompt", prompt), ("target", target)):
+                    spills[name].add(text)
+            num_rows += part.num_read
+            bar.update(counter.count - bar.n if counter else 0)
+            bar.set_postfix(rows=num_rows, rows_per_s=f"{num_rows / (time.perf_counter() - t_start):.0f}",
+                            refresh=False)
+    bar.close()
+    report.num_kept = len(sides)
+    return hashes, sides, report, {name: s.reader() for name, s in spills.items()}
+
+
+def _split_orders(cfg: DataConfig, hashes: bytearray, sides: bytearray, report: CleanReport) -> dict[str, np.ndarray]:
+    """Indices of each split's recipes in content-hash order; refuses a source too small to split."""
+    source = cfg.path or "the bundled corpus"
+    if not report.num_kept:
+        raise DataError(
+            f"no usable recipes in {source}: read {report.num_read}, dropped all "
+            f"({', '.join(f'{k}: {v}' for k, v in report.dropped.most_common(3)) or 'file is empty'}); "
+            "run 'chefgenius data check' on it")
+    hash_arr = np.frombuffer(bytes(hashes), dtype=">u8").reshape(-1, 4)
+    side_arr = np.frombuffer(bytes(sides), dtype=np.uint8).astype(bool)
+    orders = {}
+    for side, flag in (("train", False), ("val", True)):
+        idx = np.flatnonzero(side_arr == flag)
+        cols = hash_arr[idx]
+        orders[side] = idx[np.lexsort((cols[:, 3], cols[:, 2], cols[:, 1], cols[:, 0]))]
+    if not len(orders["train"]) or not len(orders["val"]):
+        raise DataError(f"{source} has {report.num_kept} usable recipes: too few for a train/validation split "
+                        f"with data.val_fraction={cfg.val_fraction}; add recipes or change the fraction")
+    return orders
+
+
+def _fingerprint(order: np.ndarray, hashes: bytearray, ner: Callable[[int], str]) -> str:
+    h = hashlib.sha256()
+    for i in order:
+        h.update(hashes[32 * i:32 * i + 32].hex().encode())
+        h.update(ner(int(i)).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_store(tmp: Path, cfg: DataConfig, orders: dict[str, np.ndarray], readers: dict[str, Callable[[int], str]],
+                 tokenizer: Any, is_seq2seq: bool, progress: bool, meta: dict[str, Any]) -> None:
+    """Token arrays, evaluation texts, the tokenizer and ``meta.json`` of a prepared dataset."""
+    arrays = {}
+    dtype = np.uint16 if len(tokenizer) <= 65536 else np.uint32
+    for side, order in orders.items():
+        arrays[side] = _tokenize_side(tmp, side, order, readers, tokenizer, dtype, cfg, is_seq2seq, progress)
+        texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
+                  "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
+        (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    meta = {**{k: v for k, v in meta.items() if k != "report"}, "arrays": arrays, "report": meta["report"],
+            "created": time.time()}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 @contextmanager
@@ -489,9 +500,7 @@ def _report_path(root: Path, digest: str, cfg: DataConfig) -> Path:
 def _save_report(root: Path, digest: str, cfg: DataConfig, report: CleanReport) -> None:
     path = _report_path(root, digest, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report.to_dict()))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report.to_dict()))
 
 
 def stored_report(cfg: DataConfig, cache_dir: Path) -> CleanReport | None:

@@ -127,14 +127,6 @@ def _parsed(rows: Iterator[RawRow | RowError]) -> Iterator[Recipe | RowError]:
     return (r.parse() if isinstance(r, RawRow) else r for r in rows)
 
 
-def read_csv(path: Path) -> Iterator[Recipe | RowError]:
-    return _parsed(_csv_rows(path))
-
-
-def read_jsonl(path: Path) -> Iterator[Recipe | RowError]:
-    return _parsed(_jsonl_rows(path))
-
-
 class ByteCounter(io.RawIOBase):
     """A binary file that counts the bytes handed out, for a progress bar with an ETA over a text reader."""
 

@@ -8,12 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .format import recipe_to_example
-from .loader import TokenizedData
-from .sources import Recipe
-
 
 def default_cache_dir(configured: str | None) -> Path:
     if configured:
@@ -44,16 +38,3 @@ def encode_example(tokenizer: Any, prompt: str, target: str | None, *, is_seq2se
     ids = src + tgt
     labels = ([-100] * len(src) if mask_prompt else list(src)) + tgt
     return ids, labels
-
-
-def tokenize_recipes(recipes: list[Recipe], tokenizer: Any, *, is_seq2seq: bool, max_prompt_tokens: int,
-                     max_target_tokens: int, mask_prompt: bool) -> TokenizedData:
-    inputs, labels = [], []
-    for r in recipes:
-        prompt, target = recipe_to_example(r)
-        ids, lab = encode_example(tokenizer, prompt, target, is_seq2seq=is_seq2seq,
-                                  max_prompt_tokens=max_prompt_tokens, max_target_tokens=max_target_tokens,
-                                  mask_prompt=mask_prompt)
-        inputs.append(torch.tensor(ids, dtype=torch.int64))
-        labels.append(torch.tensor(lab, dtype=torch.int64))
-    return TokenizedData(inputs, labels)

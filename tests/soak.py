@@ -1,7 +1,8 @@
 """Kill-and-resume driver: SIGKILL a real ``chefgenius train`` at chosen moments, re-run, repeat.
 
-Used by the fault-injection tests and by ``scripts/soak_resume.py``; also a way for a user to
-check exact resume on their own machine.
+Used by the fault-injection tests and by ``scripts/soak_resume.py``. :func:`slow_saves` makes the
+launched processes hold every checkpoint save open (tests/hooks/sitecustomize.py), so that kills
+land while a save is in flight.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint.layout import TMP_PREFIX
-from .rundir import RunDirectory
+from chefgenius.checkpoint.layout import TMP_PREFIX
+from chefgenius.rundir import RunDirectory
 
 
 @dataclass
@@ -27,6 +28,17 @@ class SoakResult:
     resumes: int = 0
     exit_code: int | None = None
     log: list[str] = field(default_factory=list)
+
+
+HOOKS = Path(__file__).resolve().parent / "hooks"
+
+
+def slow_saves(seconds: float, env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment whose chefgenius processes hold each checkpoint save open for ``seconds``."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HOOKS), env.get("PYTHONPATH", "")) if p)
+    env["CHEFGENIUS_TEST_SAVE_PAUSE_S"] = str(seconds)
+    return env
 
 
 def train_command(config: Path, run_dir: Path, extra: list[str] | None = None) -> list[str]:
