@@ -14,6 +14,7 @@ from .config import Config
 from .data.prepared import PreparedDataset, prepare_dataset
 from .data.tokenize import default_cache_dir
 from .model import load_tokenizer, model_family
+from .train_state import TrainState
 
 
 def versions() -> dict[str, str]:
@@ -51,3 +52,22 @@ def run_meta(cfg: Config, data: PreparedDataset, model: torch.nn.Module, *, is_s
             "val_fingerprint": data.val_fingerprint, "split_seed": cfg.data.split_seed, "is_seq2seq": is_seq2seq,
             "model_family": model_family(model), "world_size": world_size, "grad_accum": grad_accum,
             "global_batch": global_batch, "num_threads": torch.get_num_threads()}
+
+
+def run_notes(cfg: Config, num_val: int, total_steps: int) -> list[str]:
+    """Settings that are legal but probably not what the user meant, said at start."""
+    notes = []
+    if cfg.evaluation.max_batches is None and num_val > 20 * 1000:
+        notes.append(f"note: every evaluation covers all {num_val} validation recipes; set evaluation.max_batches "
+                     "to cap it")
+    if cfg.training.warmup_steps >= total_steps:
+        notes.append(f"note: training.warmup_steps={cfg.training.warmup_steps} covers the whole run of "
+                     f"{total_steps} steps; the learning rate never reaches its peak")
+    return notes
+
+
+def final_summary(state: TrainState, data: PreparedDataset) -> dict[str, Any]:
+    """``final/summary.yaml``: how the run ended."""
+    return {"step": state.step, "best_val_loss": state.best_val_loss, "best_step": state.best_step,
+            "stopped_early": state.stopped_early, "train_fingerprint": data.train_fingerprint,
+            "versions": versions()}

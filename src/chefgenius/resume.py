@@ -18,7 +18,21 @@ def is_allowed(key: str, allow: tuple[str, ...] | list[str]) -> bool:
     return any(key == a or key.startswith(a + ".") for a in allow)
 
 
-def resume_changes(meta: dict[str, Any], config: dict[str, Any], *, train_fingerprint: str, num_threads: int,
+def resume_changes(ckpt: Any, cfg: Any, train_fingerprint: str, versions: dict[str, str], *, world_size: int,
+                   allow: tuple[str, ...], log: Callable[..., None]) -> list[dict[str, Any]]:
+    """The config changes a resume from ``ckpt`` accepts (recorded in the train state); says every
+    warning; raises :class:`ResumeError` for a refused change."""
+    import torch
+
+    changes, warnings = check_changes(ckpt.meta, cfg.to_dict(), train_fingerprint=train_fingerprint,
+                                      num_threads=torch.get_num_threads(), versions=versions, allow=allow,
+                                      world_size=world_size)
+    for line in warnings:
+        log(line)
+    return changes
+
+
+def check_changes(meta: dict[str, Any], config: dict[str, Any], *, train_fingerprint: str, num_threads: int,
                    versions: dict[str, str], allow: tuple[str, ...] | list[str] = (), world_size: int = 1
                    ) -> tuple[list[dict[str, Any]], list[str]]:
     """Accepted changes and warnings; raises :class:`ResumeError` listing every refused difference at once.

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import distributed
-from .build import build_data, run_meta, versions
+from .build import build_data, final_summary, run_meta, run_notes, versions
 from .checkpoint import Checkpoint, checkpoint_problem, commit_directory
 from .checkpoint.checkpointer import Checkpointer, ModelState
 from .checkpoint.layout import SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
@@ -99,7 +97,8 @@ class Trainer:
         ckpt = self.checkpointer.select(self.resume)
         self.is_seq2seq = config_is_seq2seq(cfg.model)
         self.data, self.tokenizer = build_data(cfg, ckpt, is_seq2seq=self.is_seq2seq, rank=self.rank, log=self._say)
-        changes = self._resume_changes(ckpt)
+        changes = resume_changes(ckpt, cfg, self.data.train_fingerprint, versions(), world_size=self.world_size,
+                                 allow=self.allow_changes, log=self._say) if ckpt is not None else []
         self.grad_accum = grad_accum_for(tc, ckpt.meta if ckpt else None, self.world_size, self._say)
         model, self._fresh_base = build_model(cfg, ckpt, self.tokenizer, self.run.base_model)
         self.parallel = parallelize(model.to(self.device), cfg, self.device, self.world_size)
@@ -110,7 +109,8 @@ class Trainer:
                                         group_by_length=tc.group_by_length, world_size=self.world_size,
                                         rank=self.rank)
         self.total_steps = tc.max_steps or tc.num_epochs * self.sampler.steps_per_epoch
-        self._notes()
+        for note in run_notes(cfg, len(self.data.val), self.total_steps):
+            self.log(note)
         optimizer, scheduler, scaler = build_optimization(self.model, tc, self.device, self.total_steps)
         self.state = TrainState()
         autocast = lambda: autocast_for(self.device, tc.precision)  # noqa: E731 - a fresh context per use
@@ -134,25 +134,6 @@ class Trainer:
         self.resumed_from = ckpt
         self._is_set_up = True
         return self
-
-    def _resume_changes(self, ckpt: Checkpoint | None) -> list[dict[str, Any]]:
-        if ckpt is None:
-            return []
-        changes, warnings = resume_changes(ckpt.meta, self.cfg.to_dict(), train_fingerprint=self.data.train_fingerprint,
-                                           num_threads=torch.get_num_threads(), versions=versions(),
-                                           allow=self.allow_changes, world_size=self.world_size)
-        for line in warnings:
-            self.log(line)
-        return changes
-
-    def _notes(self) -> None:
-        tc = self.cfg.training
-        if self.cfg.evaluation.max_batches is None and len(self.data.val) > 20 * 1000:
-            self.log(f"note: every evaluation covers all {len(self.data.val)} validation recipes; set "
-                     "evaluation.max_batches to cap it")
-        if tc.warmup_steps >= self.total_steps:
-            self.log(f"note: training.warmup_steps={tc.warmup_steps} covers the whole run of {self.total_steps} "
-                     "steps; the learning rate never reaches its peak")
 
     def _restore(self, ckpt: Checkpoint, changes: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
@@ -190,10 +171,7 @@ class Trainer:
                 return FitResult("interrupted", self.state.step, None, self.state.best_val_loss, elapsed,
                                  self.stop.signal)
             st = self.state
-            summary = {"step": st.step, "best_val_loss": st.best_val_loss, "best_step": st.best_step,
-                       "stopped_early": st.stopped_early, "train_fingerprint": self.data.train_fingerprint,
-                       "versions": versions()}
-            final = self.checkpointer.write_final(self.run.final, st.step, summary)
+            final = self.checkpointer.write_final(self.run.final, st.step, final_summary(st, self.data))
             self.parallel.release()
         self.log(f"training complete at step {st.step}: final model in {final}")
         return FitResult("completed", st.step, final, st.best_val_loss, elapsed)
