@@ -37,7 +37,17 @@ def slow_saves(seconds: float, env: dict[str, str] | None = None) -> dict[str, s
     """An environment whose chefgenius processes hold each checkpoint save open for ``seconds``."""
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HOOKS), env.get("PYTHONPATH", "")) if p)
-    env["CHEFGENIUS_TEST_SAVE_PAUSE_S"] = str(seconds)
+    if seconds:
+        env["CHEFGENIUS_TEST_SAVE_PAUSE_S"] = str(seconds)
+    return env
+
+
+def held_save(step: int, gate: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment whose chefgenius processes hold the save of ``step`` open until ``gate/release``
+    exists; ``gate/held`` appears when that save is written."""
+    env = slow_saves(0, env)
+    gate.mkdir(parents=True, exist_ok=True)
+    env["CHEFGENIUS_TEST_HOLD_SAVE"] = f"{step}:{gate}"
     return env
 
 

@@ -20,7 +20,7 @@ from chefgenius.model import build_from_scratch, train_tokenizer
 from chefgenius.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config, write_config
-from .soak import last_logged_step, slow_saves, train_command
+from .soak import held_save, last_logged_step, train_command
 
 
 def _files(ckpt: Path) -> dict[str, bytes]:
@@ -112,15 +112,15 @@ def test_sigkill_while_a_background_save_is_in_flight_loses_nothing(tmp_path):
     Trainer(cfg, ref, log=quiet).fit()
     config = write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
-    # Each save is held open for 3 s in its background thread: training must go on meanwhile.
-    env = slow_saves(3)
-    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # The save of step 4 is held open in its background thread until released (never, here):
+    # training must go on meanwhile, and the kill lands while it is in flight.
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(train_command(config, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=held_save(4, gate))
     root = run / "checkpoints"
-    deadline = time.monotonic() + 120
-    seen = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        pending = [p for p in root.glob(f"{TMP_PREFIX}step-0000004-*")] if root.is_dir() else []
-        if pending and last_logged_step(run) >= 5:
+    seen, deadline = None, time.monotonic() + 300  # a safety bound against a hang, not a timing assumption
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (gate / "held").exists() and last_logged_step(run) >= 5:
             seen = [c.step for c in list_checkpoints(root)]
             break
         time.sleep(0.01)

@@ -92,8 +92,3 @@ def test_missing_extras_are_refused_before_any_work(monkeypatch):
     with pytest.raises(ConfigError) as err:
         check_requirements(cfg)
     assert "chefgenius[tensorboard]" in str(err.value) and "chefgenius[wandb]" in str(err.value)
-
-
-def test_a_smoke_run_shorter_than_the_warmup_is_accepted():
-    cfg = load_config(None, ["training.max_steps=5"])
-    assert cfg.training.warmup_steps > cfg.training.max_steps

@@ -47,7 +47,7 @@ def test_compiled_model_saves_plain_weights_and_resumes_exactly(tmp_path):
                       checkpoint={"every_steps": 2}, evaluation={"every_steps": 100, "at_epoch_end": False})
     straight = Trainer(cfg, tmp_path / "a", log=quiet)
     assert straight.fit().status == "completed"
-    assert type(straight.train_model).__name__ == "OptimizedModule"  # really compiled
+    assert type(straight.parallel.train_model).__name__ == "OptimizedModule"  # really compiled
     with pytest.raises(Crash):
         Trainer(cfg, tmp_path / "b", on_step=_crash_at(3), log=quiet).fit()
     ckpt = list_checkpoints(tmp_path / "b" / "checkpoints")[-1].path

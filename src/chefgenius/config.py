@@ -112,16 +112,19 @@ class TrainingConfig(_Strict):
     group_by_length: bool = Field(True, description="Batch similar lengths together (deterministic).")
     shuffle: bool = Field(True, description="Shuffle the order of each epoch.")
     device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
-    determinism: Literal["default", "strict"] = Field(
-        "default", description="strict: torch.use_deterministic_algorithms(True) and cuBLAS workspace."
-    )
+    determinism: Literal["auto", "default", "strict"] = Field(
+        "auto", description="strict: torch.use_deterministic_algorithms(True) and cuBLAS workspace (bit-identical "
+        "resume on CUDA); default: the fastest kernels; auto: strict on CUDA, default elsewhere (CPU kernels are "
+        "deterministic already).")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
     copy_weight: float = Field(1.0, ge=1.0, description="Loss weight of target tokens that occur in the prompt's "
                                "ingredient list (1 = plain loss); > 1 teaches the model to use what it was given.")
     reduction: Literal["auto", "ordered", "allreduce"] = Field(
         "auto", description="Multi-process gradient sum: ordered (adds ranks in rank order, bit-exact resume "
-        "with any number of processes), allreduce (NCCL/gloo tree), auto = ordered on CPU or with "
-        "determinism=strict, else allreduce.")
+        "with any number of processes), allreduce (NCCL/gloo tree), auto = ordered on CPU or with strict "
+        "determinism (the CUDA default), else allreduce.")
+    dist_timeout_s: float = Field(300.0, ge=10.0, description="Multi-process: how long a collective waits for a "
+                                  "peer before the job fails (torch's default is 30 minutes).")
     elastic: bool = Field(False, description="Accept resuming with another number of processes (keeps the "
                           "global batch by changing grad_accum); same as --allow-change world_size.")
 

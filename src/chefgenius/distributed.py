@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -47,13 +49,60 @@ def is_initialized() -> bool:
     return world_size() > 1 and _dist().is_available() and _dist().is_initialized()
 
 
-def init(device: torch.device) -> None:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); idempotent."""
+LAUNCHER_PID_ENV = "CHEFGENIUS_LAUNCHER_PID"  # set by `train --nproc` before it becomes torchrun
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, have the kernel SIGKILL this worker when its launcher dies, by any signal.
+
+    torchrun starts each worker in a session of its own, so a launcher killed with its process group
+    (``kill -9 -PGID``, an OOM kill, a closed terminal) would otherwise leave the workers training
+    as orphans, still writing checkpoints into a run the next command cannot take. Dying at once
+    leaves nothing half-done: a checkpoint commits atomically or not at all.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+        print(f"warning: rank {rank()}: cannot ask to die with the launcher (prctl errno "
+              f"{ctypes.get_errno()}); kill the workers too if you kill the launcher", file=sys.stderr, flush=True)
+        return
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    parent = os.getppid()
+    if parent == 1 or (launcher is not None and parent != int(launcher)):
+        # The launcher died before the request above took effect: nobody would stop this process.
+        print(f"error: rank {rank()}: the launcher is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def check_local_devices(device: torch.device) -> None:
+    """Refuse more local ranks than visible GPUs, in one line (NCCL would fail or hang instead)."""
+    if device.type != "cuda":
+        return
+    visible, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local > visible:
+        from .config import ConfigError
+
+        raise ConfigError(f"{local} processes on this machine need {local} GPUs, {visible} CUDA device(s) visible; "
+                          f"use at most {visible} processes per machine, or training.device=cpu")
+
+
+def init(device: torch.device, timeout_s: float = 300.0) -> None:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); idempotent.
+
+    ``timeout_s`` bounds every collective: a rank whose peer died mid-run fails after it instead of
+    waiting (torch's default is 30 minutes), and torchrun then ends the job.
+    """
     if world_size() <= 1 or is_initialized():
         return
+    die_with_launcher()
+    check_local_devices(device)
     dist = _dist()
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+    kwargs["timeout"] = timedelta(seconds=timeout_s)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":

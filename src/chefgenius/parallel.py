@@ -12,6 +12,7 @@ import torch
 
 from . import distributed
 from .config import Config
+from .runtime import is_strict
 
 
 @dataclass
@@ -49,7 +50,7 @@ def parallelize(model: torch.nn.Module, cfg: Config, device: torch.device, world
         p.ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
         ordered = tc.reduction == "ordered" or (tc.reduction == "auto" and (
-            device.type == "cpu" or tc.determinism == "strict"))
+            device.type == "cpu" or is_strict(tc, device)))
         p.ddp.register_comm_hook(None, distributed.ordered_sum_hook if ordered else distributed.sum_hook)
         p.train_model = p.ddp
     if cfg.model.compile:

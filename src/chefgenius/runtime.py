@@ -23,10 +23,29 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def apply_runtime(cfg: TrainingConfig) -> None:
+def is_strict(cfg: TrainingConfig, device: torch.device) -> bool:
+    """Deterministic algorithms: asked for, or by default (``auto``) on CUDA, where kernels such as
+    atomics-based backward passes otherwise vary from run to run."""
+    return cfg.determinism == "strict" or (cfg.determinism == "auto" and device.type == "cuda")
+
+
+def resume_guarantee(cfg: TrainingConfig, compile_model: bool, device: torch.device) -> str:
+    """One line saying what a resumed run of this configuration matches, said at start."""
+    if device.type == "cpu":
+        return "exact resume: bit-identical to an uninterrupted run (CPU, same threads and versions)"
+    if not is_strict(cfg, device):
+        return ("exact resume: NOT guaranteed: equal up to rounding (training.determinism=default on "
+                f"{device.type}); set training.determinism=strict for bit-identical resume")
+    if compile_model:
+        return ("exact resume: deterministic kernels, but torch.compile on CUDA is not verified bit-identical "
+                "after a resume (Inductor compiles again); expect equality up to rounding")
+    return f"exact resume: bit-identical to an uninterrupted run ({device.type}, deterministic algorithms)"
+
+
+def apply_runtime(cfg: TrainingConfig, device: torch.device) -> None:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    if cfg.determinism == "strict":
+    if is_strict(cfg, device):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
 
@@ -44,8 +63,8 @@ def setup_runtime(cfg: TrainingConfig, rank: int, world_size: int) -> torch.devi
     device = resolve_device(cfg.device)
     if world_size > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", distributed.local_rank())
-    distributed.init(device)
-    apply_runtime(cfg)
+    distributed.init(device, cfg.dist_timeout_s)
+    apply_runtime(cfg, device)
     seed_everything(cfg.seed + rank)
     return device
 

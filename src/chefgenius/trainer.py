@@ -35,7 +35,7 @@ from .optim import build_optimization
 from .parallel import parallelize
 from .resume import grad_accum_for, resume_changes
 from .rundir import RunDirectory, RunDirError
-from .runtime import autocast_for, setup_runtime
+from .runtime import autocast_for, resume_guarantee, setup_runtime
 from .signals import StopRequest
 from .step import TrainStep
 from .tracking import MetricsWriter, NullMetrics
@@ -94,6 +94,7 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.training
         self.run.check_usable()
         self.device = setup_runtime(tc, self.rank, self.world_size)
+        self.log(resume_guarantee(tc, cfg.model.compile, self.device))
         ckpt = self.checkpointer.select(self.resume)
         self.is_seq2seq = config_is_seq2seq(cfg.model)
         self.data, self.tokenizer = build_data(cfg, ckpt, is_seq2seq=self.is_seq2seq, rank=self.rank, log=self._say)

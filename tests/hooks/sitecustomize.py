@@ -1,13 +1,31 @@
 """Imported at start-up by every Python process the fault tests launch with this folder on PYTHONPATH
-(torchrun's workers too): holds each checkpoint save open for CHEFGENIUS_TEST_SAVE_PAUSE_S seconds
-through the library's save hook, so that a test can kill a run while a save is in flight."""
+(torchrun's workers too). Through the library's save hook it can
+
+- hold every checkpoint save open for CHEFGENIUS_TEST_SAVE_PAUSE_S seconds, and
+- hold the save of one step (CHEFGENIUS_TEST_HOLD_SAVE="STEP:GATE_DIR") until the test releases it:
+  the hook creates GATE_DIR/held when that save is written, then waits for GATE_DIR/release.
+"""
 
 import os
 
 _pause = float(os.environ.get("CHEFGENIUS_TEST_SAVE_PAUSE_S") or 0)
-if _pause:
+_hold = os.environ.get("CHEFGENIUS_TEST_HOLD_SAVE")
+if _pause or _hold:
     import time
+    from pathlib import Path
 
     from chefgenius.checkpoint import store
 
-    store.SAVE_HOOKS.append(lambda: time.sleep(_pause))
+    if _pause:
+        store.SAVE_HOOKS.append(lambda directory: time.sleep(_pause))
+    if _hold:
+        _step, _gate = _hold.split(":", 1)
+
+        def _held(directory: Path) -> None:
+            if f"step-{int(_step):07d}" not in directory.name:
+                return
+            (Path(_gate) / "held").touch()
+            while not (Path(_gate) / "release").exists():
+                time.sleep(0.01)
+
+        store.SAVE_HOOKS.append(_held)

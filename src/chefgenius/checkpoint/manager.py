@@ -273,7 +273,7 @@ class CheckpointManager:
 
         def write_piece() -> Any:
             write(tmp)
-            run_save_hooks()
+            run_save_hooks(tmp)
             check_abandoned()
             return hash_files(tmp, files_of_rank(tmp, self.rank))
 
@@ -425,7 +425,7 @@ class CheckpointManager:
                 write_rank_state(Path(message["tmp"]), self.rank)
                 if rank_piece is not None:
                     rank_piece(Path(message["tmp"]))
-                run_save_hooks()
+                run_save_hooks(Path(message["tmp"]))
             except (OSError, SafetensorError) as err:  # safetensors reports a full disk as its own error
                 failure = f"rank {self.rank}: {getattr(err, 'strerror', None) or err}"
                 print(f"error: cannot write checkpoint step {step}: {failure}", file=sys.stderr, flush=True)

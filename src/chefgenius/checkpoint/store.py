@@ -32,14 +32,15 @@ from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, RANK_DIR, TMP_PREFIX, ch
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Test hook: widen the window between writing a checkpoint's files and committing it, so that
 # kill tests can land a SIGKILL inside a save deterministically. Unset in normal use.
-# Called with no arguments once a save's files are written and before it commits (in whichever thread
-# writes). An extension point for observers; the fault tests use it to hold saves open while they kill.
-SAVE_HOOKS: list[Callable[[], None]] = []
+# Called with a save's temporary directory once this process has written its files, before the commit
+# (in whichever thread writes). An extension point for observers; the fault tests use it to hold a save
+# open while they kill the run.
+SAVE_HOOKS: list[Callable[[Path], None]] = []
 
 
-def run_save_hooks() -> None:
+def run_save_hooks(directory: Path) -> None:
     for hook in SAVE_HOOKS:
-        hook()
+        hook(directory)
 
 
 class CheckpointWriteError(OSError):
@@ -251,7 +252,7 @@ def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[
     root = final.parent
     with _discarded_on_error(tmp, final.name, step):
         if hooks:
-            run_save_hooks()
+            run_save_hooks(tmp)
         if before_commit is not None:
             before_commit()
         files, _ = _tree(tmp)
