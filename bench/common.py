@@ -27,11 +27,27 @@ def results_dir() -> Path:
     return out
 
 
+def commit() -> str:
+    """The measured code: HEAD, marked ``+dirty`` when the tree has uncommitted changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-                            "python": platform.python_version(), "torch": torch.__version__}
+    info: dict[str, Any] = {"commit": commit(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                            f"{platform.system()}", "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
     try:
         import transformers
 
@@ -48,7 +64,10 @@ def spread(values: list[float]) -> dict[str, float]:
 def write_result(name: str, lines: list[str], data: dict[str, Any]) -> Path:
     """``lines``: the Markdown section (title first); ``data``: its JSON twin (gets ``machine`` added)."""
     out = results_dir()
-    (out / f"{name}.json").write_text(json.dumps({**machine_info(), **data}, indent=2) + "\n")
+    info = machine_info()
+    lines = [lines[0], "", f"_Commit {info['commit']}; {info.get('gpu') or info['machine']}; torch {info['torch']}._",
+             *lines[1:]]
+    (out / f"{name}.json").write_text(json.dumps({**info, **data}, indent=2) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     return out / f"{name}.md"

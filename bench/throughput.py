@@ -1,12 +1,14 @@
 """Training throughput: chefgenius against the Hugging Face Trainer and a bare PyTorch loop.
 
-    python bench/throughput.py [--steps 80] [--repeats 3] [--family gpt2|t5] [--preset tiny|small|base] [--quick]
+    python bench/throughput.py [--steps 80] [--repeats 3] [--family gpt2|t5] [--preset tiny|small|base|large]
+                               [--device cpu|cuda] [--quick]
 
 Every contender trains the same model (GPT-2 or T5, built from config, same seed) on the same prepared
 RecipeNLG-style data (the bundled corpus), batch size 8, one micro-batch per step, fp32, AdamW
-with the same hyper-parameters, clipping 1.0, one thread. Measured: target tokens per second of
-the training loop from step 10 to the last step (start-up and warm-up excluded), data loading
-and collation included. Contenders run one after another, never at once.
+with the same hyper-parameters, clipping 1.0, one thread, on the same device. Measured: target tokens
+per second of the training loop from step 10 to the last step (start-up and warm-up excluded), data
+loading and collation included; on CUDA each mark waits for the device (``torch.cuda.synchronize``).
+Contenders run one after another, never at once, in a shuffled order each repeat.
 
 - bare loop: the floor; batches are collated before timing, then forward/backward/clip/step.
 - chefgenius: ``Trainer.fit`` with evaluation and checkpoints out of the timed window.
@@ -15,7 +17,7 @@ and collation included. Contenders run one after another, never at once.
   random batches and once with ``train_sampling_strategy="group_by_length"`` (transformers 5;
   chefgenius groups by length by default).
 
-Writes bench/results/throughput.{md,json} (GPT-2 tiny) or throughput_FAMILY_PRESET.{md,json}.
+Writes bench/results/throughput.{md,json} (GPT-2 tiny, CPU) or throughput_FAMILY_PRESET[_cuda].{md,json}.
 Needs ``transformers`` Trainer's dependency ``accelerate``.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -32,6 +35,13 @@ import torch
 from common import write_result
 
 WARM = 10
+DEVICE = "cpu"
+
+
+def mark() -> float:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def raw_config(family: str, preset: str, steps: int, group_by_length: bool) -> dict:
@@ -41,7 +51,7 @@ def raw_config(family: str, preset: str, steps: int, group_by_length: bool) -> d
                   "dropout": 0.0},
         "training": {"seed": 1, "max_steps": steps, "batch_size": 8, "grad_accum": 1, "learning_rate": 1e-3,
                      "warmup_steps": 5, "schedule": "cosine", "weight_decay": 0.01, "max_grad_norm": 1.0,
-                     "group_by_length": group_by_length, "num_threads": 1},
+                     "group_by_length": group_by_length, "num_threads": 1, "device": DEVICE},
         "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": [], "max_batches": 1},
         "checkpoint": {"every_steps": 100_000},
         "logging": {"every_steps": 100_000, "progress_bar": False},
@@ -61,7 +71,7 @@ def run_chefgenius(cfg_raw: dict, work: Path) -> float:
     def on_step(t: Trainer) -> None:
         # The last step ends with the final evaluation and checkpoint: stop the clock one step before.
         if t.state.step in (WARM, t.total_steps - 1):
-            marks[t.state.step] = (time.perf_counter(), t.state.num_tokens)
+            marks[t.state.step] = (mark(), t.state.num_tokens)
 
     trainer = Trainer(build_config(cfg_raw), work / "cg", log=lambda *a: None, on_step=on_step, resume="never")
     trainer.fit()
@@ -99,11 +109,12 @@ def run_bare(cfg_raw: dict) -> float:
     tc = cfg.training
     sampler = ResumableSampler(data.train.lengths(), batch_size=tc.batch_size, grad_accum=1, seed=tc.seed,
                                shuffle=True, group_by_length=tc.group_by_length)
-    batches = [collate([data.train.example(i) for i in sampler.next_step()[0]], tok.pad_token_id)
-               for _ in range(tc.max_steps)]
-    model = fresh_model(cfg, tok)
+    dev = torch.device(DEVICE)
+    batches = [{k: v.to(dev) for k, v in collate([data.train.example(i) for i in sampler.next_step()[0]],
+                                                 tok.pad_token_id).items()} for _ in range(tc.max_steps)]
+    model = fresh_model(cfg, tok).to(dev)
     model.train()
-    opt = build_optimizer(model, tc, torch.device("cpu"))
+    opt = build_optimizer(model, tc, dev)
     sched = build_scheduler(opt, tc, tc.max_steps)
     params = [p for g in opt.param_groups for p in g["params"]]
     t0 = n = 0
@@ -115,10 +126,10 @@ def run_bare(cfg_raw: dict) -> float:
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step == WARM:
-            t0 = time.perf_counter()
+            t0 = mark()
         elif step > WARM:
             n += target_tokens(batch["labels"], cfg.model.from_scratch == "t5")
-    return n / (time.perf_counter() - t0)
+    return n / (mark() - t0)
 
 
 def run_hf(cfg_raw: dict, work: Path, group_by_length: bool) -> float:
@@ -144,14 +155,14 @@ def run_hf(cfg_raw: dict, work: Path, group_by_length: bool) -> float:
     class Marks(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
             if state.global_step in (WARM, tc.max_steps):
-                marks[state.global_step] = (time.perf_counter(), counted["tokens"])
+                marks[state.global_step] = (mark(), counted["tokens"])
 
     args = TrainingArguments(
         output_dir=str(work / "hf"), per_device_train_batch_size=tc.batch_size, max_steps=tc.max_steps,
         learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
         lr_scheduler_type="cosine", max_grad_norm=tc.max_grad_norm, logging_steps=100_000, save_strategy="no",
         eval_strategy="no", report_to="none", seed=tc.seed, data_seed=tc.seed, dataloader_num_workers=0,
-        use_cpu=True, remove_unused_columns=False, disable_tqdm=True,
+        use_cpu=DEVICE == "cpu", remove_unused_columns=False, disable_tqdm=True,
         train_sampling_strategy="group_by_length" if group_by_length else "random")
     trainer = Trainer(model=fresh_model(cfg, tok), args=args, train_dataset=rows, data_collator=collator,
                       callbacks=[Marks()])
@@ -167,8 +178,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--family", default="gpt2", choices=["gpt2", "t5"])
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.quick:
         args.steps, args.repeats = WARM + 6, 1
     torch.set_num_threads(1)
@@ -188,7 +202,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CHEFGENIUS_CACHE"] = str(Path(tmp) / "cache")
         for rep in range(args.repeats):
-            for i, (name, fn) in enumerate(contenders.items()):
+            order = list(contenders.items())
+            random.Random(rep).shuffle(order)  # no contender always runs first (cold caches) or last
+            for i, (name, fn) in enumerate(order):
                 work = Path(tmp) / f"r{rep}-{i}"
                 work.mkdir()
                 results[name].append(fn(work))
@@ -203,19 +219,21 @@ def main() -> None:
              "vs_hf_grouped": round(v / hf_grouped, 3), "vs_bare": round(v / bare, 3),
              "all": [round(x) for x in results[k]]} for k, v in med.items()]
     command = (f"python bench/throughput.py --steps {args.steps} --repeats {args.repeats} --family {args.family} "
-               f"--preset {args.preset}")
+               f"--preset {args.preset} --device {args.device}")
     name = "GPT-2" if args.family == "gpt2" else "T5"
-    lines = [f"# Training throughput, {name} {args.preset}", "",
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
+    lines = [f"# Training throughput, {name} {args.preset}" + (" (CUDA)" if args.device == "cuda" else ""), "",
              f"`{command}`; {name} {args.preset} from scratch ({params / 1e6:.1f}M parameters), batch 8, fp32, "
-             f"1 thread; target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}.", "",
+             f"{where}; target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}.", "",
              "| contender | tokens/s | min | max | vs HF defaults | vs HF grouped | vs bare loop |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_hf_defaults']} | "
               f"{r['vs_hf_grouped']} | {r['vs_bare']} |" for r in rows]
-    plain = (args.family, args.preset) == ("gpt2", "tiny")
-    result = "throughput" if plain else f"throughput_{args.family}_{args.preset}"
+    plain = (args.family, args.preset, args.device) == ("gpt2", "tiny", "cpu")
+    result = "throughput" if plain else f"throughput_{args.family}_{args.preset}" + (
+        "_cuda" if args.device == "cuda" else "")
     write_result(result, lines, {"command": command, "family": args.family, "preset": args.preset,
-                                 "parameters": params, "steps": args.steps, "repeats": args.repeats,
+                                 "device": where, "parameters": params, "steps": args.steps, "repeats": args.repeats,
                                  "quick": args.quick, "rows": rows})
 
 

@@ -53,7 +53,7 @@ def held_save(step: int, gate: Path, env: dict[str, str] | None = None) -> dict[
 
 def train_command(config: Path, run_dir: Path, extra: list[str] | None = None) -> list[str]:
     return [sys.executable, "-m", "chefgenius.cli", "train", "--config", str(config), "--output-dir", str(run_dir),
-            "--no-sample", *(extra or [])]
+            "--no-sample", "--no-report", *(extra or [])]
 
 
 def last_logged_step(run_dir: Path) -> int:

@@ -25,7 +25,7 @@ from chefgenius.checkpoint.manager import checkpoint_problem
 from chefgenius.data.loader import sample_digest
 
 from .conftest import assert_same_weights, final_weights, tiny_config, write_config
-from .soak import slow_saves
+from .soak import held_save, slow_saves
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend")
@@ -45,7 +45,7 @@ def make_config(tmp_path: Path, name: str, *, dropout: float = 0.0, sharding: st
 def command(cfg: Path, run_dir: Path, nproc: int, *extra: str) -> list[str]:
     launch = ["--nproc", str(nproc)] if nproc > 1 else []
     return [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg), "-o", str(run_dir), "--no-sample",
-            *launch, *extra]
+            "--no-report", *launch, *extra]
 
 
 def train(cfg: Path, run_dir: Path, nproc: int, *extra: str, expect: int = 0, env: dict | None = None
@@ -172,7 +172,7 @@ def ref2(workdir) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def ref3(workdir) -> tuple[Path, Path]:
     """Uninterrupted 3-process run with dropout: every rank draws from its own RNG stream."""
-    cfg = make_config(workdir, "ref3", dropout=0.1, batch_size=2)
+    cfg = make_config(workdir, "ref3", dropout=0.1, batch_size=2, num_epochs=1)  # 15 steps
     train(cfg, workdir / "ref3", 3)
     return cfg, workdir / "ref3"
 
@@ -180,7 +180,10 @@ def ref3(workdir) -> tuple[Path, Path]:
 def test_two_processes_equal_one_process_with_twice_the_accumulation(ref2, tmp_path):
     cfg2, run2 = ref2
     one = tmp_path / "one"
-    train(make_config(tmp_path, "one", grad_accum=2), one, 1)
+    from chefgenius.config import load_config
+    from chefgenius.trainer import Trainer
+
+    Trainer(load_config(make_config(tmp_path, "one", grad_accum=2), []), one, log=lambda *a: None).fit()
     # Same samples per micro-batch, gradients summed g0 + g1 either way, loss divided by the global
     # token count: bit-identical weights and the same logged loss at every step.
     assert_same_weights(final_weights(one), final_weights(run2))
@@ -208,9 +211,19 @@ def test_every_sample_once_per_epoch_and_visible_in_the_checkpoint(ref2):
 
 
 def test_killed_two_process_job_resumes_bit_exact(ref2, tmp_path):
+    """Killed twice: first only the launcher's process group (its workers must follow it, or they
+    would train on as orphans holding the run), then every process at once, as a power loss would."""
     cfg, ref = ref2
     run = tmp_path / "run"
-    kill_then_finish(cfg, run, 2, sorted(random.Random(2).sample(range(3, 20), 2)))
+    first, second = sorted(random.Random(2).sample(range(3, 20), 2))
+    proc = start(cfg, run, 2)
+    wait_until(lambda: logged_step(run) >= first, proc)
+    workers = kill_launcher_group(proc)
+    t0 = time.time()
+    while not all(is_gone(p) for p in workers):
+        assert time.time() - t0 < 10, "workers outlived their launcher"
+        time.sleep(0.05)
+    kill_then_finish(cfg, run, 2, [second])  # the same command: the run is not held by orphans, it resumes
     assert_same_run(run, ref)
     assert all(checkpoint_problem(c.path) is None for c in list_checkpoints(run / "checkpoints"))
     assert_same_checkpoints(run, ref)
@@ -224,59 +237,55 @@ def test_three_processes_with_dropout_resume_bit_exact_after_kills(ref3, tmp_pat
     assert_same_run(run, ref)
 
 
-def test_a_killed_worker_is_restarted_by_torchrun_and_the_job_ends_identical(ref2, tmp_path):
+def test_a_rank_killed_while_a_checkpoint_is_written_commits_nothing_and_torchrun_restarts_it(ref2, tmp_path):
+    """Rank 1 is SIGKILLed after writing its piece of step 8's save, before anyone commits: step 8 must
+    not be committed; torchrun restarts the group, which resumes from step 4 and ends identical."""
     cfg, ref = ref2
     run = tmp_path / "run"
-    proc = start(cfg, run, 2, "--max-restarts", "1")
-    wait_until(lambda: logged_step(run) >= 9, proc)
+    gate = tmp_path / "gate"
+    proc = start(cfg, run, 2, "--max-restarts", "1", env=held_save(8, gate))
+    wait_until(lambda: (gate / "held").exists() and any(
+        (p / "rank-00001").is_dir() for p in (run / "checkpoints").glob(".tmp-step-0000008-*")), proc)
     os.kill(worker_of_rank(proc.pid, 1), signal.SIGKILL)
+    (gate / "release").touch()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
     assert_same_run(run, ref)
-    events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any(e.get("event") == "resume" for e in events)  # the restarted group resumed
+    resumes = [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if e.get("event") == "resume"]
+    # Committed before: step 4, and step 5 (a new best validation loss); step 8 never was.
+    assert [e["checkpoint"] for e in resumes] == ["step-0000005"]
 
 
-def test_a_rank_killed_while_a_checkpoint_is_written_commits_nothing(ref2, tmp_path):
+def test_elastic_resume_keeps_the_global_batch_and_every_sample(ref2, tmp_path):
+    """2 processes, killed; resumed on 1 (refused until allowed), killed; resumed on 2 to the end."""
     cfg, ref = ref2
     run = tmp_path / "run"
-    # Each rank pauses after writing its piece: rank 1 is killed there, before anyone commits.
-    proc = start(cfg, run, 2, env=slow_saves(30))
-    ckpts = run / "checkpoints"
-    wait_until(lambda: ckpts.is_dir() and any(p.name.startswith(".tmp-") and (p / "rank-00001").is_dir()
-                                              for p in ckpts.iterdir()), proc)
-    os.kill(worker_of_rank(proc.pid, 1), signal.SIGKILL)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0
-    assert list_checkpoints(ckpts) == []  # step 4 was being written: nothing committed
-    train(cfg, run, 2)  # the leftover temporary is removed and the run starts over
-    assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
-    assert_same_weights(final_weights(run), final_weights(ref))
-
-
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
-def test_elastic_resume_keeps_the_global_batch_and_every_sample(ref2, tmp_path, before, after):
-    cfg2, ref = ref2
-    cfg = make_config(tmp_path, "elastic", grad_accum=2 if before == 1 else 1)
-    run = tmp_path / "run"
-    # Saves pause before they commit, so the kill lands before step 20's checkpoint exists.
-    proc = start(cfg, run, before, env=slow_saves(0.6))
-    wait_until(lambda: (run / "checkpoints" / "step-0000016").is_dir(), proc)  # 5 steps into epoch 1
-    kill_job(proc)
-    if after == 1:
-        refused = train(cfg, run, after, expect=2)
-        assert "--allow-change world_size" in refused.stderr
-    done = train(cfg, run, after, "--allow-change", "world_size")
-    assert "keeps the global batch of 8 samples" in done.stdout
-    resumed_at = max(e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                     if e.get("event") == "resume")
+    done = None
+    for nproc, until in ((2, 8), (1, 16), (2, None)):
+        allow = ("--allow-change", "world_size") if until != 8 else ()
+        if until is None:
+            done = train(cfg, run, nproc, *allow)
+            break
+        if nproc == 1:
+            refused = train(cfg, run, nproc, expect=2)
+            assert "--allow-change world_size" in refused.stderr
+        # Saves pause before they commit, so the kill lands before the next checkpoint exists.
+        proc = start(cfg, run, nproc, *allow, env=slow_saves(0.6))
+        wait_until(lambda at=until: (run / "checkpoints" / f"step-{at:07d}").is_dir(), proc)
+        kill_job(proc)
+    assert "world size 1 -> 2: gradient accumulation 1 keeps the global batch of 8 samples" in done.stdout
+    resumed_at = [e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                  if e.get("event") == "resume"]
+    assert resumed_at == [8, 16]
     # The same samples in every later checkpoint and a complete epoch: none lost, none repeated.
     for step in (20, 22):
         mine, theirs = sampler_at(run, step), sampler_at(ref, step)
         for key in ("epoch", "position", "consumed", "digest", "last_epoch"):
             assert mine[key] == theirs[key], (step, key)
     assert sampler_at(run, 22)["last_epoch"]["complete"]
-    assert resumed_at == 16
+    assert load_state(run / "checkpoints" / "step-0000016", "meta")["world_size"] == 1  # written by 1 process
     # Exactness is not promised across world sizes; here the slices and their order happen to match.
     theirs = step_losses(ref)
     for step, loss in step_losses(run).items():
@@ -350,3 +359,97 @@ def test_fsdp_checkpoint_resumes_on_another_world_size(ref_fsdp, tmp_path):
     mine, full = final_weights(run), final_weights(ref)
     assert all((mine[k] - full[k]).abs().max() < 1e-4 for k in full)
 
+
+
+# ----- the launcher and its workers ---------------------------------------------------------------------
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # a zombie has stopped; whoever adopted it reaps it
+
+
+def kill_launcher_group(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL the launcher's process group only, as ``kill -9 -PGID``, an OOM kill of the launcher or a
+    closed terminal does; torchrun's workers live in sessions of their own, outside that group."""
+    workers = descendants(proc.pid)
+    assert workers
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return workers
+
+
+def test_a_rank_failing_at_start_ends_the_job_promptly_with_its_error(tmp_path):
+    cfg = make_config(tmp_path, "cfg")
+    t0 = time.time()
+    done = train(cfg, tmp_path / "run", 2, expect=1, env={
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "hooks"), os.environ.get("PYTHONPATH", "")]),
+        "CHEFGENIUS_TEST_FAIL_RANK": "1"})
+    assert time.time() - t0 < 60  # rank 0 waits for rank 1 in the rendezvous; torchrun must end it
+    assert "injected start-up failure of rank 1" in done.stdout + done.stderr
+
+
+def test_more_processes_than_gpus_are_refused_before_any_starts(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from chefgenius import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(os, "execv", lambda *a: pytest.fail("a process was launched"))
+    cfg = make_config(tmp_path, "cfg")
+    out = CliRunner().invoke(cli.app, ["train", "-c", str(cfg), "-o", str(tmp_path / "run"), "--nproc", "2",
+                                       "--device", "cuda"])
+    assert out.exit_code == 2
+    lines = [x for x in out.output.splitlines() if x.strip()]
+    assert lines == ["error: 2 processes on this machine need 2 GPUs, 1 CUDA device(s) visible; use at most 1 "
+                     "processes per machine, or training.device=cpu"]
+    out = CliRunner().invoke(cli.app, ["train", "-c", str(cfg), "-o", str(tmp_path / "run"), "--nproc", "2",
+                                       "--device", "cuda:0"])
+    assert out.exit_code == 2 and "puts all 2 processes on one GPU" in out.output
+    assert not (tmp_path / "run").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(cfg: Path, run: Path, tmp_path: Path) -> list[subprocess.Popen]:
+    """Two torchrun agents, one process each, meeting by c10d rendezvous like two machines would; each
+    "node" has a data cache of its own, the run directory is shared."""
+    port, job = free_port(), f"job{random.randrange(10**6)}"
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", job,
+               "-m", "chefgenius", "train", "-c", str(cfg), "-o", str(run), "--no-sample", "--no-report"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True,
+                                      env={**os.environ, "CHEFGENIUS_CACHE": str(tmp_path / f"cache-node{node}")}))
+    return procs
+
+
+def test_two_nodes_rehearsed_on_one_machine_resume_like_one_node(ref2, tmp_path):
+    cfg, ref = ref2
+    run = tmp_path / "run"
+    nodes = two_nodes(cfg, run, tmp_path)
+    wait_until(lambda: logged_step(run) >= 9, nodes[0])
+    workers = [w for proc in nodes for w in kill_launcher_group(proc)]
+    t0 = time.time()
+    while not all(is_gone(p) for p in workers):
+        assert time.time() - t0 < 10, "workers outlived their launcher"
+        time.sleep(0.05)
+    nodes = two_nodes(cfg, run, tmp_path)
+    for proc in nodes:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    for node in (0, 1):  # each node prepared the data in its own cache (and both agreed on it)
+        assert any((tmp_path / f"cache-node{node}" / "prepared" / "index").iterdir())
+    assert_same_run(run, ref)

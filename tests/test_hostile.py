@@ -375,7 +375,7 @@ def test_damaged_prepared_dataset_is_rebuilt_with_a_message(tmp_path, damage):
     assert result.status == "completed"
     damaged = [line for line in logs if "is damaged" in line and "rebuilding" in line]
     assert len(damaged) == 1 and store.name in damaged[0], logs
-    assert ("SHA-256" if damage == "flipped byte" else "outside the vocabulary") in damaged[0]
+    assert ("does not match its XXH3-128" if damage == "flipped byte" else "outside the vocabulary") in damaged[0]
     assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -27,25 +26,16 @@ def _reference(cfg, run_dir: Path) -> None:
     assert Trainer(cfg, run_dir, log=quiet).fit().status == "completed"
 
 
-def test_sigkill_twice_ends_identical(tmp_path):
-    cfg = tiny_config(training={"num_epochs": 1})
-    _reference(cfg, tmp_path / "ref")
-    result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=2, seed=1,
-                             during_save_every=0, env=dict(os.environ))
-    assert result.kills == 2 and result.exit_code == 0, result.log
-    assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
-
-
-def test_ten_random_kills_some_during_checkpoint_writes(tmp_path):
+def test_random_kills_half_during_checkpoint_writes(tmp_path):
     cfg = tiny_config(training={"num_epochs": 3}, checkpoint={"every_steps": 2, "keep_last": 2},
                       evaluation={"every_steps": 6, "at_epoch_end": False})
     _reference(cfg, tmp_path / "ref")
     # The pause hook holds every save open for 0.3 s, so the kills meant for a save land in one.
     env = slow_saves(0.3)
-    result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=10, seed=2,
-                             during_save_every=3, env=env)
-    assert result.kills == 10 and result.exit_code == 0, result.log
-    assert result.kills_during_save == 3
+    result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=4, seed=2,
+                             during_save_every=2, env=env)
+    assert result.kills == 4 and result.exit_code == 0, result.log
+    assert result.kills_during_save == 2  # scripts/soak_resume.py runs the long version (100 kills)
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert ckpts and all(verify_checkpoint(c.path) is None for c in ckpts)

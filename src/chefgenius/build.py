@@ -12,7 +12,8 @@ import transformers
 from . import __version__, distributed
 from .config import Config
 from .data.prepared import PreparedDataset, prepare_dataset
-from .data.tokenize import default_cache_dir
+from .data.sources import DataError
+from .data.tokenize import default_cache_dir, tokenizer_digest
 from .model import load_tokenizer, model_family
 from .train_state import TrainState
 
@@ -38,11 +39,31 @@ def build_data(cfg: Config, ckpt: Any, *, is_seq2seq: bool, rank: int, log: Call
                            progress=cfg.logging.progress_bar and rank == 0)
     if rank == 0:
         distributed.barrier()
+    _check_ranks_agree(data, given)
     rep = data.report
     dropped = ", ".join(f"{reason}: {n}" for reason, n in rep.dropped.most_common())
     log(f"data: read {rep.num_read}, kept {rep.num_kept}, dropped {rep.num_dropped}"
         + (f" ({dropped})" if dropped else "") + "; details in data_report.json")
     return data, given if given is not None else data.tokenizer()
+
+
+def _check_ranks_agree(data: PreparedDataset, given: Any) -> None:
+    """Every rank trains on the same data with the same tokenizer, or none starts.
+
+    Nodes with caches of their own each prepare the dataset (and, from scratch, train the tokenizer);
+    a difference (other data files, another library version) would silently train a nonsense model.
+    """
+    if distributed.world_size() <= 1:
+        return
+    tok = tokenizer_digest(given if given is not None else data.tokenizer())
+    mine = [data.train_fingerprint, data.val_fingerprint, tok]
+    seen = distributed.all_gather_json(mine)
+    odd = [r for r, theirs in enumerate(seen) if theirs != seen[0]]
+    if odd:
+        other = seen[odd[0]]
+        raise DataError(f"rank(s) {odd} prepared other data or another tokenizer than rank 0 (train "
+                        f"{other[0][:12]} vs {seen[0][0][:12]}, tokenizer {other[2]} vs {seen[0][2]}); "
+                        "give every node the same data files and software versions, or one shared data.cache_dir")
 
 
 def run_meta(cfg: Config, data: PreparedDataset, model: torch.nn.Module, *, is_seq2seq: bool, world_size: int,

@@ -72,22 +72,25 @@ def train(
                             help="Accept a changed config key on resume (repeatable).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     sample: Annotated[bool, typer.Option(help="Print a generated recipe at the end.")] = True,
+    report: Annotated[bool, typer.Option(help="Write the run report (plots, HTML) at the end.")] = True,
     nproc: Annotated[Optional[int], typer.Option("--nproc", min=1, help="Processes on this machine: launches "
                      "the same command through torchrun (DDP; gloo on CPU, NCCL on CUDA).")] = None,
     max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="With --nproc: restart the "
                             "process group this often after a worker dies (each restart resumes).")] = 0,
 ) -> None:
     """Train a model; resumes from the newest valid checkpoint in OUTPUT_DIR when there is one."""
-    if nproc is not None:
-        _launch_torchrun(nproc, max_restarts)
-    from . import distributed
     from .config import load_config
-    from .trainer import Trainer
 
     overrides = list(set_ or [])
     if device:
         overrides.append(f"training.device={device}")
     cfg = load_config(config, overrides)
+    if nproc is not None:
+        _check_gpus_for(cfg.training.device, nproc)  # before any process starts
+        _launch_torchrun(nproc, max_restarts)
+    from . import distributed
+    from .trainer import Trainer
+
     if cfg.data.path and Path(cfg.data.path).exists():
         # Recorded absolute so that eval, report and resume work from any working directory.
         cfg.data.path = str(Path(cfg.data.path).resolve())
@@ -109,7 +112,8 @@ def train(
         if result.status == "completed" and distributed.is_main():
             typer.echo(f"done: {result.step} steps in {result.seconds:.1f}s; best validation loss "
                        f"{result.best_val_loss:.4f}; final model in {result.final_dir}")
-            _write_report(output_dir)
+            if report:
+                _write_report(output_dir)
             if sample and cfg.evaluation.prompts:
                 _print_sample(trainer, result.final_dir)
 
@@ -132,6 +136,19 @@ def _print_sample(trainer: Any, final_dir: Path) -> None:
     typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
 
 
+def _check_gpus_for(device: str, nproc: int) -> None:
+    """Refuse more processes than visible GPUs before launching; torch is imported only where a GPU
+    may be (an explicit ``cuda`` device, or ``auto`` on a machine with NVIDIA device nodes), so that a
+    CPU launch does not pay for importing torch twice."""
+    if device == "cpu" or (device == "auto" and sys.platform.startswith("linux")
+                           and not Path("/dev/nvidiactl").exists() and not Path("/dev/nvidia0").exists()):
+        return
+    from .distributed import check_local_devices
+    from .runtime import resolve_device
+
+    check_local_devices(resolve_device(device), nproc)
+
+
 def _launch_torchrun(nproc: int, max_restarts: int) -> None:
     """Replace this process by torchrun running the same ``train`` command in ``nproc`` processes."""
     if "RANK" in os.environ:
@@ -146,6 +163,9 @@ def _launch_torchrun(nproc: int, max_restarts: int) -> None:
             rest.append(arg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            f"--max-restarts={max_restarts}", "-m", "chefgenius", *rest]
+    # distributed.LAUNCHER_PID_ENV, spelled here so that launching imports no torch; execv keeps the pid,
+    # so this process becomes the workers' parent, torchrun's agent.
+    os.environ["CHEFGENIUS_LAUNCHER_PID"] = str(os.getpid())
     sys.stdout.flush()
     os.execv(sys.executable, cmd)
 

@@ -77,14 +77,21 @@ def die_with_launcher() -> None:
         os._exit(1)
 
 
-def check_local_devices(device: torch.device) -> None:
-    """Refuse more local ranks than visible GPUs, in one line (NCCL would fail or hang instead)."""
+def check_local_devices(device: torch.device, local: int | None = None) -> None:
+    """Refuse more processes on this machine than visible GPUs, in one line (NCCL fails or hangs instead).
+
+    ``local`` defaults to torchrun's LOCAL_WORLD_SIZE; ``train --nproc`` asks before launching anything.
+    """
     if device.type != "cuda":
         return
-    visible, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if local > visible:
-        from .config import ConfigError
+    from .config import ConfigError
 
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local is None else local
+    visible = torch.cuda.device_count()
+    if local > 1 and device.index is not None:
+        raise ConfigError(f"training.device={device} puts all {local} processes on one GPU; use "
+                          "training.device=cuda (each process takes cuda:LOCAL_RANK) or training.device=cpu")
+    if local > visible:
         raise ConfigError(f"{local} processes on this machine need {local} GPUs, {visible} CUDA device(s) visible; "
                           f"use at most {visible} processes per machine, or training.device=cpu")
 

@@ -41,11 +41,13 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
         "tiny": {"n_embd": 128, "n_layer": 4, "n_head": 4},
         "small": {"n_embd": 256, "n_layer": 6, "n_head": 8},
         "base": {"n_embd": 512, "n_layer": 7, "n_head": 8},  # ~25M parameters with an 8k vocabulary
+        "large": {"n_embd": 1024, "n_layer": 12, "n_head": 16},  # ~160M: a size worth a GPU
     },
     "t5": {
         "tiny": {"d_model": 128, "d_ff": 256, "num_layers": 3, "num_heads": 4, "d_kv": 32},
         "small": {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64},
         "base": {"d_model": 512, "d_ff": 1024, "num_layers": 4, "num_heads": 8, "d_kv": 64},
+        "large": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "d_kv": 64},  # ~t5-base
     },
 }
 DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "t5": ["q", "v"]}

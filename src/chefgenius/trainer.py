@@ -94,7 +94,6 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.training
         self.run.check_usable()
         self.device = setup_runtime(tc, self.rank, self.world_size)
-        self.log(resume_guarantee(tc, cfg.model.compile, self.device))
         ckpt = self.checkpointer.select(self.resume)
         self.is_seq2seq = config_is_seq2seq(cfg.model)
         self.data, self.tokenizer = build_data(cfg, ckpt, is_seq2seq=self.is_seq2seq, rank=self.rank, log=self._say)
@@ -130,6 +129,7 @@ class Trainer:
         self.log(f"data: {len(self.data.train)} train / {len(self.data.val)} val recipes "
                  f"(fingerprint {self.data.train_fingerprint}); "
                  f"{self.sampler.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+        self.log(resume_guarantee(tc, cfg.model.compile, self.device))  # after every input check: errors stay one line
         if ckpt is not None:
             self._restore(ckpt, changes)
         self.resumed_from = ckpt

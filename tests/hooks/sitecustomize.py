@@ -29,3 +29,13 @@ if _pause or _hold:
                 time.sleep(0.01)
 
         store.SAVE_HOOKS.append(_held)
+
+# CHEFGENIUS_TEST_FAIL_RANK=R: the process of global rank R fails as it joins the process group.
+if os.environ.get("CHEFGENIUS_TEST_FAIL_RANK") not in (None, "") and \
+        os.environ.get("RANK") == os.environ["CHEFGENIUS_TEST_FAIL_RANK"]:
+    from chefgenius import distributed
+
+    def _fail(*args, **kwargs):
+        raise RuntimeError(f"injected start-up failure of rank {os.environ['RANK']}")
+
+    distributed.init = _fail

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .layout import MAX_STATE_JSON_BYTES
+from .tensorfile import write_tensors
 
 FORMAT_VERSION = 1
 _T, _TUP, _ITEMS, _FLOAT = "__tensor__", "__tuple__", "__items__", "__float__"
@@ -30,8 +31,9 @@ class CheckpointFormatError(ValueError):
     """A checkpoint file that is not ours, is damaged, or was written by an incompatible version."""
 
 
-def _own_copy(path: str, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu").contiguous().clone()
+def _on_cpu(path: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A synchronous save writes before training goes on: CPU tensors are written from their own memory."""
+    return tensor.detach().to("cpu").contiguous()
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str, copy: CopyTensor) -> Any:
@@ -79,8 +81,9 @@ def write_bytes(path: Path, data: bytes) -> None:
 class EncodedState:
     """One state piece split into its JSON tree and the tensors it refers to, ready to be written.
 
-    Holds no reference to live training state (every tensor is a copy), so it can be written while
-    training goes on.
+    Taken for a background save, it holds no reference to live training state (every tensor is a
+    copy in the snapshot's buffers), so it can be written while training goes on; taken for a
+    synchronous save, it refers to the live tensors, written before the next step.
     """
 
     tree: Any
@@ -88,11 +91,12 @@ class EncodedState:
 
 
 def encode_state(name: str, state: Any, copy: CopyTensor | None = None) -> EncodedState:
-    """``copy(path, tensor)``: a CPU copy of each tensor (default: a fresh clone; snapshots reuse buffers).
+    """``copy(path, tensor)``: the CPU tensor to write (default: the tensor itself, moved to the CPU if it
+    is not there; snapshots copy into reused buffers).
 
     Anything that cannot be stored raises ``TypeError`` here, before any file is written."""
     tensors: dict[str, torch.Tensor] = {}
-    return EncodedState(_encode(state, tensors, name, copy or _own_copy), tensors)
+    return EncodedState(_encode(state, tensors, name, copy or _on_cpu), tensors)
 
 
 def write_encoded(directory: Path, name: str, encoded: EncodedState) -> list[Path]:
@@ -102,11 +106,10 @@ def write_encoded(directory: Path, name: str, encoded: EncodedState) -> list[Pat
     write_bytes(json_path, json.dumps(doc, allow_nan=False).encode())
     written = [json_path]
     if encoded.tensors:
-        # Written by safetensors straight to the file (no in-memory copy: half the time of serialise +
-        # write for optimizer state); a full disk raises SafetensorError naming os error 28, which
-        # the commit maps to ENOSPC like an OSError.
+        # The safetensors layout written from the tensors' memory, digested and fsynced on the way
+        # (tensorfile.py): the commit reads nothing back. A full disk raises OSError (ENOSPC).
         st_path = directory / f"{name}.safetensors"
-        save_file(encoded.tensors, str(st_path))
+        write_tensors(st_path, encoded.tensors)
         written.append(st_path)
     return written
 

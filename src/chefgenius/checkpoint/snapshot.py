@@ -10,6 +10,7 @@ while the next steps change the model and optimizer in place.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..fileio import digest_and_sync
 from .format import EncodedState, encode_state, write_encoded
 from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
 from .rng import capture_rng
@@ -137,20 +139,37 @@ def take_snapshot(*, model: Any, pieces: dict[str, Any], meta: dict[str, Any] | 
 
 def write_snapshot(directory: Path, snapshot: StateSnapshot, *, model: Any, tokenizer: Any, rank: int = 0) -> None:
     """Write a snapshot in the checkpoint layout (the model and tokenizer in Hugging Face format);
-    ``model`` / ``tokenizer`` None: not written by this rank."""
+    ``model`` / ``tokenizer`` None: not written by this rank.
+
+    The files are independent, so they are written side by side (the model with its tokenizer, each
+    other piece, this rank's directory), each fsynced and digested by its own writer; the first
+    failure is raised once all have stopped, so nothing is left writing into a discarded directory.
+    """
     if snapshot.ready is not None:
         snapshot.ready.synchronize()
+    jobs: list[Callable[[], Any]] = []
+    if model is not None or tokenizer is not None:
+        jobs.append(lambda: _write_hf(directory, snapshot, model, tokenizer))
+    jobs += [lambda n=name, e=encoded: write_encoded(directory, n, e) for name, encoded in snapshot.pieces.items()]
+    jobs.append(lambda: write_rank_pieces(directory, snapshot.rank_pieces, rank))
+    with ThreadPoolExecutor(max_workers=min(len(jobs), 4), thread_name_prefix="chefgenius-write") as pool:
+        futures = [pool.submit(job) for job in jobs]
+    for future in futures:
+        future.result()  # the first failure, in a fixed order
+
+
+def _write_hf(directory: Path, snapshot: StateSnapshot, model: Any, tokenizer: Any) -> None:
     if model is not None:
         if snapshot.model_state is not None:
             # save_pretrained pops entries from the dict it is given: hand it a fresh one each time.
             model.save_pretrained(str(model_dir(directory)), state_dict=dict(snapshot.model_state))
         else:
             model.save_pretrained(str(model_dir(directory)))
+        for path in sorted(model_dir(directory).rglob("*")):
+            if path.is_file():
+                digest_and_sync(path)  # while the other pieces are still being written
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tokenizer_dir(directory)))
-    for name, encoded in snapshot.pieces.items():
-        write_encoded(directory, name, encoded)
-    write_rank_pieces(directory, snapshot.rank_pieces, rank)
 
 
 def write_rank_pieces(directory: Path, pieces: dict[str, EncodedState], rank: int) -> None:

@@ -1,7 +1,8 @@
 """Checkpoint directories: atomic commit, manifest + verification, discovery, retention.
 
 A checkpoint is written into ``.tmp-step-NNNNNNN-PID`` beside its final place; files are
-fsynced, ``MANIFEST.json`` (name, size and SHA-256 of every file) is written last, then the
+fsynced, ``MANIFEST.json`` (name, size and XXH3-128 digest of every file; SHA-256 in checkpoints of
+earlier releases, still verified) is written last, then the
 directory is renamed to ``step-NNNNNNN`` and the parent fsynced. A kill at any moment leaves
 either a complete checkpoint or a temporary directory that readers ignore and the next run
 removes. Verification trusts nothing in the manifest: entries must be plain relative names of
@@ -25,11 +26,11 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from ..fileio import fsync_dir, fsync_file, sha256_file
+from ..fileio import DIGEST_HEX_LENGTHS, DIGEST_LABELS, file_digest, fsync_dir, manifest_entry
 from .format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
 from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, RANK_DIR, TMP_PREFIX, checkpoint_dir, rank_dir, step_of
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"^[0-9a-f]+$")
 # Test hook: widen the window between writing a checkpoint's files and committing it, so that
 # kill tests can land a SIGKILL inside a save deterministically. Unset in normal use.
 # Called with a save's temporary directory once this process has written its files, before the commit
@@ -119,27 +120,23 @@ def files_of_rank(directory: Path, rank: int) -> list[str]:
 
 
 def hash_files(directory: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Fsync each file and note its size and SHA-256: what one process contributes to a manifest."""
-    out = {}
-    for rel in names:
-        fsync_file(directory / rel)
-        out[rel] = {"size": (directory / rel).stat().st_size, "sha256": sha256_file(directory / rel)}
-    return out
+    """Fsync each file and note its size and digest: what one process contributes to a manifest
+    (files digested while they were written are not read again)."""
+    return {rel: manifest_entry(directory / rel) for rel in names}
 
 
 def write_manifest(directory: Path, step: int, hashed: dict[str, dict[str, Any]] | None = None) -> None:
-    """``hashed``: entries other processes already computed (and fsynced); a file is hashed here only
-    when it has no entry or its size changed since."""
+    """``hashed``: entries other processes already computed (and fsynced); every other file is
+    fsynced and digested here, unless it was digested while written (and is unchanged since)."""
     names, odd = _tree(directory)
     if odd:
         raise OSError(errno.EINVAL, f"refusing to commit a checkpoint holding non-regular files {odd}")
     hashed = hashed or {}
     files = {}
     for rel in names:
-        size = (directory / rel).stat().st_size
         known = hashed.get(rel)
-        files[rel] = known if known and known.get("size") == size else {"size": size,
-                                                                         "sha256": sha256_file(directory / rel)}
+        files[rel] = known if known and known.get("size") == (directory / rel).stat().st_size \
+            else manifest_entry(directory / rel)
     doc = {"format_version": FORMAT_VERSION, "step": step, "created": time.time(), "files": files}
     path = directory / MANIFEST
     with path.open("w") as f:
@@ -181,13 +178,22 @@ def _entry_problem(rel: str, entry: Any) -> str | None:
     if odd or PurePosixPath(rel).as_posix() != rel or rel == MANIFEST:
         return "is not a plain relative file name inside the checkpoint"
     if not isinstance(entry, dict):
-        return f"must be {{size, sha256}}, found {type(entry).__name__}"
-    size, digest = entry.get("size"), entry.get("sha256")
+        return f"must be {{size, xxh3_128 or sha256}}, found {type(entry).__name__}"
+    size = entry.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         return "has no valid size"
-    if not isinstance(digest, str) or not _SHA256.match(digest):
-        return "has no valid sha256"
+    algos = [a for a in DIGEST_HEX_LENGTHS if a in entry]
+    if len(algos) != 1:
+        return "has no valid digest (one of xxh3_128, sha256)"
+    digest = entry[algos[0]]
+    if not isinstance(digest, str) or len(digest) != DIGEST_HEX_LENGTHS[algos[0]] or not _HEX.match(digest):
+        return f"has no valid {algos[0]}"
     return None
+
+
+def _digest_of(entry: dict[str, Any]) -> tuple[str, str]:
+    algo = next(a for a in DIGEST_HEX_LENGTHS if a in entry)
+    return algo, entry[algo]
 
 
 def verify_checkpoint(ckpt: Path) -> str | None:
@@ -215,8 +221,9 @@ def verify_checkpoint(ckpt: Path) -> str | None:
         if size != entry["size"]:
             return f"{ckpt.name}: file {rel} has {size} bytes, manifest says {entry['size']}"
     for rel, entry in listed.items():
-        if sha256_file(ckpt / rel) != entry["sha256"]:
-            return f"{ckpt.name}: file {rel} does not match its SHA-256 in the manifest (corrupted)"
+        algo, digest = _digest_of(entry)
+        if file_digest(ckpt / rel, algo) != digest:
+            return f"{ckpt.name}: file {rel} does not match its {DIGEST_LABELS[algo]} in the manifest (corrupted)"
     return None
 
 
@@ -256,10 +263,7 @@ def commit_written(tmp: Path, final: Path, step: int, *, hashed: dict[str, dict[
         if before_commit is not None:
             before_commit()
         files, _ = _tree(tmp)
-        for rel in files:
-            if rel not in (hashed or {}):
-                fsync_file(tmp / rel)
-        write_manifest(tmp, step, hashed)
+        write_manifest(tmp, step, hashed)  # fsyncs what was neither synced by its writer nor by its rank
         for d in sorted({(tmp / f).parent for f in files} | {tmp}, key=lambda d: len(d.parts), reverse=True):
             fsync_dir(d)
         if final.exists() or final.is_symlink():
