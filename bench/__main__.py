@@ -15,11 +15,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FULL = [
-    ["throughput.py", "--steps", "80", "--repeats", "3"],
-    ["throughput.py", "--steps", "30", "--repeats", "3", "--preset", "base"],
-    ["throughput.py", "--steps", "60", "--repeats", "3", "--family", "t5"],
-    ["checkpoint_save.py", "--repeats", "5"],
-    ["async_checkpoint.py", "--preset", "small", "--steps", "60", "--repeats", "3"],
+    ["throughput.py", "--steps", "80", "--repeats", "5"],
+    ["throughput.py", "--steps", "60", "--repeats", "5", "--preset", "base"],
+    ["throughput.py", "--steps", "60", "--repeats", "5", "--family", "t5"],
+    ["checkpoint_save.py", "--preset", "large", "--repeats", "5"],
+    ["async_checkpoint.py", "--preset", "large", "--steps", "24", "--every", "4", "--batch-size", "1",
+     "--repeats", "2"],
     ["optimizer_step.py", "--steps", "20", "--repeats", "3"],
     ["padding.py"],
     ["startup.py", "--repeats", "3"],
@@ -27,8 +28,8 @@ FULL = [
 ]
 QUICK = [
     ["throughput.py", "--quick"],
-    ["checkpoint_save.py", "--repeats", "1", "--no-memory"],
-    ["async_checkpoint.py", "--preset", "tiny", "--steps", "12", "--repeats", "1"],
+    ["checkpoint_save.py", "--quick"],
+    ["async_checkpoint.py", "--preset", "tiny", "--steps", "8", "--every", "2", "--repeats", "1"],
     ["optimizer_step.py", "--steps", "2", "--repeats", "1"],
     ["padding.py"],
 ]

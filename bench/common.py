@@ -41,19 +41,60 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _filesystem(path: Path) -> str:
+    """The filesystem type and device the benchmark's temporary files land on (``BENCH_TMP`` or /tmp)."""
+    target = str(Path(os.environ.get("BENCH_TMP") or "/tmp").resolve())
+    best = ("", "unknown", "unknown")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mount, fstype = line.split()[:3]
+            if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best[0]):
+                best = (mount, fstype, dev)
+    except OSError:
+        pass
+    return f"{best[1]} on {best[2]} (mounted at {best[0] or '?'})"
+
+
 def machine_info() -> dict[str, Any]:
+    """Where and with what a result was measured: commit (and whether the tree was dirty), date, CPU,
+    cores, RAM, the filesystem of the temporary files, the load, and every library that is timed."""
+    import datetime
+    import importlib.metadata
+
     import torch
 
-    info: dict[str, Any] = {"commit": commit(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                            f"{platform.system()}", "python": platform.python_version(), "torch": torch.__version__}
+    info: dict[str, Any] = {
+        "commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}", "cpu": _cpu_model(),
+        "ram_gib": _ram_gib(), "filesystem": _filesystem(ROOT), "load_average": os.getloadavg()[0],
+        "python": platform.python_version(), "torch": torch.__version__}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
+    for lib in ("transformers", "accelerate", "safetensors", "tokenizers", "xxhash", "datasets", "numpy"):
+        try:
+            info[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return info
 
 
@@ -65,8 +106,11 @@ def write_result(name: str, lines: list[str], data: dict[str, Any]) -> Path:
     """``lines``: the Markdown section (title first); ``data``: its JSON twin (gets ``machine`` added)."""
     out = results_dir()
     info = machine_info()
-    lines = [lines[0], "", f"_Commit {info['commit']}; {info.get('gpu') or info['machine']}; torch {info['torch']}._",
-             *lines[1:]]
+    libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "accelerate", "safetensors", "tokenizers")
+                     if k in info)
+    lines = [lines[0], "", f"_Commit {info['commit']}, {info['date']}; {info.get('gpu') or info['cpu']}, "
+             f"{info['machine']}, {info['ram_gib']} GiB RAM; temporary files on {info['filesystem']}; {libs}; "
+             f"load average {info['load_average']:.2f} at the end._", *lines[1:]]
     (out / f"{name}.json").write_text(json.dumps({**info, **data}, indent=2) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

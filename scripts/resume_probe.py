@@ -42,7 +42,7 @@ def probe_config(args: argparse.Namespace) -> dict:
 
 
 def command(cfg: Path, run: Path) -> list[str]:
-    return [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg), "-o", str(run), "--no-sample"]
+    return [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg), "-o", str(run), "--no-sample", "--no-report"]
 
 
 def finish(cfg: Path, run: Path) -> str:

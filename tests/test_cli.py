@@ -83,8 +83,13 @@ def test_generate_is_deterministic_per_seed(tiny_run):
     assert a.exit_code == 0, a.output
     assert a.output == b.output and a.output != c.output
     js = invoke("generate", "--run", tiny_run, "--ingredients", "egg", "--json", "--max-new-tokens", "20")
-    assert set(json.loads(js.output.splitlines()[-1])) == {"title", "ingredients", "directions", "complete", "used",
-                                                           "unused", "unused_in_directions", "ingredient_recall"}
+    record = json.loads(js.output.splitlines()[-1])
+    assert set(record) == {"title", "ingredients", "directions", "complete", "used", "unused", "unused_in_directions",
+                           "ingredient_recall", "duplicate_lines", "looping", "title_fits", "title_misfits",
+                           "extra_items"}
+    from chefgenius.recipe_checks import duplicate_ingredient_lines
+
+    assert record["duplicate_lines"] == duplicate_ingredient_lines(record["ingredients"])
 
 
 def test_coverage_decoding_uses_the_requested_ingredients(tiny_run):

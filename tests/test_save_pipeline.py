@@ -71,3 +71,70 @@ def test_new_manifests_use_xxh3_and_old_sha256_manifests_still_verify(tmp_path):
     data[-3] ^= 0x10
     opt.write_bytes(bytes(data))
     assert "does not match its SHA-256" in verify_checkpoint(ckpt)
+
+
+def _entries(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_every_save_logs_its_figures_and_the_run_says_what_saving_costs(tmp_path, background):
+    said: list[str] = []
+    cfg = tiny_config(training={"max_steps": 6, "warmup_steps": 1},
+                      checkpoint={"every_steps": 2, "async": background, "keep_last": 10},
+                      evaluation={"every_steps": 100, "at_epoch_end": False})
+    Trainer(cfg, tmp_path / "run", log=lambda *a: said.append(" ".join(map(str, a)))).fit()
+    saves = [e for e in _entries(tmp_path / "run") if e.get("event") == "save"]
+    assert [e["step"] for e in saves] == [2, 4, 6]
+    for e in saves:
+        ckpt = tmp_path / "run" / "checkpoints" / f"step-{e['step']:07d}"
+        on_disk = sum(entry["size"] for entry in json.loads((ckpt / MANIFEST).read_text())["files"].values())
+        assert e["bytes"] == on_disk and e["mode"] == ("async" if background else "sync")
+        assert 0 < e["blocked_s"] and 0 < e["write_s"] and e["mb_per_s"] > 0
+        if not background:
+            assert e["blocked_s"] == e["write_s"]  # a synchronous save holds training all along
+    advice = [x for x in said if x.startswith("checkpoint: a save writes")]
+    assert len(advice) == 1 and "saving every 2 steps slows training by about" in advice[0], said
+
+
+def test_a_save_due_while_the_previous_is_written_waits_or_is_skipped_and_says_so(tmp_path):
+    import time
+
+    from chefgenius.checkpoint import store
+    from chefgenius.checkpoint.layout import step_of
+
+    trainers: list[Trainer] = []
+
+    def outlast_one_step(directory):
+        """Hold each background save until training has done the next step (and a little more), so
+        that the next save, due one step later, finds it still being written."""
+        step = step_of(directory.with_name(directory.name.split("-", 1)[1].rsplit("-", 1)[0]))
+        if step is None:  # final/
+            return
+        deadline = time.monotonic() + 20
+        while trainers[-1].state.step <= step < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.2 if step < 5 else 0)
+
+    store.SAVE_HOOKS.append(outlast_one_step)
+    try:
+        runs = {}
+        for policy in ("wait", "skip"):
+            said: list[str] = []
+            cfg = tiny_config(training={"max_steps": 5, "warmup_steps": 1},
+                              checkpoint={"every_steps": 1, "when_busy": policy, "keep_last": 10},
+                              evaluation={"every_steps": 100, "at_epoch_end": False})
+            trainers.append(Trainer(cfg, tmp_path / policy, log=lambda *a, s=said: s.append(" ".join(map(str, a)))))
+            trainers[-1].fit()
+            runs[policy] = said
+    finally:
+        store.SAVE_HOOKS.remove(outlast_one_step)
+    waited = [x for x in runs["wait"] if "waited" in x and "for the save of step" in x]
+    assert len(waited) == 4, runs["wait"]  # saves 2..5 each waited for the one before
+    assert [c.step for c in list_checkpoints(tmp_path / "wait" / "checkpoints")] == [1, 2, 3, 4, 5]
+    skipped = [x for x in runs["skip"] if "skipped: the save of step" in x and "when_busy=skip" in x]
+    kept = [c.step for c in list_checkpoints(tmp_path / "skip" / "checkpoints")]
+    assert skipped and len(kept) + len(skipped) == 5 and kept[-1] == 5, runs["skip"]  # the end always saves
+    from .test_resume import train_losses
+
+    assert train_losses(tmp_path / "wait") == train_losses(tmp_path / "skip")  # saves never change training

@@ -214,6 +214,8 @@ def generate(
                         "ingredient in the list and in the directions.")] = False,
     coverage_strength: Annotated[float, typer.Option(
         min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
+    guard: Annotated[bool, typer.Option(help="Forbid repeated ingredient lines and sentences and out-of-order "
+                     "step numbers while decoding (guard.py).")] = True,
 ) -> None:
     """Generate recipes from ingredients."""
     from .data.format import parse_recipe, render_recipe
@@ -224,7 +226,7 @@ def generate(
     settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   top_k=top_k, repetition_penalty=repetition_penalty,
                                   no_repeat_ngram_size=no_repeat_ngram_size, seed=seed,
-                                  coverage=coverage_strength if coverage else 0.0)
+                                  coverage=coverage_strength if coverage else 0.0, guard=guard)
     settings.generate_kwargs(num)  # validates the preset before the model loads
     m, tok, seq2seq, max_prompt_tokens = _load_model(run, model, device)
 
@@ -286,6 +288,8 @@ def eval_(
     = False,
     coverage_strength: Annotated[float, typer.Option(
         min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
+    guard: Annotated[bool, typer.Option(help="Forbid repeated ingredient lines and sentences and out-of-order "
+                     "step numbers while decoding (guard.py).")] = True,
 ) -> None:
     """Loss, perplexity and text metrics (BLEU, ROUGE, ingredient coverage, structure, repetition)."""
     from rich.console import Console
@@ -299,9 +303,10 @@ def eval_(
     GenerationSettings(preset=preset).generate_kwargs(1)  # validates the preset before the model loads
     result = evaluate_run(run, checkpoint=checkpoint, split=split, num_samples=num_samples, preset=preset,
                           max_new_tokens=max_new_tokens, device=device,
-                          coverage_strength=coverage_strength if coverage else 0.0)
+                          coverage_strength=coverage_strength if coverage else 0.0, guard=guard)
     table = Table(title=f"{result['model']} on {split} ({result['recipes']} recipes, "
-                        f"{result['num_samples']} generated, {preset}{', coverage' if coverage else ''})")
+                        f"{result['num_samples']} generated, {preset}{', coverage' if coverage else ''}"
+                        f"{'' if guard else ', no guard'})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in METRIC_KEYS:

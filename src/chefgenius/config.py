@@ -157,7 +157,11 @@ class CheckpointConfig(_Strict):
     keep_best: int = Field(1, ge=0, description="Also keep the K best by validation loss.")
     on_error: Literal["stop", "continue"] = Field("stop", description="On a failed save: stop, or log and go on.")
     async_: bool = Field(True, alias="async", description="Copy the state to CPU memory at the step and write, "
-                         "fsync, hash and commit it in the background (single-process runs).")
+                         "fsync, hash and commit it in the background.")
+    when_busy: Literal["wait", "skip"] = Field(
+        "wait", description="A background save comes due while the previous one is still being written: wait "
+        "for it (every asked-for checkpoint exists), or skip this one (training never waits; the end and a "
+        "stop always save). Logged either way.")
 
 
 class LoggingConfig(_Strict):

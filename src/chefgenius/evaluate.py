@@ -17,7 +17,7 @@ __all__ = ["METRIC_KEYS", "evaluate_run"]
 
 def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = "val", num_samples: int = 20,
                  preset: str = "greedy", max_new_tokens: int | None = None, device: str = "cpu",
-                 progress: bool = True, coverage_strength: float = 0.0) -> dict[str, Any]:
+                 progress: bool = True, coverage_strength: float = 0.0, guard: bool = True) -> dict[str, Any]:
     """Loss/perplexity on a split and text metrics on ``num_samples`` generations; writes eval.json."""
     import torch
 
@@ -55,10 +55,11 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
         result.update(validation_loss(model, tokens, pad_id=tokenizer.pad_token_id, is_seq2seq=seq2seq,
                                       batch_size=cfg.training.batch_size))
         settings = GenerationSettings(preset=preset, max_new_tokens=max_new_tokens or cfg.data.max_target_tokens,
-                                      coverage=coverage_strength)
+                                      coverage=coverage_strength, guard=guard)
         prompts, hyps, refs, num_cut, num_capped = _generate(model, tokenizer, seq2seq, texts[:num_samples], settings,
                                                              cfg.data.max_prompt_tokens, progress)
-        result.update(num_samples=len(hyps), preset=preset, coverage_strength=coverage_strength, prompts_cut=num_cut,
+        result.update(num_samples=len(hyps), preset=preset, coverage_strength=coverage_strength, guard=guard,
+                      prompts_cut=num_cut,
                       max_new_tokens_capped=num_capped)
         if hyps:
             result.update(text_metrics(prompts, hyps, refs))

@@ -37,6 +37,8 @@ class GenerationSettings:
     # Coverage steering (0 = off): decode with logit bonuses 0, c/4, c/2, 3c/4 and c for requested
     # ingredients not used yet (CoverageProcessor) and keep the recipe that uses the most of them.
     coverage: float = 0.0
+    # RecipeGuard (guard.py): no ingredient line twice, no repeated sentence, step numbers in order.
+    guard: bool = True
 
     def generate_kwargs(self, num: int) -> dict[str, Any]:
         if self.preset not in PRESETS:
@@ -187,14 +189,21 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
 
     def decode(strength: float) -> list[str]:
         extra: dict[str, Any] = {}
+        # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
+        start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
+        prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""
+        processors: list[Any] = []
         if strength:
+            processors.append(CoverageProcessor(tokenizer, ingredients, start=start, prefix_text=prefix_seen,
+                                                strength=strength))
+        if settings.guard:
+            from .guard import RecipeGuard
+
+            processors.append(RecipeGuard(tokenizer, start=start, prefix_text=prefix_seen))  # last: it has the say
+        if processors:
             from transformers import LogitsProcessorList
 
-            # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
-            start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
-            prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""
-            extra["logits_processor"] = LogitsProcessorList([CoverageProcessor(
-                tokenizer, ingredients, start=start, prefix_text=prefix_seen, strength=strength)])
+            extra["logits_processor"] = LogitsProcessorList(processors)
         # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(settings.seed)
@@ -249,9 +258,14 @@ def recipe_record(ingredients: list[str] | str, text: str) -> dict[str, Any]:
 
     if isinstance(ingredients, str):
         ingredients = [x.strip() for x in ingredients.split(",")]
+    from .recipe_checks import check_recipe
+
     parsed = parse_recipe(text)
     cov = coverage([x for x in ingredients if x], text)
+    checks = check_recipe(text)
     return {"title": parsed.title, "ingredients": list(parsed.ingredients), "directions": list(parsed.directions),
             "complete": parsed.is_complete, "used": cov.used, "unused": cov.unused,
             "unused_in_directions": [x for x in cov.used if x not in cov.in_directions],
-            "ingredient_recall": round(cov.recall, 4)}
+            "ingredient_recall": round(cov.recall, 4), "duplicate_lines": checks.duplicate_lines,
+            "looping": checks.loops, "title_fits": checks.title_fits, "title_misfits": checks.title_misfits,
+            "extra_items": checks.extra_items}

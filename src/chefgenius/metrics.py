@@ -7,6 +7,7 @@ from collections import Counter
 
 from .coverage import coverage_metrics
 from .data.format import structure_score
+from .recipe_checks import cook_metrics
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -55,7 +56,8 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 METRIC_KEYS: tuple[str, ...] = (
     "eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
     "ingredient_recall_list", "ingredient_recall_directions", "ingredient_precision", "structure_score",
-    "distinct_2", "repeated_4gram_rate", "length_words",
+    "distinct_2", "repeated_4gram_rate", "duplicate_line_rate", "looping_directions_rate", "title_fit_rate",
+    "extra_items", "length_words",
 )
 
 
@@ -66,5 +68,6 @@ def text_metrics(prompts: list[list[str]], hypotheses: list[str], references: li
     out["structure_score"] = sum(map(structure_score, hypotheses)) / n
     out["distinct_2"] = sum(distinct_n(h, 2) for h in hypotheses) / n
     out["repeated_4gram_rate"] = sum(repeated_ngram_rate(h, 4) for h in hypotheses) / n
+    out.update(cook_metrics(hypotheses))  # what a cook sees: repeated lines, loops, titles, extra items
     out["length_words"] = sum(len(words(h)) for h in hypotheses) / n
     return out

@@ -53,6 +53,7 @@ def write_report(run_dir: Path) -> Path:
     train = [e for e in entries if "loss" in e]
     evals = [e for e in entries if "eval_loss" in e]
     resumes = [e["step"] for e in entries if e.get("event") == "resume"]
+    saves = [e for e in entries if e.get("event") == "save"]
 
     def col(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
         pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
@@ -66,6 +67,9 @@ def write_report(run_dir: Path) -> Path:
         _plot(out / "perplexity.png", "Validation perplexity", [("perplexity", *col(evals, "eval_perplexity"))],
               resumes, "perplexity", logy=True),
         _plot(out / "grad_norm.png", "Gradient norm", [("grad norm", *col(train, "grad_norm"))], resumes, "norm"),
+        _plot(out / "checkpoint_saves.png", "Checkpoint saves", [("training blocked", *col(saves, "blocked_s")),
+                                                                 ("writing", *col(saves, "write_s"))],
+              resumes, "seconds per save"),
     ]
     samples = read_jsonl(run.samples)
     last_step = max((s["step"] for s in samples), default=None)

@@ -63,8 +63,9 @@ class MetricsWriter:
         step = entry.get("step", 0)
         numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
+            group = "checkpoint" if entry.get("event") == "save" else "train"
             for k, v in numbers.items():
-                self._tb.add_scalar(k.replace("eval_", "eval/") if k.startswith("eval_") else f"train/{k}", v, step)
+                self._tb.add_scalar(k.replace("eval_", "eval/") if k.startswith("eval_") else f"{group}/{k}", v, step)
         if self._wandb is not None:
             self._wandb.log(numbers, step=step)
 

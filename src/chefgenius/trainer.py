@@ -210,6 +210,8 @@ class Trainer:
         try:
             self._loop(writer, bar)
             self.checkpointer.finish()
+            for figures in self.checkpointer.drain_figures():
+                writer.log(figures)
         except KeyboardInterrupt:
             self.checkpointer.abandon()
             raise
@@ -247,7 +249,9 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{out.loss:.3f}")
             if self.checkpointer.should_save(st.step, is_new_best=is_new_best, is_done=self._is_done()):
-                self.checkpointer.save(st.step, val_loss=self.validator.loss_at(st.step))
+                self.checkpointer.save(st.step, val_loss=self.validator.loss_at(st.step), force=self._is_done())
+            for figures in self.checkpointer.drain_figures():
+                writer.log(figures)
             if self.on_step is not None:
                 self.on_step(self)
         if self.stop.requested:

@@ -82,6 +82,9 @@ class Checkpointer:
         self.states: dict[str, Stateful] = {}
         self.meta: dict[str, Any] = {}
         self.started_at: int | None = None  # the step of the newest save this run started (or resumed from)
+        self._first_call: tuple[int, float] | None = None  # (step, time) of this run's first save call
+        self._advised = False
+        self._first_figures: dict[str, Any] | None = None
 
     def select(self, resume: str) -> Checkpoint | None:
         return self.manager.select(resume)
@@ -108,10 +111,18 @@ class Checkpointer:
         """Every ``checkpoint.every_steps``, at the end, and at a new best (so keep_best has its weights)."""
         return step % self.cfg.every_steps == 0 or is_new_best or is_done
 
-    def save(self, step: int, *, val_loss: float | None) -> Path | None:
+    def save(self, step: int, *, val_loss: float | None, force: bool = False) -> Path | None:
         """Save this step's state: in the background with ``checkpoint.async`` (returns None at once;
         :meth:`finish` commits it), else committed before returning (None if it failed with
-        ``checkpoint.on_error: continue``). Multi-process: every rank calls it at the same step."""
+        ``checkpoint.on_error: continue``). Multi-process: every rank calls it at the same step.
+
+        While the previous background save is still being written, ``checkpoint.when_busy: skip``
+        skips this one (said in the log) unless ``force`` (the end of the run, a stop)."""
+        self._advise(step)
+        if self.cfg.async_ and not force and self.cfg.when_busy == "skip" and self.manager.busy:
+            self.log(f"checkpoint: step {step} skipped: the save of step {self.manager.pending_step} is still being "
+                     "written (checkpoint.when_busy=skip)")
+            return None
         ms = self.model_state
         meta = {"val_loss": val_loss, **self.meta, "created": time.time()}
         pieces = {**ms.pieces(), **self.states}
@@ -122,6 +133,34 @@ class Checkpointer:
             return None
         return self.manager.save(step, model=ms.whole_model, tokenizer=ms.tokenizer, pieces=pieces, meta=meta,
                                  rank_piece=ms.rank_writer())
+
+    def drain_figures(self) -> list[dict[str, Any]]:
+        """Per-save figures of the saves committed since the last call (metrics.jsonl ``event: save``)."""
+        out, self.manager.figures = self.manager.figures, []
+        if out and self._first_figures is None:
+            self._first_figures = out[0]
+        return out
+
+    def _advise(self, step: int) -> None:
+        """At the second save call of a run, say what a save costs in steps and in training time."""
+        now = time.perf_counter()
+        if self._first_call is None:
+            self._first_call = (step, now)
+            return
+        first = self._first_figures or next(iter(self.manager.figures), None)
+        if self._advised or first is None or step <= self._first_call[0] or self.rank != 0:
+            return
+        self._advised = True
+        per_step = max((now - self._first_call[1] - first["blocked_s"]) / (step - self._first_call[0]), 1e-9)
+        interval = self.cfg.every_steps * per_step
+        if first["mode"] == "sync":
+            cost = first["write_s"]
+        else:  # training waits for a save that outlasts the interval (when_busy=wait)
+            cost = first["blocked_s"] + max(0.0, first["write_s"] - interval) * (self.cfg.when_busy == "wait")
+        self.log(f"checkpoint: a save writes {first['bytes'] / 1e9:.2f} GB in {first['write_s']:.2f} s "
+                 f"({first['mb_per_s']:.0f} MB/s) and blocked training {first['blocked_s']:.2f} s; a step takes "
+                 f"{per_step:.3f} s, so a save lasts about {first['write_s'] / per_step:.0f} steps; saving every "
+                 f"{self.cfg.every_steps} steps slows training by about {100 * cost / interval:.0f}%")
 
     @property
     def piece_written(self) -> bool:
@@ -134,7 +173,7 @@ class Checkpointer:
     def stop(self, step: int, *, val_loss: float | None) -> None:
         """A stop was requested after ``step``: save it unless it was just saved, commit, and say so."""
         if self.started_at != step:
-            self.save(step, val_loss=val_loss)
+            self.save(step, val_loss=val_loss, force=True)
         self.manager.wait()
         if self.manager.last_saved == step:
             self.log(f"stopped at step {step}; checkpoint saved; run the same command again to resume")

@@ -10,6 +10,7 @@ import errno
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -129,9 +130,24 @@ class SaveAbandoned(Exception):
 @dataclass
 class _PendingSave:
     step: int
-    future: Future[Any]  # single process: paths retention removed; multi-process: this rank's file hashes
+    # (result, seconds the background job took); result: single process, the paths retention removed;
+    # multi-process, this rank's file digests
+    future: Future[tuple[Any, float]]
     abandon: threading.Event
     tmp: Path | None = None  # multi-process: the shared temporary directory, committed collectively
+    blocked_s: float = 0.0  # how long the save call held training (waiting for the previous one + snapshot)
+
+
+SAVE_EVENT = "save"
+
+
+def save_figures(path: Path, step: int, *, mode: str, blocked_s: float, write_s: float) -> dict[str, Any]:
+    """What a committed save cost, as one metrics.jsonl entry (``event: save``)."""
+    from .store import read_manifest
+
+    size = sum(e["size"] for e in read_manifest(path)["files"].values())
+    return {"event": SAVE_EVENT, "step": step, "mode": mode, "bytes": size, "blocked_s": round(blocked_s, 4),
+            "write_s": round(write_s, 4), "mb_per_s": round(size / max(write_s, 1e-9) / 1e6, 1)}
 
 
 @dataclass
@@ -142,9 +158,25 @@ class CheckpointManager:
     rank: int = 0
     protected: set[int] = field(default_factory=set)
     last_saved: int | None = None  # the step of the newest checkpoint this run committed
+    figures: list[dict[str, Any]] = field(default_factory=list)  # per committed save, for metrics.jsonl (rank 0)
     _pending: _PendingSave | None = None
     _buffers: TensorBuffers = field(default_factory=TensorBuffers)
     _writer: ThreadPoolExecutor | None = None
+
+    def _record(self, path: Path, step: int, mode: str, blocked_s: float, write_s: float) -> None:
+        if self.rank == 0:
+            self.figures.append(save_figures(path, step, mode=mode, blocked_s=blocked_s, write_s=write_s))
+
+    @property
+    def busy(self) -> bool:
+        """A background save is still being written (multi-process: not yet written on every rank as of
+        the last step's all-gather, which every rank heard alike)."""
+        pending = self._pending
+        return pending is not None and (pending.tmp is not None or not pending.future.done())
+
+    @property
+    def pending_step(self) -> int | None:
+        return self._pending.step if self._pending is not None else None
 
     def remove_temporaries(self, *also: Path) -> None:
         for d in (self.root, *also):
@@ -212,6 +244,7 @@ class CheckpointManager:
         stop or go on together. A rank killed at any point leaves an uncommitted temporary.
         ``rank_piece(tmp)``: what else each rank writes (its model and optimizer shards).
         """
+        t0 = time.perf_counter()
         try:
             if self.rank == 0:
                 path = self._commit(step, model, tokenizer, pieces, meta, rank_piece)
@@ -222,6 +255,8 @@ class CheckpointManager:
         self.last_saved = step
         if self.rank != 0:
             return path
+        took = time.perf_counter() - t0
+        self._record(path, step, "sync", took, took)
         for removed in self._apply_retention():
             self.log(f"retention: removed {removed.name}")
         return path
@@ -246,7 +281,13 @@ class CheckpointManager:
         live state, so the run's results do not depend on when it finishes.
         ``rank_state``: this rank's model and optimizer shards (sharded runs; ``model`` is then None).
         """
+        t0 = time.perf_counter()
+        previous = self.pending_step if self.busy else None
         self.wait()
+        waited = time.perf_counter() - t0
+        if previous is not None and self.rank == 0:
+            self.log(f"checkpoint: step {step} waited {waited:.2f} s for the save of step {previous} to be written; "
+                     "raise checkpoint.every_steps, or set checkpoint.when_busy=skip to skip such saves")
         group = distributed.is_initialized()
         tmp: Path | None = None
         if group:
@@ -267,19 +308,22 @@ class CheckpointManager:
                            tokenizer=tokenizer if first else None, rank=self.rank)
             check_abandoned()
 
-        def commit_alone() -> Any:
+        def commit_alone() -> tuple[Any, float]:
+            started = time.perf_counter()
             commit_checkpoint(self.root, step, write, before_commit=check_abandoned)
-            return self._apply_retention()
+            return self._apply_retention(), time.perf_counter() - started
 
-        def write_piece() -> Any:
+        def write_piece() -> tuple[Any, float]:
+            started = time.perf_counter()
             write(tmp)
             run_save_hooks(tmp)
             check_abandoned()
-            return hash_files(tmp, files_of_rank(tmp, self.rank))
+            return hash_files(tmp, files_of_rank(tmp, self.rank)), time.perf_counter() - started
 
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint")
-        self._pending = _PendingSave(step, self._writer.submit(write_piece if group else commit_alone), abandon, tmp)
+        self._pending = _PendingSave(step, self._writer.submit(write_piece if group else commit_alone), abandon, tmp,
+                                     blocked_s=time.perf_counter() - t0)
 
     def _announce_temporary(self, step: int) -> Path | None:
         """Rank 0 creates the save's temporary directory and names it to every rank (None: it failed)."""
@@ -322,19 +366,23 @@ class CheckpointManager:
         if pending.tmp is not None:
             return self._commit_group(pending)
         try:
-            removed = pending.future.result()
+            removed, took = pending.future.result()
         except CheckpointWriteError as err:
             return self._failed(pending.step, err)
         self.last_saved = pending.step
+        final = checkpoint_dir(self.root, pending.step)
+        if final.is_dir():  # retention may already have removed a step that was neither newest nor best
+            self._record(final, pending.step, "async", pending.blocked_s, took)
         for path in removed:
             self.log(f"retention: removed {path.name}")
-        return checkpoint_dir(self.root, pending.step)
+        return final
 
     def _commit_group(self, pending: _PendingSave) -> Path | None:
         problem = None
         hashed: dict[str, Any] = {}
+        took = 0.0
         try:
-            hashed = pending.future.result()
+            hashed, took = pending.future.result()
         except Exception as err:  # noqa: BLE001 - every rank must hear of it; reported below as the save's error
             problem = f"rank {self.rank}: {getattr(err, 'strerror', None) or err}"
             print(f"error: cannot write checkpoint step {pending.step}: {problem}", file=sys.stderr, flush=True)
@@ -355,6 +403,7 @@ class CheckpointManager:
             return self._failed(pending.step, CheckpointWriteError(errno.EIO, outcome["error"]))
         self.last_saved = pending.step
         if self.rank == 0:
+            self._record(final, pending.step, "async", pending.blocked_s, took)
             for removed in self._apply_retention():
                 self.log(f"retention: removed {removed.name}")
         return final

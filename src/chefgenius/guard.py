@@ -1,0 +1,154 @@
+"""Decoding that cannot write what a cook would not read twice (a transformers ``LogitsProcessor``).
+
+At each new token the text written so far is decoded and the best-scored candidates are checked;
+a candidate is forbidden (its score set to -inf) when it would
+
+- **copy an earlier ingredient line** past its quantity: once the current line, with the candidate,
+  is the start of an earlier line and has reached the ingredient's name ("1 cup" may be written
+  again, "1 cup s..." after "1 cup sugar" may not), so no line is listed twice and another
+  quantity of the same ingredient still can be;
+- **repeat a sentence of the directions**: end a sentence equal to an earlier one, or copy the first
+  four words of an earlier sentence;
+- **break the step numbering**: a number opening a sentence in the directions must be the next step's;
+- **make a step mostly one word**: a word that would be more than half of the step's words.
+
+The checks are pure functions of the text so far, so decoding stays deterministic per seed, and
+they only remove candidates, so a model that does not repeat itself decodes exactly as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import torch
+
+from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, _split_numbered, ingredient_name
+from .recipe_checks import _FILLER
+
+CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the first allowed one)
+_WORD = re.compile(r"[a-z]+")
+_SENTENCE_END = re.compile(r"[.!?]\s")
+_TRAILING_NUMBER = re.compile(r"(?:^|[.!?:]\s*|\n\s*)(\d*)$")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().replace(",", " , ").split())
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+class RecipeGuard:
+    """``start``: the position in ``input_ids`` where the recipe text begins; ``prefix_text``: what of
+    the recipe the prompt already holds (the title label, or a given title)."""
+
+    def __init__(self, tokenizer: Any, *, start: int, prefix_text: str = "") -> None:
+        self.tokenizer, self.start, self.prefix_text = tokenizer, start, prefix_text
+        self._pieces: dict[int, str] = {}
+        # Byte-level BPE decodes token by token (a piece is the same alone as in context); other
+        # tokenizers (sentencepiece drops a word's leading space alone) decode each candidate in context.
+        probe = tokenizer.encode(" Add 2 cups of rice, then stir.\n- 1 egg", add_special_tokens=False)
+        self._by_piece = "".join(tokenizer.decode([t]) for t in probe) == tokenizer.decode(probe)
+
+    def _candidate_text(self, generated: list[int], text: str, token: int) -> str:
+        if self._by_piece:
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=True)
+            return piece
+        full = self.tokenizer.decode([*generated, token], skip_special_tokens=True)
+        return full[len(text):] if full.startswith(text) else full
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        for row in range(input_ids.shape[0]):
+            generated = input_ids[row, self.start:].tolist()
+            written = self.tokenizer.decode(generated, skip_special_tokens=True)
+            check = _checker(self.prefix_text + written)
+            if check is None:
+                continue
+            best = torch.topk(scores[row], min(CANDIDATES, scores.shape[-1])).indices.tolist()
+            banned = [t for t in best if check(self._candidate_text(generated, written, t))]
+            if banned and len(banned) < len(best):  # never forbid every candidate
+                scores[row, banned] = float("-inf")
+        return scores
+
+
+def _checker(text: str):
+    """A predicate over the next piece of text, for the section being written (None: nothing to check)."""
+    d = text.find(DIRECTIONS_LABEL)
+    if d >= 0:
+        return _directions_checker(text[d + len(DIRECTIONS_LABEL):])
+    i = text.find(INGREDIENTS_LABEL)
+    if i >= 0:
+        return _ingredients_checker(text[i + len(INGREDIENTS_LABEL):])
+    return None
+
+
+def _ingredients_checker(block: str):
+    if re.search(r"(?:^|\n)\s*-$", block):  # a bullet was just written; its space comes with the next piece
+        block += " "
+    parts = re.split(r"(?:^|\n|\s)-\s", block)
+    earlier = [_norm(p) for p in parts[1:-1] if p.strip()]
+    current = parts[-1]
+    if not earlier or "\n" in current or len(parts) < 2:
+        return None
+
+    def copies_a_line(piece: str) -> bool:
+        if "\n" in piece:
+            return False
+        new = _norm(current + piece)
+        return bool(new) and bool(ingredient_name(new)) and any(line.startswith(new) for line in earlier)
+
+    return copies_a_line
+
+
+def _mostly_one_word(words: list[str]) -> bool:
+    return len(words) >= 4 and Counter(words).most_common(1)[0][1] * 2 > len(words)
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in _words(text) if w not in _FILLER]
+
+
+def _directions_checker(block: str):
+    steps = _split_numbered(block) if re.search(r"(?:^|\s)1\.\s", block) else []
+    next_step = len(steps) + 1 if steps else 1
+    last = steps[-1] if steps else ""
+    if steps and not re.search(r"[.!?]\s*$", last):
+        last = re.sub(r"\s\d+$", "", last)  # a step number being written belongs to the next step
+    sentences = [s for step in steps[:-1] for s in re.split(r"[.!?]", step)] + re.split(r"[.!?]", last)[:-1]
+    earlier = {" ".join(_words(s)) for s in sentences if len(_words(s)) >= 2}
+    sentence = "" if re.search(r"[.!?]\s*$", last) else re.split(r"[.!?]", last)[-1]
+    number = _TRAILING_NUMBER.search(block)
+    was_mostly_one = _mostly_one_word(_content_words(last))
+
+    def numbering_breaks(piece: str) -> bool | None:
+        """None: the piece writes no step number."""
+        so_far = number.group(1)
+        stripped = piece.strip()
+        if stripped[:1].isdigit() and (not so_far or piece[:1].isdigit()):
+            digits = re.match(r"\d*", so_far + stripped if so_far else stripped).group(0)
+            return not str(next_step).startswith(digits)
+        if so_far and piece.startswith("."):
+            return so_far != str(next_step)
+        return None
+
+    def breaks(piece: str) -> bool:
+        if number is not None:
+            verdict = numbering_breaks(piece)
+            if verdict is not None:
+                return verdict
+        if re.search(r"[.!?]", piece):
+            ending = " ".join(_words(sentence + re.split(r"[.!?]", piece)[0]))
+            if ending in earlier:
+                return True
+        joined = " ".join(_words(sentence + piece))
+        if len(joined.split()) >= 4 and any(s.startswith(joined) for s in earlier if len(s.split()) >= 4):
+            return True
+        return not was_mostly_one and _mostly_one_word(_content_words(last + piece))
+
+    return breaks

@@ -1,0 +1,74 @@
+"""RecipeGuard forbids exactly the continuations that would repeat a line, a sentence or a step number."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chefgenius.guard import RecipeGuard
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    from chefgenius.data.format import format_target
+    from chefgenius.data.sources import bundled_corpus_path, read_source
+
+    texts = [format_target(r.title, r.ingredients, r.directions) for r in read_source(bundled_corpus_path())]
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = __import__("tokenizers").decoders.ByteLevel()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, special_tokens=["<|endoftext|>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return GPT2TokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def _verdicts(tok, written: str, candidates: list[str]) -> dict[str, bool]:
+    """Whether each candidate continuation (one token each) is forbidden after ``written``."""
+    ids = tok.encode(written)
+    firsts = {}
+    for c in candidates:
+        encoded = tok.encode(c)
+        assert len(encoded) == 1, f"{c!r} is not one token here: pick another candidate"
+        firsts[c] = encoded[0]
+    scores = torch.zeros(1, len(tok))
+    for rank, c in enumerate(candidates):  # every candidate among the best-scored
+        scores[0, firsts[c]] = 10.0 - rank
+    out = RecipeGuard(tok, start=0)(torch.tensor([ids]), scores)
+    return {c: bool(torch.isinf(out[0, firsts[c]])) for c in candidates}
+
+
+def test_an_earlier_ingredient_line_cannot_be_written_again_past_its_quantity(tok):
+    written = "Title: Cake\nIngredients:\n- 1 cup sugar\n- 2 eggs\n- 1 cup"
+    assert _verdicts(tok, written, [" sugar", " flour", " milk"]) == {" sugar": True, " flour": False,
+                                                                        " milk": False}
+    # a line may start like an earlier one (the quantity), and another quantity of the same is fine
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- ", ["1", "2"]) == {"1": False, "2": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 2 tbsp", [" sugar"]) == {" sugar": False}
+
+
+def test_a_sentence_of_the_directions_cannot_be_repeated(tok):
+    written = "Ingredients:\n- 1 cup rice\nDirections:\n1. Add rice.\n2. Boil. Add rice"
+    assert _verdicts(tok, written, [".", " and"]) == {".": True, " and": False}
+
+
+def test_step_numbers_go_on_in_order(tok):
+    written = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n2. Add rice.\n"
+    assert _verdicts(tok, written, ["3", "2", "1"]) == {"3": False, "2": True, "1": True}
+
+
+def test_a_step_cannot_become_mostly_one_word(tok):
+    written = "Ingredients:\n- rice\nDirections:\n1. Add rice and rice and"
+    assert _verdicts(tok, written, [" rice", " water"]) == {" rice": True, " water": False}
+
+
+def test_nothing_changes_when_nothing_repeats(tok):
+    ids = tok.encode("Title: Soup\nIngredients:\n- 2 onions\n- 1 cup water\nDirections:\n1. Chop the onions.\n2. Boil")
+    scores = torch.randn(2, len(tok), generator=torch.Generator().manual_seed(0))
+    out = RecipeGuard(tok, start=0)(torch.tensor([ids, ids]), scores)
+    banned = torch.isinf(out)
+    # only candidates that would break a rule are touched; the top one here ("water" etc.) stays
+    assert torch.equal(out[~banned], scores[~banned])
+    assert not banned[0, scores[0].argmax()]

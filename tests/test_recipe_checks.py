@@ -1,0 +1,77 @@
+"""What a cook sees: duplicate lines, looping steps, titles that do not fit, extra items, on hand-made recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from chefgenius.data.format import format_target
+from chefgenius.recipe_checks import check_recipe, cook_metrics, direction_loops, duplicate_ingredient_lines
+
+from .conftest import SHARED_DATA
+
+GOOD = format_target("Chicken Fried Rice", ["3 cups cooked rice, cold", "1 cup chicken, diced", "1 onion, chopped",
+                                            "2 tbsp soy sauce"],
+                     ["Heat the oil in a wok.", "Fry the onion until soft.", "Add the chicken and the rice.",
+                      "Season with soy sauce and serve."])
+
+
+def test_a_sound_recipe_passes_every_check():
+    c = check_recipe(GOOD)
+    assert (c.duplicate_lines, c.loops, c.title_misfits, c.extra_items) == ([], [], [], [])
+    assert c.title_fits
+
+
+def test_duplicate_lines_ignore_spacing_and_case_but_not_quantities():
+    lines = ["1 (8 oz.) can salmon, drained", "2 eggs", "1 (8 oz.)  can Salmon, drained", "1 cup sugar",
+             "2 cups sugar"]  # sugar twice in other amounts is fine
+    assert duplicate_ingredient_lines(lines) == ["1 (8 oz.)  can Salmon, drained"]
+    assert duplicate_ingredient_lines(["graham crackers", "butter", "graham crackers", "graham crackers"]) == \
+        ["graham crackers"]
+
+
+@pytest.mark.parametrize(("steps", "reason"), [
+    (["Add rice and bouillon cubes. Add rice.", "Add rice. Stir."], "repeats 'add rice'"),
+    (["Boil water.", "Add rice. 2. Add rice."], "step 2 restarts numbering at 2"),
+    (["Boil.", "Stir.", "9. 9. 9. 9."], "step 3 restarts numbering at 9"),
+    (["Boil.", "rice and rice and rice and rice and rice."], "step 2 is mostly 'rice'"),
+])
+def test_looping_directions_are_named(steps, reason):
+    assert any(r.startswith(reason) for r in direction_loops(steps)), direction_loops(steps)
+
+
+def test_real_step_numbers_temperatures_and_short_repeats_are_not_loops():
+    assert direction_loops(["Preheat oven to 350.", "Bake 25 to 30 minutes at 350.", "Cool 10. Serve."]) == []
+    assert direction_loops(["Preheat oven to 350 degrees.", "Bake for 10 to 12 minutes.", "Serve warm."]) == []
+    assert direction_loops(["Mix.", "Mix."]) == []  # one-word sentences are not judged
+
+
+def test_title_fit_and_extra_items():
+    text = format_target("Peach Cobbler", ["1 cup flour", "1 cup sugar", "1/2 cup butter", "1 tsp vanilla"],
+                         ["Mix the flour and sugar.", "Beat in a pumpkin.", "Bake."])
+    c = check_recipe(text)
+    assert c.title_misfits == ["peach"] and not c.title_fits
+    assert c.extra_items == ["pumpkin"]
+    plural = format_target("Blueberry Muffins", ["2 cups blueberries", "1 muffin mix"], ["Fold in the blueberries."])
+    assert check_recipe(plural).title_fits and check_recipe(plural).extra_items == []
+
+
+def test_cook_metrics_are_shares_of_recipes():
+    bad = format_target("Rice", ["1 cup rice", "1 cup rice"], ["Add rice. Add rice."])
+    m = cook_metrics([GOOD, bad])
+    assert m == {"duplicate_line_rate": 0.5, "looping_directions_rate": 0.5, "title_fit_rate": 1.0,
+                 "extra_items": 0.0}
+
+
+def test_the_corpus_itself_rarely_trips_the_checks():
+    """Real recipes after cleaning are the baseline a model learns: their rates bound what decoding can fix."""
+    from chefgenius.config import QualityConfig
+    from chefgenius.data.clean import clean_recipes
+    from chefgenius.data.sources import read_source
+
+    path = SHARED_DATA / "recipenlg-sample-1k.csv"
+    if not path.exists():
+        pytest.skip(f"{path} absent (shared data folder not provided)")
+    kept, _ = clean_recipes(read_source(path), QualityConfig())
+    texts = [format_target(r.title, r.ingredients, r.directions) for r in kept]
+    m = cook_metrics(texts)
+    assert m["duplicate_line_rate"] <= 0.02 and m["looping_directions_rate"] <= 0.05, m
