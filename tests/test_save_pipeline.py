@@ -138,3 +138,16 @@ def test_a_save_due_while_the_previous_is_written_waits_or_is_skipped_and_says_s
     from .test_resume import train_losses
 
     assert train_losses(tmp_path / "wait") == train_losses(tmp_path / "skip")  # saves never change training
+
+
+def test_a_state_file_rewritten_from_tensors_mapped_from_it_is_written_whole(tmp_path):
+    """safetensors maps the file it loads: rewriting that file from its own tensors must not truncate it
+    under them (the reader would crash with SIGBUS)."""
+    from chefgenius.checkpoint.format import load_state, save_state
+
+    save_state(tmp_path, "opt", {"w": torch.arange(1 << 16, dtype=torch.float32), "n": 3})
+    state = load_state(tmp_path, "opt")
+    save_state(tmp_path, "opt", state)
+    again = load_state(tmp_path, "opt")
+    assert torch.equal(again["w"], torch.arange(1 << 16, dtype=torch.float32)) and again["n"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.json", "opt.safetensors"]  # no part file left

@@ -318,6 +318,46 @@ def eval_(
 
 @app.command()
 @user_errors
+def serve(
+    run: Annotated[Optional[Path], typer.Option(help="Run directory: serves final/, offers its checkpoints.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Serve this checkpoint of the run by default.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Serve a Hugging Face model directory (an export).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (localhost only by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before 429.")] = 8,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one generation may take.")] = 60.0,
+) -> None:
+    """A page, a recipe API (POST /v1/recipes) and OpenAI-compatible completions (POST /v1/completions)."""
+    import importlib.util
+
+    from .rundir import RunDirectory
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("chefgenius serve needs FastAPI and uvicorn: pip install -e '.[serve]'")
+    if (run is None) == (model is None):
+        raise ConfigError("pass --run RUN (optionally with --checkpoint PATH) or --model DIR")
+    if model is not None:
+        if not model.is_dir():
+            raise ConfigError(f"--model {model} is not a directory")
+        default = model
+    else:
+        rd = RunDirectory(run)
+        if not rd.path.is_dir():
+            raise ConfigError(f"run directory {run} does not exist")
+        default = checkpoint if checkpoint is not None else rd.final
+        if not default.is_dir():
+            raise ConfigError(f"{default} does not exist; train to completion or pass --checkpoint PATH")
+    from .serve import Sources
+    from .serve import serve as run_server
+
+    typer.echo(f"serving {default} on http://{host}:{port}/ (recipe API /v1/recipes, OpenAI API /v1/completions)")
+    run_server(Sources(default.resolve(), run.resolve() if run else None), host=host, port=port, device=device,
+               max_queue=max_queue, timeout_s=timeout)
+
+
+@app.command()
+@user_errors
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Write PNG plots and a self-contained HTML page into RUN_DIR/report/."""
     from .report import write_report

@@ -39,6 +39,7 @@ class GenerationSettings:
     coverage: float = 0.0
     # RecipeGuard (guard.py): no ingredient line twice, no repeated sentence, step numbers in order.
     guard: bool = True
+    max_time: float | None = None  # seconds: generation stops there (the serve API's per-request limit)
 
     def generate_kwargs(self, num: int) -> dict[str, Any]:
         if self.preset not in PRESETS:
@@ -57,6 +58,8 @@ class GenerationSettings:
                                   "use --preset balanced, creative or beam with --num > 1")
         kw["max_new_tokens"] = self.max_new_tokens
         kw["num_return_sequences"] = num
+        if self.max_time is not None:
+            kw["max_time"] = self.max_time
         return kw
 
 
@@ -167,8 +170,11 @@ def fit_prompt(tokenizer: Any, ingredients: list[str], *, is_seq2seq: bool, max_
 @torch.no_grad()
 def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ingredients: list[str] | str,
                    settings: GenerationSettings, *, num: int = 1, title: str | None = None,
-                   max_prompt_tokens: int = 64) -> Generation:
-    """Generated recipe texts (target format) for one ingredient list. Same seed, same text."""
+                   max_prompt_tokens: int = 64, streamer: Any = None) -> Generation:
+    """Generated recipe texts (target format) for one ingredient list. Same seed, same text.
+
+    ``streamer``: a transformers streamer fed the new tokens as they come (one decode only: not
+    with coverage, which picks the best of several)."""
     if isinstance(ingredients, str):
         ingredients = [x.strip() for x in ingredients.split(",")]
     ingredients = [x for x in ingredients if x]
@@ -188,7 +194,7 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
     common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
 
     def decode(strength: float) -> list[str]:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"streamer": streamer} if streamer is not None and not settings.coverage else {}
         # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
         start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
         prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""

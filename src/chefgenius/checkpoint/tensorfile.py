@@ -4,7 +4,8 @@
 read every file again. This writer produces the same bytes as ``save_file`` (same header, same
 tensor order, same padding: tested byte for byte), feeds each block to the manifest's digest as it
 goes to the file, and fsyncs the file before returning, so the commit neither re-reads nor
-re-syncs it. Tensors are written from their own memory (no serialised copy of the state).
+re-syncs it. The file is written beside its name and renamed into place, so tensors mapped from
+an older file of that name stay valid. Tensors are written from their own memory (no serialised copy of the state).
 """
 
 from __future__ import annotations
@@ -55,18 +56,26 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * ((8 - len(head) % 8) % 8)
     digest = new_digest()
-    with Path(path).open("wb") as f:
-        for chunk in (struct.pack("<Q", len(head)), head):
-            f.write(chunk)
-            digest.update(chunk)
-        for name in order:
-            raw = _raw(tensors[name])
-            for start in range(0, len(raw), BLOCK):
-                block = raw[start:start + BLOCK]
-                f.write(block)
-                digest.update(block)
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(path)
+    # Written beside and renamed over the target: tensors loaded from the file being replaced may be
+    # memory-mapped views of it (safetensors maps), and truncating it under them would crash the reader.
+    part = path.with_name(f"{path.name}.part{os.getpid()}")
+    try:
+        with part.open("wb") as f:
+            for chunk in (struct.pack("<Q", len(head)), head):
+                f.write(chunk)
+                digest.update(chunk)
+            for name in order:
+                raw = _raw(tensors[name])
+                for start in range(0, len(raw), BLOCK):
+                    block = raw[start:start + BLOCK]
+                    f.write(block)
+                    digest.update(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
     entry = {"size": 8 + len(head) + offset, DIGEST: digest.hexdigest()}
     remember_digest(Path(path), entry)
     return entry
