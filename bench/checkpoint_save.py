@@ -359,7 +359,8 @@ def main() -> None:
     floors = {"floor": med["floor"], "writes": ("sync", "background", "dcp", "dcp_background", "hf", "hf_fsync")}
     beaten = [NAMES[k] for k in ("sync", "background", "hf_fsync", "dcp")
               if sizes[k] / med[k] > 1.05 * sizes["floor"] / med["floor"]]
-    beaten += [NAMES[k] for k in ("blocked",) if med[k] < 0.95 * med["copy"]]
+    copy_floor = min(med["copy"], med["copy1"])  # on few cores one thread can beat all of them (memory bandwidth)
+    beaten += [NAMES[k] for k in ("blocked",) if med[k] < 0.95 * copy_floor]
     cg_vs_floor = (sizes["sync"] / med["sync"]) / (sizes["floor"] / med["floor"])
     cg_vs_dcp = (sizes["sync"] / med["sync"]) / (sizes["dcp"] / med["dcp"])
     command = f"python bench/checkpoint_save.py --preset {args.preset} --repeats {args.repeats}"

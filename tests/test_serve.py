@@ -90,6 +90,19 @@ def test_openai_completions_and_their_stream(client):
     assert events[-2]["choices"][0]["finish_reason"] == done["choices"][0]["finish_reason"]
 
 
+def test_the_openai_client_works_unchanged(client):
+    openai = pytest.importorskip("openai", reason="the openai client is not installed")
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    assert [m.id for m in api.models.list()][0] == "final"
+    prompt = "Generate a recipe with: egg, milk\nTitle:"
+    done = api.completions.create(model="final", prompt=prompt, max_tokens=12, temperature=0)
+    streamed = "".join(c.choices[0].text for c in api.completions.create(model="final", prompt=prompt,
+                                                                          max_tokens=12, temperature=0, stream=True))
+    assert done.choices[0].text == streamed and done.usage.completion_tokens <= 12
+    with pytest.raises(openai.BadRequestError, match="shorten it"):
+        api.completions.create(model="final", prompt="egg " * 2000, max_tokens=5)
+
+
 @pytest.mark.parametrize(("body", "status", "words"), [
     ({"ingredients": []}, 400, "ingredients is empty"),
     ({"ingredients": ["egg"] * (MAX_INGREDIENTS + 1)}, 400, f"at most {MAX_INGREDIENTS}"),

@@ -119,7 +119,8 @@ def train(
 
 
 def _print_sample(trainer: Any, final_dir: Path) -> None:
-    """A greedy recipe for the first evaluation prompt, from the model just trained."""
+    """A recipe for the first evaluation prompt from the model just trained: greedy, steered to use
+    every requested ingredient (--coverage) and guarded, as a cook would want it."""
     from .data.format import parse_recipe, render_recipe
     from .generate import GenerationSettings, generate_texts
 
@@ -131,7 +132,8 @@ def _print_sample(trainer: Any, final_dir: Path) -> None:
 
         model = load_for_inference(final_dir)[0]
     text = generate_texts(model, trainer.tokenizer, trainer.is_seq2seq, prompt,
-                          GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens),
+                          GenerationSettings(preset="greedy", max_new_tokens=cfg.evaluation.max_new_tokens,
+                                             coverage=COVERAGE_STRENGTH),
                           max_prompt_tokens=cfg.data.max_prompt_tokens).texts[0]
     typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
 
