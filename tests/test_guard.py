@@ -64,11 +64,6 @@ def test_a_step_cannot_become_mostly_one_word(tok):
     assert _verdicts(tok, written, [" rice", " water"]) == {" rice": True, " water": False}
 
 
-def test_a_title_starts_with_a_word(tok):
-    assert _verdicts(tok, "Title:", [",", " rice", "\n"]) == {",": True, " rice": False, "\n": True}
-    assert _verdicts(tok, "Title: rice", [","]) == {",": False}  # inside the title, anything goes
-
-
 def test_nothing_changes_when_nothing_repeats(tok):
     ids = tok.encode("Title: Soup\nIngredients:\n- 2 onions\n- 1 cup water\nDirections:\n1. Chop the onions.\n2. Boil")
     scores = torch.randn(2, len(tok), generator=torch.Generator().manual_seed(0))

@@ -43,6 +43,7 @@ def test_real_step_numbers_temperatures_and_short_repeats_are_not_loops():
     assert direction_loops(["Preheat oven to 350.", "Bake 25 to 30 minutes at 350.", "Cool 10. Serve."]) == []
     assert direction_loops(["Preheat oven to 350 degrees.", "Bake for 10 to 12 minutes.", "Serve warm."]) == []
     assert direction_loops(["Mix.", "Mix."]) == []  # one-word sentences are not judged
+    assert direction_loops(["Boil.", "Add rice and cook until done.\n3."]) == []  # cut off at the next step
 
 
 def test_title_fit_and_extra_items():

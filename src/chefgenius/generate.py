@@ -198,18 +198,9 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
         # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
         start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
         prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""
-        processors: list[Any] = []
-        if strength:
-            processors.append(CoverageProcessor(tokenizer, ingredients, start=start, prefix_text=prefix_seen,
-                                                strength=strength))
-        if settings.guard:
-            from .guard import RecipeGuard
-
-            processors.append(RecipeGuard(tokenizer, start=start, prefix_text=prefix_seen))  # last: it has the say
-        if processors:
-            from transformers import LogitsProcessorList
-
-            extra["logits_processor"] = LogitsProcessorList(processors)
+        processors = _processors(tokenizer, ingredients, start, prefix_seen, strength, settings.guard)
+        if processors is not None:
+            extra["logits_processor"] = processors
         # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(settings.seed)
@@ -233,6 +224,24 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
         model.train()
     result.texts = texts
     return result
+
+
+def _processors(tokenizer: Any, ingredients: list[str], start: int, prefix_text: str, strength: float,
+                guard: bool) -> Any:
+    """Coverage steering (if ``strength``) and the guard (last: it has the final say), or None."""
+    processors: list[Any] = []
+    if strength:
+        processors.append(CoverageProcessor(tokenizer, ingredients, start=start, prefix_text=prefix_text,
+                                            strength=strength))
+    if guard:
+        from .guard import RecipeGuard
+
+        processors.append(RecipeGuard(tokenizer, start=start, prefix_text=prefix_text))
+    if not processors:
+        return None
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList(processors)
 
 
 def _cap_budget(result: Generation, limit: int | None, used: int) -> int:

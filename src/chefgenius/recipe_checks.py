@@ -85,6 +85,8 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
                 sentences[" ".join(words)] += 1
         # A bare number opening a sentence inside a step: the parser split at the next step number,
         # so what is left is numbering gone round ("8. rice. 8. rice.", "9. 9. 9.").
+        if i == len(directions):  # a text cut at its token budget may end on the next step's bare number
+            step = re.sub(rf"\s+{i + 1}\.?\s*$", "", step)
         stray = _STEP_NUMBER.findall(step)
         if stray:
             reasons.append(f"step {i} restarts numbering at {stray[0]}")

@@ -41,6 +41,26 @@ def _plot(path: Path, title: str, series: list[tuple[str, list[float], list[floa
     return path
 
 
+def _plots(out: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]], saves: list[dict[str, Any]],
+           resumes: list[int]) -> list[Path | None]:
+    def col(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    return [
+        _plot(out / "loss.png", "Loss", [("train", *col(train, "loss")), ("validation", *col(evals, "eval_loss"))],
+              resumes, "cross-entropy"),
+        _plot(out / "lr.png", "Learning rate", [("lr", *col(train, "lr"))], resumes, "lr"),
+        _plot(out / "throughput.png", "Throughput", [("tokens/s", *col(train, "tokens_per_s"))], resumes, "tokens/s"),
+        _plot(out / "perplexity.png", "Validation perplexity", [("perplexity", *col(evals, "eval_perplexity"))],
+              resumes, "perplexity", logy=True),
+        _plot(out / "grad_norm.png", "Gradient norm", [("grad norm", *col(train, "grad_norm"))], resumes, "norm"),
+        _plot(out / "checkpoint_saves.png", "Checkpoint saves", [("training blocked", *col(saves, "blocked_s")),
+                                                                 ("writing", *col(saves, "write_s"))],
+              resumes, "seconds per save"),
+    ]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report/`` (PNG plots + index.html) and return the HTML path."""
     run_dir = Path(run_dir)
@@ -55,22 +75,7 @@ def write_report(run_dir: Path) -> Path:
     resumes = [e["step"] for e in entries if e.get("event") == "resume"]
     saves = [e for e in entries if e.get("event") == "save"]
 
-    def col(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    plots = [
-        _plot(out / "loss.png", "Loss", [("train", *col(train, "loss")), ("validation", *col(evals, "eval_loss"))],
-              resumes, "cross-entropy"),
-        _plot(out / "lr.png", "Learning rate", [("lr", *col(train, "lr"))], resumes, "lr"),
-        _plot(out / "throughput.png", "Throughput", [("tokens/s", *col(train, "tokens_per_s"))], resumes, "tokens/s"),
-        _plot(out / "perplexity.png", "Validation perplexity", [("perplexity", *col(evals, "eval_perplexity"))],
-              resumes, "perplexity", logy=True),
-        _plot(out / "grad_norm.png", "Gradient norm", [("grad norm", *col(train, "grad_norm"))], resumes, "norm"),
-        _plot(out / "checkpoint_saves.png", "Checkpoint saves", [("training blocked", *col(saves, "blocked_s")),
-                                                                 ("writing", *col(saves, "write_s"))],
-              resumes, "seconds per save"),
-    ]
+    plots = _plots(out, train, evals, saves, resumes)
     samples = read_jsonl(run.samples)
     last_step = max((s["step"] for s in samples), default=None)
     eval_json = run.eval_file

@@ -293,10 +293,31 @@ def _one_sentence(errors: list[dict[str, Any]]) -> str:
     return f"{where or 'body'}: {first.get('msg', 'invalid value')}"
 
 
+def _sse(events: Iterator[Any], final: Any) -> Any:
+    """Server-sent events: each item as ``data: JSON``, the result through ``final``, then ``[DONE]``; an
+    error after the stream began is its last event."""
+    from fastapi.responses import StreamingResponse
+
+    def body() -> Iterator[str]:
+        try:
+            for item in events:
+                if isinstance(item, tuple) and item[0] == "result":
+                    last = final(item[1])
+                    if last is not None:
+                        yield f"data: {json.dumps(last)}\n\n"
+                else:
+                    yield f"data: {json.dumps(item)}\n\n"
+        except ApiError as err:
+            yield f"data: {json.dumps({'error': {'message': err.message, 'type': 'invalid_request_error'}})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 def create_app(server: Server) -> Any:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 
     app = FastAPI(title="chefgenius", version="1")
 
@@ -311,22 +332,6 @@ def create_app(server: Server) -> Any:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:  # noqa: ARG001
         return error(400, _one_sentence(list(err.errors())))
-
-    def sse(events: Iterator[Any], final: Any) -> StreamingResponse:
-        def body() -> Iterator[str]:
-            try:
-                for item in events:
-                    if isinstance(item, tuple) and item[0] == "result":
-                        last = final(item[1])
-                        if last is not None:
-                            yield f"data: {json.dumps(last)}\n\n"
-                    else:
-                        yield f"data: {json.dumps(item)}\n\n"
-            except ApiError as err:  # after the stream began, the error is the last event
-                yield f"data: {json.dumps({'error': {'message': err.message, 'type': 'invalid_request_error'}})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(body(), media_type="text/event-stream")
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -346,7 +351,7 @@ def create_app(server: Server) -> Any:
         if not req.stream:
             return server.run(lambda: recipe(server, req))
         first = server.stream(lambda emit: recipe(server, req, emit))
-        return sse(({"text": t} if isinstance(t, str) else t for t in first), lambda r: {"recipe": r})
+        return _sse(({"text": t} if isinstance(t, str) else t for t in first), lambda r: {"recipe": r})
 
     @app.post("/v1/completions")
     def completions(req: CompletionRequest) -> Any:
@@ -359,7 +364,7 @@ def create_app(server: Server) -> Any:
                     "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
 
         events = server.stream(lambda emit: completion(server, req, emit))
-        return sse((chunk(t) if isinstance(t, str) else t for t in events),
+        return _sse((chunk(t) if isinstance(t, str) else t for t in events),
                    lambda r: chunk("", r["choices"][0]["finish_reason"], r["model"]))
 
     return app
