@@ -139,7 +139,7 @@ def chefgenius_batches(cfg, data) -> list[list[int]]:
     tc = cfg.training
     sampler = ResumableSampler(data.train.lengths(), batch_size=tc.batch_size, grad_accum=1, seed=tc.seed,
                                shuffle=True, group_by_length=tc.group_by_length)
-    return [list(sampler.next_step()[0][0]) for _ in range(tc.max_steps)]
+    return [list(sampler.next_step()[0]) for _ in range(tc.max_steps)]
 
 
 def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool = False) -> float:
