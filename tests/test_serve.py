@@ -128,6 +128,19 @@ def test_malformed_json_and_overlong_prompts_are_refused(client):
     assert got.status_code == 400 and "shorten it" in got.json()["error"]["message"]
 
 
+def test_a_stream_dropped_unread_gives_its_queue_slot_back(server):
+    import gc
+
+    from chefgenius.serve import CompletionRequest, completion
+
+    before = server._waiting
+    stream = server.stream(lambda emit: completion(server, CompletionRequest(prompt="Title:", max_tokens=2), emit))
+    assert server._waiting == before + 1
+    del stream  # the client went away before the first event
+    gc.collect()
+    assert server._waiting == before
+
+
 def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
     for _ in range(server.max_queue):
         server.admit()  # as if that many requests were waiting
@@ -135,6 +148,8 @@ def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
         got = client.post("/v1/recipes", json={"ingredients": ["egg"], "max_new_tokens": 5})
         assert got.status_code == 429 and int(got.headers["Retry-After"]) >= 1
         assert "limit is 2" in got.json()["error"]["message"]
+        streamed = client.post("/v1/completions", json={"prompt": "Title:", "max_tokens": 5, "stream": True})
+        assert streamed.status_code == 429  # refused before the stream starts, not as an event
     finally:
         for _ in range(server.max_queue):
             server.release(None)

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -148,8 +149,23 @@ class Server:
             self.release(done)
 
     def stream(self, fn: Any) -> Iterator[Any]:
-        """Run ``fn(emit)`` on the worker thread, yielding what it emits as it goes, then its result."""
+        """Run ``fn(emit)`` on the worker thread, yielding what it emits as it goes, then its result.
+
+        Admitted now, before the response starts, so that a full queue is a 429, not an event; the
+        slot is given back when the stream ends, or when it is dropped unread (a client gone early)."""
         self.admit()
+        released = threading.Event()
+
+        def release_once(seconds: float | None) -> None:
+            if not released.is_set():
+                released.set()
+                self.release(seconds)
+
+        stream = self._streamed(fn, release_once)
+        weakref.finalize(stream, release_once, None)
+        return stream
+
+    def _streamed(self, fn: Any, release: Any) -> Iterator[Any]:
         events: queue.Queue = queue.Queue()
         t0 = time.perf_counter()
 
@@ -173,7 +189,7 @@ class Server:
                     yield ("result", value)
                     return
         finally:
-            self.release(time.perf_counter() - t0 if finished else None)
+            release(time.perf_counter() - t0 if finished else None)
 
 
 # ----- generation -------------------------------------------------------------------------------------
