@@ -12,9 +12,7 @@ Retry-After, and /healthz must answer afterwards. Writes bench/results/serve_loa
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -35,23 +33,15 @@ def main() -> None:
     args = ap.parse_args()
     import httpx
     import torch
-    import uvicorn
 
     from chefgenius.rundir import RunDirectory
-    from chefgenius.serve import Server, Sources, create_app
+    from chefgenius.serve import Server, Sources, start_in_thread
 
     torch.set_num_threads(2)
     rd = RunDirectory(args.run)
     server = Server(Sources(rd.final.resolve(), rd.path.resolve()), max_queue=8, timeout_s=60, device="cpu")
     server.generator(None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    while not web.started:
-        time.sleep(0.05)
+    web, port = start_in_thread(server)
     url = f"http://127.0.0.1:{port}"
 
     def one(i: int) -> tuple[int, float]:
@@ -72,7 +62,6 @@ def main() -> None:
     burst_codes = Counter(code for code, _ in burst)
     healthy = httpx.get(f"{url}/healthz", timeout=30).status_code == 200
     web.should_exit = True
-    thread.join(10)
     q = statistics.quantiles(ok, n=20) if len(ok) >= 20 else [max(ok)] * 19
     row = {"requests": args.requests, "concurrency": args.concurrency, "status": dict(codes),
            "p50_s": round(statistics.median(ok), 3), "p95_s": round(q[18], 3), "max_s": round(max(ok), 3),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -159,19 +158,10 @@ def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian package 'chromium')")
 def test_the_page_in_a_real_browser_streams_a_recipe_and_marks_the_ingredients(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    import socket
+    from chefgenius.serve import start_in_thread
 
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
+    web, port = start_in_thread(server)
     try:
-        while not web.started:
-            thread.join(0.05)
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -196,7 +186,6 @@ def test_the_page_in_a_real_browser_streams_a_recipe_and_marks_the_ingredients(s
             browser.close()
     finally:
         web.should_exit = True
-        thread.join(10)
     record = recipe_record(["egg", "milk", "saffron"], shown)
     assert shown.startswith("Title: Saffron Custard") and "Ingredients:" in shown
     assert updates > 3  # the recipe arrived in pieces, as it was generated

@@ -29,19 +29,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically and durably (the temporary name is unique per process)."""
+def replace_durably(path: Path, write: Any) -> None:
+    """Write ``path`` through ``write(binary_file)`` into a temporary file beside it, fsync it and rename
+    it over ``path``: readers see the old file or the whole new one (and a file memory-mapped from the
+    old one stays valid). The directory is not fsynced: callers that need it do it (or commit it)."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        with tmp.open("w") as f:
-            f.write(text)
+        with tmp.open("wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably (the temporary name is unique per process)."""
+    replace_durably(path, lambda f: f.write(text.encode()))
+    fsync_dir(Path(path).parent)
 
 
 def update_from_file(hasher: Any, path: Path) -> Any:

@@ -386,6 +386,27 @@ def create_app(server: Server) -> Any:
     return app
 
 
+def start_in_thread(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[Any, int]:
+    """Serve the app from a background thread (tests, the load benchmark); returns the uvicorn server
+    (set ``should_exit`` to stop it) and the port it listens on (``port=0``: a free one)."""
+    import socket
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    web = uvicorn.Server(uvicorn.Config(create_app(server), host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    while not web.started:
+        thread.join(0.05)
+        if not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+    return web, port
+
+
 def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int, timeout_s: float) -> None:
     import uvicorn
 

@@ -11,13 +11,12 @@ an older file of that name stay valid. Tensors are written from their own memory
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import torch
 
-from ..fileio import BLOCK, DIGEST, new_digest, remember_digest
+from ..fileio import BLOCK, DIGEST, new_digest, remember_digest, replace_durably
 
 # safetensors' dtype names, in the order its writer sorts by (largest first, then by name).
 _DTYPES: dict[torch.dtype, str] = {
@@ -56,26 +55,21 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * ((8 - len(head) % 8) % 8)
     digest = new_digest()
-    path = Path(path)
-    # Written beside and renamed over the target: tensors loaded from the file being replaced may be
+
+    def write(f) -> None:  # noqa: ANN001
+        for chunk in (struct.pack("<Q", len(head)), head):
+            f.write(chunk)
+            digest.update(chunk)
+        for name in order:
+            raw = _raw(tensors[name])
+            for start in range(0, len(raw), BLOCK):
+                block = raw[start:start + BLOCK]
+                f.write(block)
+                digest.update(block)
+
+    # Beside and renamed over the target: tensors loaded from the file being replaced may be
     # memory-mapped views of it (safetensors maps), and truncating it under them would crash the reader.
-    part = path.with_name(f"{path.name}.part{os.getpid()}")
-    try:
-        with part.open("wb") as f:
-            for chunk in (struct.pack("<Q", len(head)), head):
-                f.write(chunk)
-                digest.update(chunk)
-            for name in order:
-                raw = _raw(tensors[name])
-                for start in range(0, len(raw), BLOCK):
-                    block = raw[start:start + BLOCK]
-                    f.write(block)
-                    digest.update(block)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
+    replace_durably(Path(path), write)
     entry = {"size": 8 + len(head) + offset, DIGEST: digest.hexdigest()}
     remember_digest(Path(path), entry)
     return entry
