@@ -419,6 +419,8 @@ def data_prepare(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="The config you will train with.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Cleaning processes (default: up to 2).")] = None,
+    encoder: Annotated[str, typer.Option(help="auto: tiktoken where it gives the tokenizer's ids (checked while "
+                                              "it runs); hf: the tokenizer itself (same ids, slower).")] = "auto",
 ) -> None:
     """Clean, split and tokenise SOURCE once into a memory-mapped dataset that `train` then maps."""
     import time
@@ -434,7 +436,7 @@ def data_prepare(
                          tokenizer=None if mc.from_scratch else load_tokenizer(mc.name_or_path),
                          vocab_size=mc.vocab_size if mc.from_scratch else None,
                          cache_dir=default_cache_dir(cfg.data.cache_dir), log=typer.echo, progress=True,
-                         workers=workers, full_verify=True)
+                         workers=workers, encoder=encoder)
     rep = ds.report
     tokens = sum(int(ds.meta["arrays"][s][n]["length"]) for s in ("train", "val") for n in ("src", "tgt"))
     size = sum(p.stat().st_size for p in ds.path.rglob("*") if p.is_file())

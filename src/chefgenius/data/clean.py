@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..config import QualityConfig
 from .sources import Recipe, RowError
@@ -74,22 +74,58 @@ class CleanReport:
                    repaired=Counter(d["repaired"]), examples={k: list(v) for k, v in d["examples"].items()})
 
 
+# ASCII text normalises without NFKC or regexes: every ASCII character is NFKC-stable, and the ones
+# that are neither \w nor \s become spaces in one translate (``str.split`` splits on \s, as _WS does).
+_ASCII_TO_SPACE = str.maketrans({c: " " for c in map(chr, range(128)) if not re.fullmatch(r"[\w\s]", c)})
+
+
 def normalise_text(text: str) -> str:
+    if text.isascii():
+        return " ".join(text.lower().translate(_ASCII_TO_SPACE).split())
     text = unicodedata.normalize("NFKC", text).lower()
     return _WS.sub(" ", re.sub(r"[^\w\s]", " ", text)).strip()
 
 
 def content_hash(recipe: Recipe) -> str:
-    """Hash of the normalised title, ingredients and directions: identity for split and dedupe."""
-    parts = [normalise_text(recipe.title), *map(normalise_text, recipe.ingredients), "\x1e",
-             *map(normalise_text, recipe.directions)]
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    """Hash of the normalised title, ingredients and directions: identity for split and dedupe.
+
+    Equal to hashing ``"\\x1f".join([n(title), *map(n, ingredients), "\\x1e", *map(n, directions)])``
+    with ``n = normalise_text``, computed a block of lines at a time (the equality is tested)."""
+    head, tail = (recipe.title, *recipe.ingredients), recipe.directions
+    joined = _normalised_block(head) + b"\x1f\x1e" + (b"\x1f" + _normalised_block(tail) if tail else b"")
+    return hashlib.sha256(joined).hexdigest()
+
+
+# normalise_text over many lines at once, NUL between them: NUL is no \\w and no \\s, has no
+# compatibility decomposition and composes with nothing (NFKC and lower() act on each line as if
+# alone), so only the spaces beside each NUL need stripping. A line that holds NUL itself goes alone.
+_ASCII_BLOCK = bytes(b if (b == 0 or re.fullmatch(r"\w", chr(b).lower())) else 32 for b in range(256))
+_SPACES = re.compile(rb" {2,}")
+_NOT_WORD_OR_NUL = re.compile(r"[^\w\s\x00]")
+
+
+def _normalised_block(lines: tuple[str, ...]) -> bytes:
+    text = "\x00".join(lines)
+    if text.count("\x00") != len(lines) - 1:
+        return b"\x1f".join(normalise_text(x).encode() for x in lines)
+    if text.isascii():
+        data = _SPACES.sub(b" ", text.encode().lower().translate(_ASCII_BLOCK))
+    else:
+        text = unicodedata.normalize("NFKC", text).lower()
+        data = _WS.sub(" ", _NOT_WORD_OR_NUL.sub(" ", text)).encode()
+    return data.replace(b" \x00", b"\x00").replace(b"\x00 ", b"\x00").strip(b" ").replace(b"\x00", b"\x1f")
+
+
+_DIGIT = re.compile(r"\d")
+_WORD_CHAR = re.compile(r"\w")
+# Any line of a newline-joined block is_section_header() could accept (lines stripped, no newline in them).
+_HEADER_LINE = re.compile(r"^(?:[^\d\n]{0,39}:|" + _SECTION_WORD.pattern + r")$", re.MULTILINE | re.IGNORECASE)
 
 
 def is_section_header(line: str) -> bool:
     """'Filling', 'For the crust:', 'Cake:' are headers; 'hot sauce' and 'pie crust' are ingredients."""
     text = line.strip()
-    if text.endswith(":") and len(text) <= 40 and not re.search(r"\d", text):
+    if text.endswith(":") and len(text) <= 40 and not _DIGIT.search(text):
         return True
     return bool(_SECTION_WORD.fullmatch(text))
 
@@ -108,9 +144,15 @@ def _strip_only(line: str, counts: Counter) -> str:
     return line.strip(" ")
 
 
-def repair(recipe: Recipe, counts: Counter) -> Recipe:
-    """Strip fixable junk: !!!! runs, emoticons, section headers listed as ingredients, empty steps."""
-    needs = _NEEDS_REPAIR.search("\x00".join((recipe.title, *recipe.ingredients, *recipe.directions)))
+def repair(recipe: Recipe, counts: Counter, needs: bool | None = None) -> Recipe:
+    """Strip fixable junk: !!!! runs, emoticons, section headers listed as ingredients, empty steps.
+
+    ``needs=False`` says the caller has proved no line needs more than stripping (:func:`flag_rows`)."""
+    if needs is None:
+        needs = bool(_NEEDS_REPAIR.search("\x00".join((recipe.title, *recipe.ingredients, *recipe.directions))))
+    elif not needs and not _HEADER_LINE.search("\n".join(recipe.ingredients)) and \
+            all(map(_WORD_CHAR.search, recipe.directions)):
+        return recipe  # flag_rows proved every line stripped, non-empty and single-spaced: nothing to do
     fix = _repair_line if needs else _strip_only
     title = fix(recipe.title, counts)
     ingredients = []
@@ -125,11 +167,11 @@ def repair(recipe: Recipe, counts: Counter) -> Recipe:
     directions = []
     for line in recipe.directions:
         line = fix(line, counts)
-        if not line or not re.search(r"\w", line):
+        if not line or not _WORD_CHAR.search(line):
             counts["empty_steps"] += 1
         else:
             directions.append(line)
-    return replace(recipe, title=title, ingredients=tuple(ingredients), directions=tuple(directions))
+    return Recipe(title, tuple(ingredients), tuple(directions), recipe.quality_score, recipe.source_row, recipe.ner)
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,22 +209,102 @@ def excerpt(recipe: Recipe) -> str:
     return f"row {recipe.source_row}: {recipe.title[:60]!r}"
 
 
-def clean_one(row: Recipe | RowError, cfg: QualityConfig, report: CleanReport) -> Recipe | None:
-    """Validate, repair and score one row (no de-duplication); counts what happened in ``report``."""
+def clean_one(row: Recipe | RowError, cfg: QualityConfig, report: CleanReport, *, may_need_repair: bool = True,
+              may_score_below_one: bool = True) -> Recipe | None:
+    """Validate, repair and score one row (no de-duplication); counts what happened in ``report``.
+
+    The two flags come from :func:`flag_rows`: ``False`` says no pattern of the repair (or of the
+    quality score) can match the row, so those regexes are skipped; the result is the same."""
     report.num_read += 1
     if isinstance(row, RowError):
         report.drop(f"malformed: {row.reason}", f"row {row.row}: {row.excerpt!r}")
         return None
-    fixed = repair(row, report.repaired)
+    fixed = repair(row, report.repaired, needs=None if may_need_repair else False)
     reason = _hard_rule(fixed, cfg)
     if reason:
         report.drop(reason, excerpt(row))
         return None
-    score = row.quality_score if row.quality_score is not None else quality_score(fixed, cfg.junk_words, row)
+    score = row.quality_score
+    if score is None:
+        # Repairs and removed lines change the text the score reads: only an untouched row is known clear.
+        untouched = not may_need_repair and len(fixed.ingredients) == len(row.ingredients) and \
+            len(fixed.directions) == len(row.directions)
+        score = 1.0 if untouched and not may_score_below_one else quality_score(fixed, cfg.junk_words, row)
     if score < cfg.min_quality:
         report.drop("low_quality", f"{excerpt(row)} score={score:.2f}")
         return None
-    return replace(fixed, quality_score=score)
+    return Recipe(fixed.title, fixed.ingredients, fixed.directions, score, fixed.source_row, fixed.ner)
+
+
+# ----- the prefilter: one RE2 pass over a batch of rows ------------------------------------------------
+# A superset of every pattern above, for Arrow's RE2 kernels: rows it does not match cannot match any
+# of them, so they skip the Python regexes. Superset by construction: lookarounds are dropped, word
+# boundaries are ASCII ones (any non-ASCII neighbour counts as a boundary, which only flags more), and
+# letters carry the non-ASCII characters Python's IGNORECASE matches them with.
+_PY_SPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())  # str.isspace == re's \s
+_FOLDS = {"i": "İı", "k": "\u212a", "s": "ſ"}  # re.IGNORECASE's non-ASCII matches of ASCII letters
+
+
+def _re2_class(chars: str) -> str:
+    return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in chars) + "]"
+
+
+def _re2_words(words: Iterable[str], *, bounded: bool = True) -> str:
+    """Python's ``\\b(?:w1|w2)\\b`` under IGNORECASE (``bounded=False``: without the ``\\b``), widened for RE2.
+
+    A ``\\b`` next to a word character becomes "start, end or an ASCII non-word character" (a
+    non-ASCII neighbour may be a Python word character: counting it as a boundary only flags more);
+    a ``\\b`` next to a non-word character is dropped."""
+    def letter(c: str) -> str:
+        if c.isascii() and c.isalpha():
+            return _re2_class(c.lower() + c.upper() + _FOLDS.get(c.lower(), ""))
+        return _re2_class(c)
+
+    alts = []
+    for w in words:
+        if not w:
+            continue
+        left = bounded and bool(re.fullmatch(r"\w", w[0]))
+        right = bounded and bool(re.fullmatch(r"\w", w[-1]))
+        alts.append((r"(?:^|[^A-Za-z0-9_])" if left else "") + "".join(map(letter, w)) +
+                    (r"(?:$|[^A-Za-z0-9_])" if right else ""))
+    return "|".join(alts)
+
+
+@functools.lru_cache(maxsize=8)
+def _flag_patterns(junk_words: tuple[str, ...]) -> tuple[str, str] | None:
+    """(superset of what repair() changes, superset of what quality_score() penalises), for RE2."""
+    if any(not w.isascii() for w in junk_words):  # a non-ASCII word could fold onto ASCII text: no prefilter
+        return None
+    space = _re2_class(_PY_SPACE)
+    repair_parts = [
+        r"!!!|\?\?\?",  # _BANG_RUN
+        r"[:;=8][-']?[()\[\]DPpOo3/\\|*]|<3|\^_\^|x-?D",  # _EMOTICON without its lookarounds
+        r"[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}]",  # _EMOJI
+        _re2_class(_PY_SPACE.replace(" ", "")) + "|" + space + space,  # whitespace _repair_line collapses
+        r"^ | $",  # with the double space above: some line is empty or not stripped (repair()'s fast path)
+    ]
+    quality_parts = [
+        _re2_words(["http", "www"], bounded=False),  # _URL
+        _re2_words(["i", "my", "we", "our", "me"]),  # _FIRST_PERSON; also the first word of _COMMENTARY's pairs
+        _re2_words(["enjoy", "delicious", "review", "reviews", "reviewer", "this"]),  # _COMMENTARY
+        r"[A-Z]{4}",  # _SHOUT
+        *([_re2_words(junk_words)] if any(junk_words) else []),
+    ]
+    return tuple("|".join(f"(?:{p})" for p in parts) for parts in (repair_parts, quality_parts))
+
+
+def flag_rows(recipes: list[Recipe], junk_words: Iterable[str]) -> tuple[list[bool], list[bool]]:
+    """For each recipe: whether repair() may change it, and whether quality_score() may find anything
+    in its original lines. A row with both False cannot match any pattern of either."""
+    patterns = _flag_patterns(tuple(junk_words))
+    if patterns is None or not recipes:
+        return [True] * len(recipes), [True] * len(recipes)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = pa.array([" ".join((r.title, *r.ingredients, *r.directions)) for r in recipes], type=pa.large_string())
+    return tuple(pc.match_substring_regex(texts, p).to_pylist() for p in patterns)
 
 
 def merge_report(into: CleanReport, part: CleanReport) -> None:
@@ -225,7 +347,7 @@ def _hard_rule(recipe: Recipe, cfg: QualityConfig) -> str | None:
         return "too_few_ingredients"
     if len(recipe.directions) < cfg.min_directions:
         return "too_few_directions"
-    if any(len(x) > cfg.max_line_chars for x in (*recipe.ingredients, *recipe.directions)):
+    if max(map(len, (*recipe.ingredients, *recipe.directions)), default=0) > cfg.max_line_chars:
         return "line_too_long"
     total = len(recipe.title) + sum(map(len, recipe.ingredients)) + sum(map(len, recipe.directions))
     if total > cfg.max_total_chars:

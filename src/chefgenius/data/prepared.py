@@ -3,13 +3,14 @@
 A prepared dataset is a directory under ``$CHEFGENIUS_CACHE/prepared/`` named by a key over
 everything that produced it (a streaming digest of the source bytes, the data config, the
 model family and the tokenizer). It is committed like a checkpoint (temporary directory,
-fsync, SHA-256 manifest, rename), so a killed preparation leaves nothing a later run could take
+fsync, XXH3-128 manifest, rename), so a killed preparation leaves nothing a later run could take
 for complete. Token ids are raw little-endian arrays in the narrowest unsigned type the
 vocabulary allows, described by ``meta.json``; nothing is pickled.
 
 Preparation streams the source in chunks that a process pool cleans (both cores), merges them
 in order (so the result never depends on scheduling), keeps only per-recipe hashes and offsets
-in memory, spills texts to disk, and tokenises with the fast tokenizer's batch encoder. The
+in memory, spills texts to disk, and tokenises in the same pool (tiktoken where it gives the
+tokenizer's ids, :mod:`.encoders`; the Hugging Face tokenizer otherwise). The
 samples of each split are stored in content-hash order, exactly the order of the in-memory path
 (``tests/reference_data.py``), so the same recipes get the same sample indices either way.
 """
@@ -36,18 +37,32 @@ import torch
 
 from ..config import DataConfig, QualityConfig
 from ..fileio import atomic_write_text, update_from_file
-from .clean import CleanReport, clean_one, content_hash, excerpt, merge_report
+from . import token_arrays
+from .clean import CleanReport, clean_one, content_hash, excerpt, flag_rows, merge_report
+from .encoders import exact_encoder, first_difference, hf_encoder
 from .format import recipe_to_example
-from .sources import ByteCounter, DataError, RawRow, Recipe, RowError, bundled_corpus_path, read_rows
+from .sources import (
+    ArrowFallback,
+    ArrowRows,
+    ByteCounter,
+    DataError,
+    RawRow,
+    Recipe,
+    RowError,
+    arrow_csv_rows,
+    bundled_corpus_path,
+    read_rows,
+)
 from .split import is_validation
+from .token_arrays import EncodeJob, EncoderMismatch, TextColumn
 from .tokenize import tokenizer_digest
 
 PREPARED_VERSION = 1
 TOKENIZER_SAMPLE = 200_000  # train recipes (in content-hash order) a from-scratch tokenizer learns from
 EVAL_TEXTS = 1000  # validation prompts and references kept as text for `chefgenius eval`
 CHUNK_ROWS = 5_000
+TIKTOKEN_CHECK = 1000  # training samples both encoders encode before tiktoken is trusted with the rest
 SIDES = ("train", "val")
-_SMALL_STORE = 256 << 20  # stores up to this size are fully re-hashed at every open
 
 
 class PrepareWriteError(OSError):
@@ -183,22 +198,20 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _store_problem(path: Path, *, full: bool) -> str | None:
-    """Sizes always; SHA-256 of every file and a vocabulary range check when small or asked (``full``)."""
+def _store_problem(path: Path) -> str | None:
+    """Every file's size and XXH3-128 digest against the manifest, and every token id against the
+    vocabulary, at every open: a flipped bit anywhere is caught before training reads it. It runs at
+    memory speed (the 826 MB store of the 2.2M-row RecipeNLG: ``bench/prepare_speed.py``)."""
     from ..checkpoint.store import read_manifest, verify_checkpoint
 
     try:
         doc = read_manifest(path)
     except ValueError as err:
         return str(err)
-    total = 0
     for rel, entry in doc["files"].items():
         f = path / rel
         if not f.is_file() or f.stat().st_size != entry["size"]:
             return f"{rel} is missing or has the wrong size"
-        total += entry["size"]
-    if not full and total > _SMALL_STORE:
-        return None
     problem = verify_checkpoint(path)
     if problem:
         return problem
@@ -216,12 +229,16 @@ def _store_problem(path: Path, *, full: bool) -> str | None:
 
 def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None, vocab_size: int | None,
                     cache_dir: Path, log: Callable[[str], None] = print, progress: bool = False,
-                    workers: int | None = None, full_verify: bool = False) -> PreparedDataset:
+                    workers: int | None = None, encoder: str = "auto"
+                    ) -> PreparedDataset:
     """The prepared dataset for this config: reused when its key matches, built (once) otherwise.
 
     Pass ``tokenizer`` to tokenise with a given tokenizer (pretrained, or restored from a
     checkpoint), or ``vocab_size`` to train a byte-level BPE from scratch on the train split.
+    ``encoder="hf"`` tokenises with the tokenizer itself even where tiktoken would give the same ids.
     """
+    if encoder not in ("auto", "hf"):
+        raise ValueError(f"encoder must be 'auto' or 'hf', not {encoder!r}")
     t0 = time.perf_counter()
     root = cache_dir / "prepared"
     digest = source_digest(cfg)
@@ -238,15 +255,17 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
         if tok_digest is not None:
             path = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
             if path.is_dir():
-                problem = _store_problem(path, full=full_verify)
+                problem = _store_problem(path)
                 if problem is None:
-                    log(f"data: prepared dataset {path.name} reused ({time.perf_counter() - t0:.1f} s to check)")
+                    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                    log(f"data: prepared dataset {path.name} reused ({time.perf_counter() - t0:.2f} s to hash the "
+                        f"source and verify all {size / 1e6:.0f} MB of it)")
                     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
                 log(f"warning: prepared dataset {path} is damaged ({problem}); rebuilding it")
                 shutil.rmtree(path, ignore_errors=True)
         try:
             path = _build(cfg, root, digest, data_fields, is_seq2seq=is_seq2seq, tokenizer=tokenizer,
-                          vocab_size=vocab_size, log=log, progress=progress, workers=workers)
+                          vocab_size=vocab_size, log=log, progress=progress, workers=workers, encoder=encoder)
         except OSError as err:  # CheckpointWriteError (the commit) is an OSError too
             raise PrepareWriteError(err.errno, f"cannot write the prepared dataset under {root}: "
                                     f"{os.strerror(err.errno) if err.errno else err}; free space there or point "
@@ -259,17 +278,26 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
 
 
-def _clean_chunk(args: tuple[list[RawRow | Recipe | RowError], dict[str, Any], int, float]
+def _clean_chunk(args: tuple[ArrowRows | list[RawRow | Recipe | RowError], dict[str, Any], int, float]
                  ) -> tuple[list[tuple[str, str, str, str, str, bool, str]], CleanReport]:
-    """Worker: clean one chunk; kept recipes come back as (hash, ner, ingredients, prompt, target, is_val, excerpt)."""
+    """Worker: clean one chunk; kept recipes come back as (hash, ner, ingredients, prompt, target, is_val, excerpt).
+
+    One RE2 pass over the chunk (:func:`flag_rows`) sends only the rows some pattern could match
+    through the Python regexes; the result is the same as :func:`clean_one` on every row."""
     from .format import prompt_ingredients
 
     rows, quality, seed, val_fraction = args
+    if isinstance(rows, ArrowRows):
+        rows = rows.rows()
     qcfg = QualityConfig.model_validate(quality)
     report = CleanReport()
+    parsed = [row.parse() if isinstance(row, RawRow) else row for row in rows]
+    recipes = [r for r in parsed if isinstance(r, Recipe)]
+    flags = zip(*flag_rows(recipes, qcfg.junk_words))
     out = []
-    for row in rows:
-        recipe = clean_one(row.parse() if isinstance(row, RawRow) else row, qcfg, report)
+    for row in parsed:
+        repair_flag, quality_flag = (True, True) if isinstance(row, RowError) else next(flags)
+        recipe = clean_one(row, qcfg, report, may_need_repair=repair_flag, may_score_below_one=quality_flag)
         if recipe is None:
             continue
         digest = content_hash(recipe)
@@ -288,7 +316,7 @@ def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 class _Spill:
-    """Append-only text columns on disk with offsets in memory; read back by index through a map."""
+    """Append-only text column on disk with offsets in memory; read back by index (:class:`TextColumn`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -300,17 +328,14 @@ class _Spill:
         self._f.write(data)
         self.offsets.append(self.offsets[-1] + len(data))
 
-    def reader(self) -> Callable[[int], str]:
-        # pread, not a memory map: the page cache serves it without counting towards this process's RSS.
+    def reader(self) -> TextColumn:
         self._f.close()
-        fd = os.open(self.path, os.O_RDONLY)
-        offs = self.offsets
-        return lambda i: os.pread(fd, offs[i + 1] - offs[i], offs[i]).decode("utf-8")
+        return TextColumn(self.path, self.offsets)
 
 
 def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any], *, is_seq2seq: bool,
            tokenizer: Any | None, vocab_size: int | None, log: Callable[[str], None], progress: bool,
-           workers: int | None) -> Path:
+           workers: int | None, encoder: str) -> Path:
     from ..checkpoint import commit_directory
     from ..checkpoint.store import remove_temporaries
 
@@ -321,9 +346,14 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
     work.mkdir()
     try:
         # Stage 1: clean in a process pool, merge in order, de-duplicate, split, spill texts.
-        hashes, sides, report, readers = _clean_all(cfg, work, progress, workers)
+        num_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        hashes, sides, report, readers = _clean_all(cfg, work, progress, num_workers, log)
         orders = _split_orders(cfg, hashes, sides, report)
         fingerprints = {side: _fingerprint(order, hashes, readers["ner"]) for side, order in orders.items()}
+        t1 = time.perf_counter()
+        log(f"data: cleaned {report.num_read} rows in {t1 - t0:.1f} s ({report.num_read / (t1 - t0):.0f} rows/s), "
+            f"kept {report.num_kept}")
         # Stage 2: the tokenizer, trained from a bounded, deterministic sample when none is given.
         if tokenizer is None:
             from ..model import train_tokenizer
@@ -332,25 +362,52 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
             log(f"data: training a {vocab_size}-token BPE tokenizer on {len(sample)} training recipes")
             tokenizer = train_tokenizer([readers["prompt"](int(i)) + "\n" + readers["target"](int(i))
                                          for i in sample], vocab_size)
+            log(f"data: tokenizer trained in {time.perf_counter() - t1:.1f} s")
         tok_digest = tokenizer_digest(tokenizer)
         meta = {"version": PREPARED_VERSION, "source": str(cfg.path or "bundled"), "source_digest": digest,
                 "data": data_fields, "is_seq2seq": is_seq2seq, "tokenizer_digest": tok_digest,
                 "vocab_size": len(tokenizer), "counts": {side: int(len(order)) for side, order in orders.items()},
                 "fingerprints": fingerprints}
         final = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
-        # Stage 3: tokenise each split in sample order, in batches, straight to disk.
-        commit_directory(final, 0, lambda tmp: _write_store(tmp, cfg, orders, readers, tokenizer, is_seq2seq,
-                                                            progress, {**meta, "report": report.to_dict()}))
+        # Stage 3: tokenise each split in sample order, in worker processes, straight to disk.
+        use_tiktoken = encoder == "auto" and _tiktoken_agrees(tokenizer, orders["train"], readers, is_seq2seq, log)
+        job = EncodeJob(readers["prompt"], readers["target"], tokenizer, use_tiktoken, is_seq2seq,
+                        cfg.max_prompt_tokens, cfg.max_target_tokens,
+                        np.dtype(np.uint16 if len(tokenizer) <= 65536 else np.uint32).newbyteorder("<").str)
+        full_meta = {**meta, "report": report.to_dict()}
+        t2 = time.perf_counter()
+        log(f"data: tokenising with {'tiktoken (checked against the tokenizer)' if use_tiktoken else 'the tokenizer'}")
+        try:
+            commit_directory(final, 0, lambda tmp: _write_store(tmp, orders, readers, job, progress, full_meta,
+                                                                num_workers))
+        except EncoderMismatch as err:
+            log(f"warning: {err}; tokenising again with the tokenizer itself (same result, slower)")
+            job.use_tiktoken = False
+            commit_directory(final, 0, lambda tmp: _write_store(tmp, orders, readers, job, progress, full_meta,
+                                                                num_workers))
+        log(f"data: tokenised and written in {time.perf_counter() - t2:.1f} s")
         _save_report(root, digest, cfg, report)
         return final
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _clean_all(cfg: DataConfig, work: Path, progress: bool, workers: int | None
-               ) -> tuple[bytearray, bytearray, CleanReport, dict[str, Callable[[int], str]]]:
+def _clean_all(cfg: DataConfig, work: Path, progress: bool, num_workers: int, log: Callable[[str], None]
+               ) -> tuple[bytearray, bytearray, CleanReport, dict[str, TextColumn]]:
     """Every kept recipe's content hash and side (validation or not), the report, and readers of its
-    texts spilled to ``work`` (NER, ingredients, prompt, target), in source order."""
+    texts spilled to ``work`` (NER, ingredients, prompt, target), in source order.
+
+    A CSV is parsed by Arrow when it reads it as the csv module would (:func:`arrow_csv_rows`); at the
+    first row it would not, the pass starts over with the csv module (the same result, slower)."""
+    try:
+        return _clean_pass(cfg, work, progress, num_workers, arrow=True)
+    except ArrowFallback as err:
+        log(f"data: Arrow cannot read {cfg.path} as the csv module does ({err}); reading it with the csv module")
+        return _clean_pass(cfg, work, progress, num_workers, arrow=False)
+
+
+def _clean_pass(cfg: DataConfig, work: Path, progress: bool, num_workers: int, *, arrow: bool
+                ) -> tuple[bytearray, bytearray, CleanReport, dict[str, TextColumn]]:
     from tqdm.auto import tqdm
 
     spills = {name: _Spill(work / f"{name}.txt") for name in ("ner", "ingredients", "prompt", "target")}
@@ -359,13 +416,9 @@ def _clean_all(cfg: DataConfig, work: Path, progress: bool, workers: int | None
     seen: set[bytes] = set()
     source_path = Path(cfg.path) if cfg.path else bundled_corpus_path()
     counter = ByteCounter(source_path) if source_path.is_file() else None
-    rows = read_rows(cfg.path, cfg.format, cfg.hf_split, counter)
-    if cfg.max_recipes is not None:
-        rows = itertools.islice(rows, cfg.max_recipes)
-    jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction)
-            for chunk in _chunks(iter(rows), CHUNK_ROWS))
-    num_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    bar = tqdm(desc="prepare", total=source_path.stat().st_size if counter else None, unit="B", unit_scale=True,
+    chunks = _source_chunks(cfg, counter, arrow)
+    jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction) for chunk in chunks)
+    bar = tqdm(desc="prepare: clean", total=source_path.stat().st_size if counter else None, unit="B", unit_scale=True,
                disable=not progress, dynamic_ncols=True)  # bytes give the ETA; rows/s in the postfix
     t_start, num_rows = time.perf_counter(), 0
     with _pool(num_workers) as pool:
@@ -390,6 +443,32 @@ def _clean_all(cfg: DataConfig, work: Path, progress: bool, workers: int | None
     bar.close()
     report.num_kept = len(sides)
     return hashes, sides, report, {name: s.reader() for name, s in spills.items()}
+
+
+def _source_chunks(cfg: DataConfig, counter: ByteCounter | None, arrow: bool) -> Iterator[Any]:
+    """Worker tasks: Arrow batches of a CSV where Arrow reads it right, lists of rows otherwise."""
+    batches = None
+    if arrow and cfg.path and counter is not None and (
+            cfg.format == "csv" or (cfg.format == "auto" and Path(cfg.path).suffix.lower() in (".csv", ".tsv"))):
+        read_rows(cfg.path, cfg.format, cfg.hf_split)  # the same checks (and errors) as the csv path
+        batches = arrow_csv_rows(Path(cfg.path), counter)
+        if batches is None:
+            counter.rewind()
+    if batches is None:
+        rows = read_rows(cfg.path, cfg.format, cfg.hf_split, counter)
+        if cfg.max_recipes is not None:
+            rows = itertools.islice(rows, cfg.max_recipes)
+        yield from _chunks(iter(rows), CHUNK_ROWS)
+        return
+    left = cfg.max_recipes
+    for chunk in batches:
+        if left is not None:
+            if left <= 0:
+                return
+            if chunk.batch.num_rows > left:
+                chunk = ArrowRows(chunk.batch.slice(0, left), chunk.start)
+            left -= chunk.batch.num_rows
+        yield chunk
 
 
 def _split_orders(cfg: DataConfig, hashes: bytearray, sides: bytearray, report: CleanReport) -> dict[str, np.ndarray]:
@@ -421,75 +500,68 @@ def _fingerprint(order: np.ndarray, hashes: bytearray, ner: Callable[[int], str]
     return h.hexdigest()[:16]
 
 
-def _write_store(tmp: Path, cfg: DataConfig, orders: dict[str, np.ndarray], readers: dict[str, Callable[[int], str]],
-                 tokenizer: Any, is_seq2seq: bool, progress: bool, meta: dict[str, Any]) -> None:
+def _write_store(tmp: Path, orders: dict[str, np.ndarray], readers: dict[str, TextColumn], job: EncodeJob,
+                 progress: bool, meta: dict[str, Any], num_workers: int) -> None:
     """Token arrays, evaluation texts, the tokenizer and ``meta.json`` of a prepared dataset."""
+    from tqdm.auto import tqdm
+
     arrays = {}
-    dtype = np.uint16 if len(tokenizer) <= 65536 else np.uint32
-    for side, order in orders.items():
-        arrays[side] = _tokenize_side(tmp, side, order, readers, tokenizer, dtype, cfg, is_seq2seq, progress)
-        texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
-                  "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
-        (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    with _pool(num_workers, token_arrays.init_worker, (job,)) as pool:
+        for side, order in orders.items():
+            bar = tqdm(desc=f"prepare: tokenise {side}", total=len(order), unit="recipe", disable=not progress,
+                       dynamic_ncols=True, leave=False)
+            tasks = token_arrays.tasks(order)
+            results = pool.imap(token_arrays.encode_slice, tasks) if pool is not None else \
+                map(token_arrays.encode_slice, tasks)
+            arrays[side] = token_arrays.write_side(tmp, side, order, results, job.dtype, bar.update)
+            bar.close()
+            texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
+                      "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
+            (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
+    job.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     meta = {**{k: v for k, v in meta.items() if k != "report"}, "arrays": arrays, "report": meta["report"],
             "created": time.time()}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
+def _tiktoken_agrees(tokenizer: Any, order: np.ndarray, readers: dict[str, TextColumn], is_seq2seq: bool,
+                     log: Callable[[str], None]) -> bool:
+    """Whether tiktoken reproduces this tokenizer: by its file, then on the first training samples."""
+    fast = exact_encoder(tokenizer)
+    if fast is None:
+        return False
+    idx = [int(i) for i in order[:TIKTOKEN_CHECK]]
+    texts = [readers["prompt"](i) + ("" if is_seq2seq else "\n") for i in idx] + [readers["target"](i) for i in idx]
+    bad = first_difference(fast, hf_encoder(tokenizer), texts)
+    if bad is not None:
+        log(f"data: tiktoken differs from the tokenizer on {texts[bad][:60]!r}; encoding with the tokenizer")
+        return False
+    return True
+
+
 @contextmanager
-def _pool(num_workers: int) -> Iterator[Any]:
+def _pool(num_workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator[Any]:
     if num_workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
         yield None
         return
     import torch.cuda
 
-    # fork is fast and inherits the loaded modules; never fork a process that initialised CUDA.
+    # fork is fast and inherits the loaded modules; never fork a process that initialised CUDA. The
+    # Rust tokenizer's threads are off in the workers (they are the parallelism), said here, not warned.
     method = "spawn" if torch.cuda.is_initialized() else "fork"
-    with mp.get_context(method).Pool(num_workers) as pool:
-        yield pool
-
-
-def _tokenize_side(tmp: Path, side: str, order: np.ndarray, readers: dict[str, Callable[[int], str]],
-                   tokenizer: Any, dtype: Any, cfg: DataConfig, is_seq2seq: bool, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    eos = tokenizer.eos_token_id
-    little = np.dtype(dtype).newbyteorder("<")
-    files = {name: (tmp / f"{side}_{name}.bin").open("wb") for name in ("src", "tgt")}
-    lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
-    batch = 4096
-    for start in tqdm(range(0, len(order), batch), desc=f"tokenise {side}", disable=not progress, leave=False):
-        idx = [int(i) for i in order[start:start + batch]]
-        prompts = [readers["prompt"](i) for i in idx]
-        targets = [readers["target"](i) for i in idx]
-        if is_seq2seq:
-            src = [ids[: cfg.max_prompt_tokens - 1] + [eos] for ids in _encode(tokenizer, prompts)]
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = mp.get_context(method).Pool(num_workers, initializer, initargs)
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
         else:
-            src = [ids[: cfg.max_prompt_tokens] for ids in _encode(tokenizer, [p + "\n" for p in prompts])]
-        tgt = [(ids + [eos])[: cfg.max_target_tokens] for ids in _encode(tokenizer, targets)]
-        for name, seqs in (("src", src), ("tgt", tgt)):
-            flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=little)
-            files[name].write(flat.tobytes())
-            lengths[name].append(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)))
-    out: dict[str, Any] = {}
-    for name, f in files.items():
-        f.close()
-        lens = np.concatenate(lengths[name]) if lengths[name] else np.zeros(0, np.int64)
-        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        offsets.astype("<i8").tofile(tmp / f"{side}_{name}_offsets.bin")
-        out[name] = {"dtype": little.str, "length": int(offsets[-1])}
-        out[f"{name}_offsets"] = {"dtype": "<i8", "length": int(len(offsets))}
-    return out
-
-
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Batch encoding in the Rust backend (all cores, no offsets kept); ids equal ``tokenizer.encode`` one by one,
-    which the equivalence test checks."""
-    backend = tokenizer.backend_tokenizer
-    batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return [e.ids for e in batch(texts, add_special_tokens=False)]
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+    with pool:
+        yield pool
 
 
 def _report_path(root: Path, digest: str, cfg: DataConfig) -> Path:

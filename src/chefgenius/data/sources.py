@@ -137,6 +137,11 @@ class ByteCounter(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def rewind(self) -> None:
+        """Back to the first byte, for a reader that starts over (an Arrow read that gave up)."""
+        self._f.seek(0)
+        self.count = 0
+
     def readinto(self, buf) -> int:
         n = self._f.readinto(buf)
         self.count += n or 0
@@ -175,6 +180,82 @@ def _csv_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[RawRow
             else:
                 yield RawRow(row, index)
             index += 1
+
+
+ARROW_BLOCK_BYTES = 4 << 20  # bytes of CSV per Arrow batch (about 6,000 RecipeNLG rows): one worker task
+
+
+class ArrowFallback(RuntimeError):
+    """Arrow met a row it will not parse as the csv module does: read the file with the csv module."""
+
+
+@dataclass(frozen=True)
+class ArrowRows:
+    """A batch of CSV rows parsed by Arrow (cells as bytes); :meth:`rows` gives what :func:`_csv_rows`
+    gives for the same rows: one picklable object per worker task instead of thousands of dicts."""
+
+    batch: Any  # pyarrow.RecordBatch, every column binary
+    start: int
+
+    def rows(self) -> list[RawRow]:
+        names = self.batch.schema.names
+        cols = [[c.decode("utf-8", "surrogateescape") for c in col.to_pylist()] for col in self.batch.columns]
+        return [RawRow(dict(zip(names, cells)), self.start + i) for i, cells in enumerate(zip(*cols))]
+
+
+def arrow_csv_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[ArrowRows] | None:
+    """The rows of a CSV as Arrow batches, or ``None`` where only the csv module reads it right (a BOM,
+    a header it reads otherwise, duplicate or missing columns). A row with the wrong number of cells, or
+    one Arrow cannot parse, raises :class:`ArrowFallback` before the batch after it: the caller starts
+    over with :func:`read_rows` (never finishing a pass that skipped a row)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+    except ImportError:
+        return None
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with path.open("rb") as f:
+        if f.read(3) == b"\xef\xbb\xbf":
+            return None
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        try:
+            header = next(csv.reader(f), [])
+        except csv.Error:
+            return None
+    if len(set(header)) != len(header) or any(c not in header for c in REQUIRED_FIELDS):
+        return None
+
+    skipped: list[str] = []
+
+    def invalid(row: Any) -> str:  # Arrow ignores what a handler raises: note it, stop at the next batch
+        skipped.append(f"a row has {row.actual_columns} cells, the header {row.expected_columns}")
+        return "skip"
+
+    try:
+        reader = pcsv.open_csv(
+            counter or ByteCounter(path),
+            read_options=pcsv.ReadOptions(block_size=ARROW_BLOCK_BYTES, use_threads=True),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.binary() for c in header}))
+    except pa.ArrowInvalid:
+        return None
+    if reader.schema.names != header or skipped:
+        return None
+
+    def batches() -> Iterator[ArrowRows]:
+        start = 0
+        try:
+            for batch in reader:
+                if skipped:
+                    raise ArrowFallback(skipped[0])
+                yield ArrowRows(batch, start)
+                start += batch.num_rows
+        except pa.ArrowInvalid as err:
+            raise ArrowFallback(str(err).splitlines()[0]) from None
+        if skipped:
+            raise ArrowFallback(skipped[0])
+
+    return batches()
 
 
 def _jsonl_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[RawRow | RowError]:
