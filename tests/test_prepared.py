@@ -15,6 +15,7 @@ import torch
 
 from chefgenius.config import build_config
 from chefgenius.data import prepared as prepared_mod
+from chefgenius.data import sources
 from chefgenius.data.loader import ResumableSampler, make_batch
 from chefgenius.data.prepared import prepare_dataset
 from chefgenius.data.sources import bundled_corpus_path
@@ -35,7 +36,8 @@ def test_prepared_equals_the_in_memory_path_on_the_recipenlg_sample(tmp_path, mo
     path = SHARED_DATA / "recipenlg-sample-1k.csv"
     if not path.exists():
         pytest.skip(f"{path} absent (shared data folder not provided)")
-    monkeypatch.setattr(prepared_mod, "CHUNK_ROWS", 97)  # many chunks over two workers: the merge must keep order
+    monkeypatch.setattr(sources, "ARROW_BLOCK_BYTES", 48 << 10)  # many Arrow batches over two workers:
+    monkeypatch.setattr(prepared_mod, "CHUNK_ROWS", 97)  # the merge must keep order
     cfg = _data_cfg(path)
     direct = prepare_recipes(cfg)
     tok = train_tokenizer([p + "\n" + t for p, t in (prepared_mod.recipe_to_example(r) for r in direct.train)], 600)
