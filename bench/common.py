@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # The order of the sections in RESULTS.md.
 ORDER = ("throughput", "throughput_gpt2_base", "throughput_t5_tiny", "padding", "optimizer_step", "checkpoint_save",
-         "async_checkpoint", "startup", "distributed_scale", "prepare_scale")
+         "async_checkpoint", "startup", "distributed_scale", "prepare_scale", "prepare_speed")
 
 
 def results_dir() -> Path:
