@@ -27,6 +27,7 @@ import shutil
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +218,15 @@ def _store_problem(path: Path) -> str | None:
         return problem
     try:
         meta = json.loads((path / "meta.json").read_text())
-        for side in SIDES:
-            for name in ("src", "tgt"):
-                ids = _map(path, f"{side}_{name}", meta["arrays"][side][name])
-                if len(ids) and int(ids.max()) >= int(meta["vocab_size"]):
-                    return f"{side}_{name}.bin holds token ids outside the vocabulary of {meta['vocab_size']}"
+        names = [f"{side}_{name}" for side in SIDES for name in ("src", "tgt")]
+        arrays = [_map(path, n, meta["arrays"][n.split("_")[0]][n.split("_")[1]]) for n in names]
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # numpy's max drops the GIL
+            largest = list(pool.map(lambda ids: int(ids.max()) if len(ids) else -1, arrays))
     except (ValueError, KeyError, TypeError, OSError) as err:
         return f"meta.json does not describe the arrays ({err})"
+    for name, top in zip(names, largest):
+        if top >= int(meta["vocab_size"]):
+            return f"{name}.bin holds token ids outside the vocabulary of {meta['vocab_size']}"
     return None
 
 
