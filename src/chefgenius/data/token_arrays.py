@@ -43,6 +43,10 @@ class TextColumn:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], state["offsets"])
 
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
     def __call__(self, i: int) -> str:
         if self._pid != os.getpid():  # a forked worker opens its own descriptor
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
