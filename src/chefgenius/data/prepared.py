@@ -218,13 +218,13 @@ def _store_problem(path: Path) -> str | None:
         return problem
     try:
         meta = json.loads((path / "meta.json").read_text())
-        names = [f"{side}_{name}" for side in SIDES for name in ("src", "tgt")]
-        arrays = [_map(path, n, meta["arrays"][n.split("_")[0]][n.split("_")[1]]) for n in names]
+        arrays = {f"{side}_{name}": _map(path, f"{side}_{name}", meta["arrays"][side][name])
+                  for side in SIDES for name in ("src", "tgt")}
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # numpy's max drops the GIL
-            largest = list(pool.map(lambda ids: int(ids.max()) if len(ids) else -1, arrays))
+            largest = list(pool.map(lambda ids: int(ids.max()) if len(ids) else -1, arrays.values()))
     except (ValueError, KeyError, TypeError, OSError) as err:
         return f"meta.json does not describe the arrays ({err})"
-    for name, top in zip(names, largest):
+    for name, top in zip(arrays, largest):
         if top >= int(meta["vocab_size"]):
             return f"{name}.bin holds token ids outside the vocabulary of {meta['vocab_size']}"
     return None
@@ -380,14 +380,15 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
         full_meta = {**meta, "report": report.to_dict()}
         t2 = time.perf_counter()
         log(f"data: tokenising with {'tiktoken (checked against the tokenizer)' if use_tiktoken else 'the tokenizer'}")
+        def write(tmp: Path) -> None:
+            _write_store(tmp, orders, readers, job, progress, full_meta, num_workers)
+
         try:
-            commit_directory(final, 0, lambda tmp: _write_store(tmp, orders, readers, job, progress, full_meta,
-                                                                num_workers))
+            commit_directory(final, 0, write)
         except EncoderMismatch as err:
             log(f"warning: {err}; tokenising again with the tokenizer itself (same result, slower)")
             job.use_tiktoken = False
-            commit_directory(final, 0, lambda tmp: _write_store(tmp, orders, readers, job, progress, full_meta,
-                                                                num_workers))
+            commit_directory(final, 0, write)
         log(f"data: tokenised and written in {time.perf_counter() - t2:.1f} s")
         _save_report(root, digest, cfg, report)
         return final
@@ -516,7 +517,7 @@ def _write_store(tmp: Path, orders: dict[str, np.ndarray], readers: dict[str, Te
             tasks = token_arrays.tasks(order)
             results = pool.imap(token_arrays.encode_slice, tasks) if pool is not None else \
                 map(token_arrays.encode_slice, tasks)
-            arrays[side] = token_arrays.write_side(tmp, side, order, results, job.dtype, bar.update)
+            arrays[side] = token_arrays.write_side(tmp, side, results, job.dtype, bar.update)
             bar.close()
             texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
                       "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]

@@ -127,7 +127,7 @@ def tasks(order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, order[start:start + BATCH]
 
 
-def write_side(tmp: Path, side: str, order: np.ndarray, results: Iterator[tuple[bytes, bytes, np.ndarray, np.ndarray]],
+def write_side(tmp: Path, side: str, results: Iterator[tuple[bytes, bytes, np.ndarray, np.ndarray]],
                dtype: str, progress: Callable[[int], None]) -> dict[str, Any]:
     """Write one split's arrays from ``results`` (in order); returns their description for ``meta.json``."""
     files = {name: (tmp / f"{side}_{name}.bin").open("wb") for name in ("src", "tgt")}
