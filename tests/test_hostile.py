@@ -200,9 +200,13 @@ def test_export_refuses_non_empty_dirs_and_files_and_replaces_only_with_force(st
 
 # ----- full disks, on a real small filesystem ----------------------------------------------------
 
+# The filesystem sizes are set for the tiny preset's checkpoints (~10 MB), so the disk fills inside a save.
+TINY = {"preset": "tiny"}
+
+
 @pytest.mark.parametrize("size", ["12M", "16M"])  # 12M: the model writer fails; 16M: the optimizer writer
 def test_full_disk_during_checkpoint_exits_1_keeps_earlier_and_resumes_exactly(tmp_path, small_fs, size):
-    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 3, "keep_last": 1},
+    cfg = tiny_config(model=TINY, training={"num_epochs": 1}, checkpoint={"every_steps": 3, "keep_last": 1},
                       evaluation={"every_steps": 100, "at_epoch_end": False})
     Trainer(cfg, tmp_path / "ref", log=quiet).fit()
     fs = small_fs(size)
@@ -224,7 +228,8 @@ def test_full_disk_during_checkpoint_exits_1_keeps_earlier_and_resumes_exactly(t
 
 def test_full_disk_with_on_error_continue_warns_then_final_fails_cleanly(tmp_path, small_fs):
     fs = small_fs("12M")
-    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 3, "keep_last": 1, "on_error": "continue"},
+    cfg = tiny_config(model=TINY, training={"num_epochs": 1},
+                      checkpoint={"every_steps": 3, "keep_last": 1, "on_error": "continue"},
                       evaluation={"every_steps": 100, "at_epoch_end": False})
     r = invoke("train", "--config", write_config(cfg, tmp_path / "c.yaml"), "--output-dir", fs / "run", "--no-sample")
     assert r.exit_code == 1, r.output
@@ -292,22 +297,23 @@ def test_second_run_on_the_same_directory_is_refused_and_a_killed_run_leaves_no_
     config = write_config(cfg, tmp_path / "c.yaml")
     run = tmp_path / "run"
     first = subprocess.Popen(train_command(config, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The probes run in this test's process: a real second process for the first run's lock, without
+    # paying another interpreter's start-up.
     try:
         _wait_for_step(run, first, 3)
-        second = subprocess.run(train_command(config, run), capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2, second.stderr
+        second = runner.invoke(app, train_command(config, run)[3:])
+        assert second.exit_code == 2, second.output
         assert f"pid {first.pid}" in second.stderr and len(second.stderr.strip().splitlines()) == 1
         ckpt = list_checkpoints(run / "checkpoints")[-1].path
-        ev = subprocess.run([sys.executable, "-m", "chefgenius.cli", "eval", "--run", str(run), "--checkpoint",
-                             str(ckpt), "--num-samples", "0"], capture_output=True, text=True, timeout=120)
-        assert ev.returncode == 2 and "in use" in ev.stderr and not (run / "eval.json").exists()
+        ev = runner.invoke(app, ["eval", "--run", str(run), "--checkpoint", str(ckpt), "--num-samples", "0"])
+        assert ev.exit_code == 2 and "in use" in ev.stderr and not (run / "eval.json").exists()
         assert first.poll() is None, "the first run ended too early to prove anything"
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    again = subprocess.run([*train_command(config, run), "--set", "training.max_steps=8",
-                            "--allow-change", "training.max_steps"], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr
+    again = runner.invoke(app, [*train_command(config, run)[3:], "--set", "training.max_steps=8",
+                                "--allow-change", "training.max_steps"])
+    assert again.exit_code == 0 and "resumed from" in again.stdout, again.output
 
 
 # ----- silent changes ----------------------------------------------------------------------------

@@ -26,16 +26,17 @@ def _reference(cfg, run_dir: Path) -> None:
     assert Trainer(cfg, run_dir, log=quiet).fit().status == "completed"
 
 
-def test_random_kills_half_during_checkpoint_writes(tmp_path):
+def test_random_kills_mid_step_and_during_a_checkpoint_write(tmp_path):
     cfg = tiny_config(training={"num_epochs": 3}, checkpoint={"every_steps": 2, "keep_last": 2},
                       evaluation={"every_steps": 6, "at_epoch_end": False})
     _reference(cfg, tmp_path / "ref")
-    # The pause hook holds every save open for 0.3 s, so the kills meant for a save land in one.
+    # The pause hook holds every save open for 0.3 s, so the kill meant for a save lands in one; the
+    # other two land anywhere inside a step.
     env = slow_saves(0.3)
-    result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=4, seed=2,
+    result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=3, seed=2,
                              during_save_every=2, env=env)
-    assert result.kills == 4 and result.exit_code == 0, result.log
-    assert result.kills_during_save == 2  # scripts/soak_resume.py runs the long version (100 kills)
+    assert result.kills == 3 and result.exit_code == 0, result.log
+    assert result.kills_during_save == 1  # scripts/soak_resume.py runs the long version (100 kills)
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert ckpts and all(verify_checkpoint(c.path) is None for c in ckpts)

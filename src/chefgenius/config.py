@@ -67,9 +67,9 @@ class ModelConfig(_Strict):
     from_scratch: Literal["gpt2", "t5"] | None = Field(
         "gpt2", description="Build this architecture from a preset instead of loading weights."
     )
-    preset: Literal["tiny", "small", "base", "large"] = Field(
-        "tiny", description="Size preset for from_scratch (base: ~25M parameters with an 8k vocabulary, large: "
-        "~160M, for a GPU).")
+    preset: Literal["micro", "tiny", "small", "base", "large"] = Field(
+        "tiny", description="Size preset for from_scratch (micro: for smoke tests; base: ~25M parameters with an "
+        "8k vocabulary, large: ~160M, for a GPU).")
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary trained for from_scratch models.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of from_scratch models.")
     use_lora: bool = Field(False, description="Train LoRA adapters only (needs the 'lora' extra).")

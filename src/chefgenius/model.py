@@ -37,13 +37,17 @@ hf_logging.disable_progress_bar()
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
+    # micro: the smallest model that still has every part (two layers, two heads), for smoke tests and
+    # the test suite, where what is checked is exactness, not what the model learns.
     "gpt2": {
+        "micro": {"n_embd": 64, "n_layer": 2, "n_head": 2},
         "tiny": {"n_embd": 128, "n_layer": 4, "n_head": 4},
         "small": {"n_embd": 256, "n_layer": 6, "n_head": 8},
         "base": {"n_embd": 512, "n_layer": 7, "n_head": 8},  # ~25M parameters with an 8k vocabulary
         "large": {"n_embd": 1024, "n_layer": 12, "n_head": 16},  # ~160M: a size worth a GPU
     },
     "t5": {
+        "micro": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 2, "d_kv": 32},
         "tiny": {"d_model": 128, "d_ff": 256, "num_layers": 3, "num_heads": 4, "d_kv": 32},
         "small": {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64},
         "base": {"d_model": 512, "d_ff": 1024, "num_layers": 4, "num_heads": 8, "d_kv": 64},
