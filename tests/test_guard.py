@@ -25,7 +25,7 @@ def tok():
     return GPT2TokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def _verdicts(tok, written: str, candidates: list[str]) -> dict[str, bool]:
+def _verdicts(tok, written: str, candidates: list[str], **guard) -> dict[str, bool]:
     """Whether each candidate continuation (one token each) is forbidden after ``written``."""
     ids = tok.encode(written)
     firsts = {}
@@ -36,7 +36,7 @@ def _verdicts(tok, written: str, candidates: list[str]) -> dict[str, bool]:
     scores = torch.zeros(1, len(tok))
     for rank, c in enumerate(candidates):  # every candidate among the best-scored
         scores[0, firsts[c]] = 10.0 - rank
-    out = RecipeGuard(tok, start=0)(torch.tensor([ids]), scores)
+    out = RecipeGuard(tok, start=0, **guard)(torch.tensor([ids]), scores)
     return {c: bool(torch.isinf(out[0, firsts[c]])) for c in candidates}
 
 
@@ -57,6 +57,34 @@ def test_a_sentence_of_the_directions_cannot_be_repeated(tok):
 def test_step_numbers_go_on_in_order(tok):
     written = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n2. Add rice.\n"
     assert _verdicts(tok, written, ["3", "2", "1"]) == {"3": False, "2": True, "1": True}
+
+
+def test_a_step_ends_only_after_a_sentence_of_its_own(tok):
+    steps = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n"
+    eos = tok.eos_token
+    # "2." alone, or "Add rice and", cannot be ended by a new line or by the end of the text
+    assert _verdicts(tok, steps + "2.", ["\n", " Add"]) == {"\n": True, " Add": False}
+    assert _verdicts(tok, steps + "2. Add rice and", ["\n", eos, " stir"]) == {"\n": True, eos: True, " stir": False}
+    assert _verdicts(tok, steps + "2. Add rice.", ["\n", eos]) == {"\n": False, eos: False}
+
+
+def test_a_new_line_of_the_directions_starts_with_the_next_step_number(tok):
+    steps = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n2. Add rice.\n"
+    assert _verdicts(tok, steps, ["3", " of", "A"]) == {"3": False, " of": True, "A": True}
+    assert _verdicts(tok, steps + "3", [".", " of", "s"]) == {".": False, " of": True, "s": True}
+
+
+def test_the_title_names_no_food_that_was_not_asked_for(tok):
+    # (this small tokenizer has few capitalised words: lower-case ones stand in for them)
+    asked = {"ingredients": ["2 cups flour", "sugar", "butter", "vanilla"]}
+    assert _verdicts(tok, "Title:", [" lemon", " sugar", " and"], **asked) == {
+        " lemon": True, " sugar": False, " and": False}
+    assert _verdicts(tok, "Title: Butter", [" cream", " chicken"], **asked) == {" cream": False, " chicken": True}
+    # a word still being written may become an asked-for one; a finished one may not be a missing food
+    asked = {"ingredients": ["peanuts", "honey"]}
+    assert _verdicts(tok, "Title: Pea", ["n", "s"], **asked) == {"n": False, "s": True}
+    # no ingredients known (a bare guard): the title is left alone
+    assert _verdicts(tok, "Title:", [" lemon", " sugar"]) == {" lemon": False, " sugar": False}
 
 
 def test_a_step_cannot_become_mostly_one_word(tok):

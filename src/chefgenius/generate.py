@@ -236,7 +236,7 @@ def _processors(tokenizer: Any, ingredients: list[str], start: int, prefix_text:
     if guard:
         from .guard import RecipeGuard
 
-        processors.append(RecipeGuard(tokenizer, start=start, prefix_text=prefix_text))
+        processors.append(RecipeGuard(tokenizer, start=start, prefix_text=prefix_text, ingredients=ingredients))
     if not processors:
         return None
     from transformers import LogitsProcessorList

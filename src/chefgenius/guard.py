@@ -9,8 +9,13 @@ a candidate is forbidden (its score set to -inf) when it would
   quantity of the same ingredient still can be;
 - **repeat a sentence of the directions**: end a sentence equal to an earlier one, or copy the first
   four words of an earlier sentence;
-- **break the step numbering**: a number opening a sentence in the directions must be the next step's;
-- **make a step mostly one word**: a word that would be more than half of the step's words.
+- **break the step numbering**: a number opening a sentence in the directions must be the next step's,
+  and a new line of the directions starts with it ("8. " and nothing else: not "8 of rice");
+- **end a step unfinished**: a step ends (new line or end of text) only after a sentence of its own
+  has ended ("8." alone or "Add rice and" then a new line is not a step);
+- **make a step mostly one word**: a word that would be more than half of the step's words;
+- **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
+  none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known.
 
 The checks are pure functions of the text so far, so decoding stays deterministic per seed, and
 they only remove candidates, so a model that does not repeat itself decodes exactly as before.
@@ -24,8 +29,9 @@ from typing import Any
 
 import torch
 
-from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, _split_numbered, ingredient_name
-from .recipe_checks import _FILLER
+from .coverage import normal_word
+from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, TITLE_LABEL, _split_numbered, ingredient_name
+from .recipe_checks import _DISH_WORDS, _FILLER, FOOD_WORDS, food_words
 
 CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the first allowed one)
 _WORD = re.compile(r"[a-z]+")
@@ -43,10 +49,14 @@ def _words(text: str) -> list[str]:
 
 class RecipeGuard:
     """``start``: the position in ``input_ids`` where the recipe text begins; ``prefix_text``: what of
-    the recipe the prompt already holds (the title label, or a given title)."""
+    the recipe the prompt already holds (the title label, or a given title); ``ingredients``: the
+    requested ones (the title's food words must be among them; none given: the title is left alone)."""
 
-    def __init__(self, tokenizer: Any, *, start: int, prefix_text: str = "") -> None:
+    def __init__(self, tokenizer: Any, *, start: int, prefix_text: str = "", ingredients: list[str] | tuple = ()
+                 ) -> None:
         self.tokenizer, self.start, self.prefix_text = tokenizer, start, prefix_text
+        self.eos = tokenizer.eos_token_id
+        self.title_foods = (frozenset(food_words(" ".join(ingredients))) | _DISH_WORDS) if ingredients else None
         self._pieces: dict[int, str] = {}
         # Byte-level BPE decodes token by token (a piece is the same alone as in context); other
         # tokenizers (sentencepiece drops a word's leading space alone) decode each candidate in context.
@@ -54,6 +64,8 @@ class RecipeGuard:
         self._by_piece = "".join(tokenizer.decode([t]) for t in probe) == tokenizer.decode(probe)
 
     def _candidate_text(self, generated: list[int], text: str, token: int) -> str:
+        if token == self.eos:
+            return "\n"  # the end of the text ends the step being written, as a new line does
         if self._by_piece:
             piece = self._pieces.get(token)
             if piece is None:
@@ -67,7 +79,7 @@ class RecipeGuard:
         for row in range(input_ids.shape[0]):
             generated = input_ids[row, self.start:].tolist()
             written = self.tokenizer.decode(generated, skip_special_tokens=True)
-            check = _checker(self.prefix_text + written)
+            check = _checker(self.prefix_text + written, self.title_foods)
             if check is None:
                 continue
             best = torch.topk(scores[row], min(CANDIDATES, scores.shape[-1])).indices.tolist()
@@ -77,7 +89,7 @@ class RecipeGuard:
         return scores
 
 
-def _checker(text: str):
+def _checker(text: str, title_foods: frozenset[str] | None = None):
     """A predicate over the next piece of text, for the section being written (None: nothing to check)."""
     d = text.find(DIRECTIONS_LABEL)
     if d >= 0:
@@ -85,9 +97,26 @@ def _checker(text: str):
     i = text.find(INGREDIENTS_LABEL)
     if i >= 0:
         return _ingredients_checker(text[i + len(INGREDIENTS_LABEL):])
-    # The title is left alone: forbidding "Title: , cut into strips ..." made the bundled model write
-    # "Title: and serve." and stop (measured on the README main job's model).
+    t = text.find(TITLE_LABEL)
+    # Only food words are judged in the title: forbidding "Title: , cut into strips ..." made the
+    # bundled model write "Title: and serve." and stop (measured on the README main job's model).
+    if t >= 0 and title_foods is not None:
+        return _title_checker(text[t + len(TITLE_LABEL):], title_foods)
     return None
+
+
+def _title_checker(title: str, allowed: frozenset[str]):
+    partial = re.search(r"[A-Za-z]*$", title).group(0)  # the word being written, if any
+
+    def names_a_missing_food(piece: str) -> bool:
+        for word in _WORD.findall((partial + piece).lower()):
+            w = normal_word(word)
+            # a word still being written may yet become an allowed one ("pea" of "peanut")
+            if w in FOOD_WORDS and w not in allowed and not any(a.startswith(word) for a in allowed):
+                return True
+        return False
+
+    return names_a_missing_food
 
 
 def _ingredients_checker(block: str):
@@ -139,7 +168,22 @@ def _directions_checker(block: str):
             return so_far != str(next_step)
         return None
 
+    line = block.rsplit("\n", 1)[-1]  # the line being written
+    new_line = bool(block.strip()) and block.endswith("\n")
+    line_number = re.fullmatch(r"\s*\d+", line) if "\n" in block else None  # a step number opening a line
+
+    def ends_unfinished(piece: str) -> bool:
+        """A new line (or the end) after a step that has no sentence of its own ended."""
+        step = re.sub(r"^\s*\d+\.\s*", "", line + piece.split("\n", 1)[0])
+        return bool(block.strip()) and not re.search(r"[.!?]\s*$", step)
+
     def breaks(piece: str) -> bool:
+        if "\n" in piece and ends_unfinished(piece):
+            return True
+        if new_line and piece.strip() and not piece.lstrip(" ")[:1].isdigit():
+            return True
+        if line_number and not (piece[:1].isdigit() or piece.startswith(".")):
+            return True
         if number is not None:
             verdict = numbering_breaks(piece)
             if verdict is not None:
