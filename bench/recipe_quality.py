@@ -6,8 +6,9 @@ Held-out prompts: ingredient lists written for this benchmark, from no corpus (t
 20). For each decoding (greedy / --coverage, each guarded and unguarded): duplicate-line share,
 looping-directions share, title fit, extra items, ingredient recall and structure of the generated
 recipes; and with ``--val N``, BLEU / ROUGE-L / recall on the first N validation prompts (the
-``eval`` command) for the same decodings. Writes bench/results/recipe_quality.{md,json} and the
-held-out recipes as JSONL beside them.
+``eval`` command) for the same decodings. Writes bench/results/recipe_quality.{md,json} (``--name``)
+and the held-out recipes as JSONL beside them. The main job's sample is judged the same way:
+``--run runs/demo --prompts bench/data/first-run-triples.txt --max-new-tokens 128 --name first_run``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=Path, default=HERE / "data" / "heldout-ingredients.txt")
     ap.add_argument("--val", type=int, default=0, help="also evaluate on this many validation prompts")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--name", default="recipe_quality", help="results file name (bench/results/NAME.{md,json})")
     args = ap.parse_args()
     import torch
 
@@ -65,8 +67,12 @@ def main() -> None:
                                                      "looping_directions_rate")})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (results_dir() / "recipe_quality_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts_out))
-    command = f"python bench/recipe_quality.py --run {args.run} --val {args.val}"
+    (results_dir() / f"{args.name}_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts_out))
+    command = f"python bench/recipe_quality.py --run {args.run} --val {args.val}" + (
+        f" --prompts {args.prompts.relative_to(HERE.parent) if args.prompts.is_relative_to(HERE.parent) else args.prompts}"
+        if args.prompts != ap.get_default("prompts") else "") + (
+        f" --max-new-tokens {args.max_new_tokens}" if args.max_new_tokens != 256 else "") + (
+        f" --name {args.name}" if args.name != "recipe_quality" else "")
     keys = ["duplicate_line_rate", "looping_directions_rate", "title_fit_rate", "extra_items", "ingredient_recall",
             "structure_score", "seconds_per_recipe"]
     val_keys = ["val_bleu", "val_rougeL", "val_ingredient_recall", "val_duplicate_line_rate",
@@ -77,7 +83,7 @@ def main() -> None:
              + ".", "", "| decoding | " + " | ".join(keys + val_keys) + " |",
              "|---|" + "---:|" * len(keys + val_keys)]
     lines += ["| " + r["mode"] + " | " + " | ".join(f"{r[k]:.3f}" for k in keys + val_keys) + " |" for r in rows]
-    write_result("recipe_quality", lines, {"command": command, "rows": rows, "prompts": prompts})
+    write_result(args.name, lines, {"command": command, "rows": rows, "prompts": prompts})
 
 
 if __name__ == "__main__":

@@ -87,6 +87,12 @@ def test_the_title_names_no_food_that_was_not_asked_for(tok):
     assert _verdicts(tok, "Title:", [" lemon", " sugar"]) == {" lemon": False, " sugar": False}
 
 
+def test_the_steps_cook_only_with_what_the_list_names(tok):
+    written = "Ingredients:\n- 2 cups rice\n- 1 onion, diced\nDirections:\n1. Cook the"
+    assert _verdicts(tok, written, [" rice", " onion", " chicken", " pot"]) == {
+        " rice": False, " onion": False, " chicken": True, " pot": False}
+
+
 def test_a_step_cannot_become_mostly_one_word(tok):
     written = "Ingredients:\n- rice\nDirections:\n1. Add rice and rice and"
     assert _verdicts(tok, written, [" rice", " water"]) == {" rice": True, " water": False}

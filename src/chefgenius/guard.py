@@ -15,7 +15,9 @@ a candidate is forbidden (its score set to -inf) when it would
   has ended ("8." alone or "Add rice and" then a new line is not a step);
 - **make a step mostly one word**: a word that would be more than half of the step's words;
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
-  none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known.
+  none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known;
+- **cook with what was never listed**: a food word in the directions that no ingredient line names
+  ("Beat in a pumpkin": an "extra item" of recipe_checks).
 
 The checks are pure functions of the text so far, so decoding stays deterministic per seed, and
 they only remove candidates, so a model that does not repeat itself decodes exactly as before.
@@ -92,9 +94,10 @@ class RecipeGuard:
 def _checker(text: str, title_foods: frozenset[str] | None = None):
     """A predicate over the next piece of text, for the section being written (None: nothing to check)."""
     d = text.find(DIRECTIONS_LABEL)
-    if d >= 0:
-        return _directions_checker(text[d + len(DIRECTIONS_LABEL):])
     i = text.find(INGREDIENTS_LABEL)
+    if d >= 0:
+        listed = frozenset(food_words(text[i + len(INGREDIENTS_LABEL):d])) if 0 <= i < d else None
+        return _directions_checker(text[d + len(DIRECTIONS_LABEL):], listed)
     if i >= 0:
         return _ingredients_checker(text[i + len(INGREDIENTS_LABEL):])
     t = text.find(TITLE_LABEL)
@@ -105,18 +108,19 @@ def _checker(text: str, title_foods: frozenset[str] | None = None):
     return None
 
 
+def _names_a_missing_food(text: str, piece: str, allowed: frozenset[str]) -> bool:
+    """Whether ``piece`` writes a food word (whole or begun in ``text``) that is not ``allowed``."""
+    partial = re.search(r"[A-Za-z]*$", text).group(0)  # the word being written, if any
+    for word in _WORD.findall((partial + piece).lower()):
+        w = normal_word(word)
+        # a word still being written may yet become an allowed one ("pea" of "peanut")
+        if w in FOOD_WORDS and w not in allowed and not any(a.startswith(word) for a in allowed):
+            return True
+    return False
+
+
 def _title_checker(title: str, allowed: frozenset[str]):
-    partial = re.search(r"[A-Za-z]*$", title).group(0)  # the word being written, if any
-
-    def names_a_missing_food(piece: str) -> bool:
-        for word in _WORD.findall((partial + piece).lower()):
-            w = normal_word(word)
-            # a word still being written may yet become an allowed one ("pea" of "peanut")
-            if w in FOOD_WORDS and w not in allowed and not any(a.startswith(word) for a in allowed):
-                return True
-        return False
-
-    return names_a_missing_food
+    return lambda piece: _names_a_missing_food(title, piece, allowed)
 
 
 def _ingredients_checker(block: str):
@@ -145,7 +149,8 @@ def _content_words(text: str) -> list[str]:
     return [w for w in _words(text) if w not in _FILLER]
 
 
-def _directions_checker(block: str):
+def _directions_checker(block: str, listed: frozenset[str] | None = None):
+    """``listed``: the food words of the ingredient list (None: no list to hold the steps to)."""
     steps = _split_numbered(block) if re.search(r"(?:^|\s)1\.\s", block) else []
     next_step = len(steps) + 1 if steps else 1
     last = steps[-1] if steps else ""
@@ -183,6 +188,8 @@ def _directions_checker(block: str):
         if new_line and piece.strip() and not piece.lstrip(" ")[:1].isdigit():
             return True
         if line_number and not (piece[:1].isdigit() or piece.startswith(".")):
+            return True
+        if listed is not None and _names_a_missing_food(block, piece, listed):
             return True
         if number is not None:
             verdict = numbering_breaks(piece)
