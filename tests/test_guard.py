@@ -93,6 +93,29 @@ def test_the_steps_cook_only_with_what_the_list_names(tok):
         " rice": False, " onion": False, " chicken": True, " pot": False}
 
 
+def test_the_layout_the_parser_reads_is_kept(tok):
+    eos = tok.eos_token
+    assert _verdicts(tok, "Title:", [",", "\n", " Bake"]) == {",": True, "\n": True, " Bake": False}
+    assert _verdicts(tok, "Title: Rice Bowl\n", ["Ingredients", "-", "1", eos]) == {
+        "Ingredients": False, "-": True, "1": True, eos: True}
+    listed = "Title: Rice Bowl\nIngredients:\n- 1 cup rice\n"
+    assert _verdicts(tok, listed, ["-", "Directions", "1", eos]) == {"-": False, "Directions": False, "1": True,
+                                                                     eos: True}
+    # the list is not left empty, and a recipe may end after a finished step
+    assert _verdicts(tok, "Title: Rice Bowl\nIngredients:\n", ["-", "Directions"]) == {"-": False, "Directions": True}
+    assert _verdicts(tok, listed + "Directions:\n1. Boil the rice.\n", [eos, "2"]) == {eos: False, "2": False}
+
+
+def test_what_the_layout_requires_is_written_when_no_candidate_fits(tok):
+    ids = tok.encode("Title: Rice Bowl\n")
+    fits = [t for t in range(len(tok)) if "Ingredients:".startswith(tok.decode([t])) and tok.decode([t])]
+    scores = torch.full((1, len(tok)), 10.0)
+    scores[0, fits] = -50.0  # every best-scored candidate misfits
+    out = RecipeGuard(tok, start=0)(torch.tensor([ids]), scores)
+    kept = torch.isfinite(out[0]).nonzero().flatten().tolist()
+    assert len(kept) == 1 and "Ingredients:".startswith(tok.decode(kept))
+
+
 def test_a_step_cannot_become_mostly_one_word(tok):
     written = "Ingredients:\n- rice\nDirections:\n1. Add rice and rice and"
     assert _verdicts(tok, written, [" rice", " water"]) == {" rice": True, " water": False}

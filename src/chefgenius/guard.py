@@ -19,8 +19,13 @@ a candidate is forbidden (its score set to -inf) when it would
 - **cook with what was never listed**: a food word in the directions that no ingredient line names
   ("Beat in a pumpkin": an "extra item" of recipe_checks).
 
+and it keeps **the layout** the parser reads (where the tokenizer keeps new lines): a title with a
+word in it, then ``Ingredients:``, lines that open with ``- `` (at most :data:`MAX_INGREDIENTS`),
+then ``Directions:`` and numbered steps; the text ends only after a finished step. Where none of
+the best-scored candidates fits the layout, the text it requires is forced (its first token).
+
 The checks are pure functions of the text so far, so decoding stays deterministic per seed, and
-they only remove candidates, so a model that does not repeat itself decodes exactly as before.
+they only remove candidates, so a model that writes sound recipes decodes exactly as before.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, TITLE_LABEL, _spli
 from .recipe_checks import _DISH_WORDS, _FILLER, FOOD_WORDS, food_words
 
 CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the first allowed one)
+MAX_INGREDIENTS = 20  # lines of the list before the directions must begin
 _WORD = re.compile(r"[a-z]+")
 _SENTENCE_END = re.compile(r"[.!?]\s")
 _TRAILING_NUMBER = re.compile(r"(?:^|[.!?:]\s*|\n\s*)(\d*)$")
@@ -64,6 +70,8 @@ class RecipeGuard:
         # tokenizers (sentencepiece drops a word's leading space alone) decode each candidate in context.
         probe = tokenizer.encode(" Add 2 cups of rice, then stir.\n- 1 egg", add_special_tokens=False)
         self._by_piece = "".join(tokenizer.decode([t]) for t in probe) == tokenizer.decode(probe)
+        # The layout rules need new lines; T5's sentencepiece turns them into spaces.
+        self._lines = "\n" in tokenizer.decode(probe, skip_special_tokens=True)
 
     def _candidate_text(self, generated: list[int], text: str, token: int) -> str:
         if token == self.eos:
@@ -79,16 +87,81 @@ class RecipeGuard:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()
         for row in range(input_ids.shape[0]):
-            generated = input_ids[row, self.start:].tolist()
-            written = self.tokenizer.decode(generated, skip_special_tokens=True)
-            check = _checker(self.prefix_text + written, self.title_foods)
-            if check is None:
-                continue
-            best = torch.topk(scores[row], min(CANDIDATES, scores.shape[-1])).indices.tolist()
-            banned = [t for t in best if check(self._candidate_text(generated, written, t))]
-            if banned and len(banned) < len(best):  # never forbid every candidate
-                scores[row, banned] = float("-inf")
+            self._guard_row(input_ids[row, self.start:].tolist(), scores[row])
         return scores
+
+    def _guard_row(self, generated: list[int], scores: torch.Tensor) -> None:
+        written = self.tokenizer.decode(generated, skip_special_tokens=True)
+        text = self.prefix_text + written
+        check = _checker(text, self.title_foods)
+        layout = _layout(text) if self._lines else None
+        if check is None and layout is None:
+            return
+        in_steps = DIRECTIONS_LABEL in text
+
+        def refused(token: int) -> bool:
+            if token == self.eos and self._lines:
+                if not in_steps:
+                    return True  # a recipe does not end before its directions
+                if text.endswith("\n"):
+                    return False  # after a finished step (a new line needs one)
+            piece = self._candidate_text(generated, written, token)
+            if layout is not None and not _fits(layout, piece):
+                return True
+            return check is not None and check(piece)
+
+        best = torch.topk(scores, min(CANDIDATES, scores.shape[-1])).indices.tolist()
+        banned = [t for t in best if refused(t)]
+        if banned and len(banned) < len(best):  # never forbid every candidate
+            scores[banned] = float("-inf")
+        elif banned and layout is not None and self._forced(layout):  # nothing fits: write what it requires
+            keep = max(self._forced(layout), key=lambda t: float(scores[t]))
+            kept = scores[keep].clone()
+            scores[:] = float("-inf")
+            scores[keep] = kept
+
+    def _forced(self, layout: tuple[str, tuple[str, ...]]) -> list[int]:
+        line, starts = layout
+        out = []
+        for start in starts:
+            ids = self.tokenizer.encode(start[len(line):], add_special_tokens=False)
+            if ids:
+                out.append(ids[0])
+        return out
+
+
+def _layout(text: str) -> tuple[str, tuple[str, ...]] | None:
+    """The line being written and what it must start with, where the section requires it (None: free)."""
+    d = text.find(DIRECTIONS_LABEL)
+    i = text.find(INGREDIENTS_LABEL)
+    if d >= 0:
+        block = text[d + len(DIRECTIONS_LABEL):]
+        if "\n" not in block:
+            return block, ("\n",)  # the label's line ends
+        line = block.rsplit("\n", 1)[-1]
+        steps = _split_numbered(block) if re.search(r"(?:^|\s)1\.\s", block) else []
+        return (line, (f"{len(steps) + 1}. ",)) if len(line) < 4 else None
+    if i >= 0:
+        block = text[i + len(INGREDIENTS_LABEL):]
+        if "\n" not in block:
+            return block, ("\n",)
+        line = block.rsplit("\n", 1)[-1]
+        if len(line) >= len(DIRECTIONS_LABEL) + 1:
+            return None  # past the opening of the line: its content is free
+        listed = len(re.findall(r"(?:^|\n)- ", block))
+        return line, ("- ",) * (listed < MAX_INGREDIENTS) + (DIRECTIONS_LABEL,) * (listed > 0)
+    t = text.find(TITLE_LABEL)
+    if t >= 0:
+        title = text[t + len(TITLE_LABEL):]
+        if "\n" in title:
+            return title.rsplit("\n", 1)[-1], (INGREDIENTS_LABEL,)
+    return None
+
+
+def _fits(layout: tuple[str, tuple[str, ...]], piece: str) -> bool:
+    line, starts = layout
+    new = line + piece
+    return any(s.startswith(new) or new.startswith(s) for s in starts)
 
 
 def _checker(text: str, title_foods: frozenset[str] | None = None):
@@ -101,9 +174,7 @@ def _checker(text: str, title_foods: frozenset[str] | None = None):
     if i >= 0:
         return _ingredients_checker(text[i + len(INGREDIENTS_LABEL):])
     t = text.find(TITLE_LABEL)
-    # Only food words are judged in the title: forbidding "Title: , cut into strips ..." made the
-    # bundled model write "Title: and serve." and stop (measured on the README main job's model).
-    if t >= 0 and title_foods is not None:
+    if t >= 0:
         return _title_checker(text[t + len(TITLE_LABEL):], title_foods)
     return None
 
@@ -119,8 +190,20 @@ def _names_a_missing_food(text: str, piece: str, allowed: frozenset[str]) -> boo
     return False
 
 
-def _title_checker(title: str, allowed: frozenset[str]):
-    return lambda piece: _names_a_missing_food(title, piece, allowed)
+def _title_checker(title: str, allowed: frozenset[str] | None):
+    """A title opens with a letter or digit and has a word before its line ends; with the requested
+    ingredients known, its food words are among them."""
+    begun = bool(title.strip())
+
+    def misfits(piece: str) -> bool:
+        head = piece.split("\n", 1)[0]
+        if not begun and head.strip() and not head.strip()[0].isalnum():
+            return True  # "Title: , cut into strips ..."
+        if "\n" in piece and not re.search(r"[A-Za-z]", title + head):
+            return True  # "Title:" and nothing
+        return allowed is not None and _names_a_missing_food(title, piece, allowed)
+
+    return misfits
 
 
 def _ingredients_checker(block: str):
