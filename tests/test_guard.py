@@ -74,17 +74,21 @@ def test_a_new_line_of_the_directions_starts_with_the_next_step_number(tok):
     assert _verdicts(tok, steps + "3", [".", " of", "s"]) == {".": False, " of": True, "s": True}
 
 
+def _finishing(tok, written: str, word: str, **guard) -> bool:
+    """Whether the token that finishes ``word`` (its earlier tokens written) is forbidden after ``written``."""
+    ids = tok.encode(word)
+    return _verdicts(tok, written + tok.decode(ids[:-1]), [tok.decode(ids[-1:])], **guard)[tok.decode(ids[-1:])]
+
+
 def test_the_title_names_no_food_that_was_not_asked_for(tok):
-    # (this small tokenizer has few capitalised words: lower-case ones stand in for them)
     asked = {"ingredients": ["2 cups flour", "sugar", "butter", "vanilla"]}
-    assert _verdicts(tok, "Title:", [" lemon", " sugar", " and"], **asked) == {
-        " lemon": True, " sugar": False, " and": False}
-    assert _verdicts(tok, "Title: Butter", [" cream", " chicken"], **asked) == {" cream": False, " chicken": True}
+    assert [_finishing(tok, "Title: Butter", w, **asked) for w in (" Lemon", " Sugar", " Cookies", " Chicken")] == [
+        True, False, False, True]
     # a word still being written may become an asked-for one; a finished one may not be a missing food
     asked = {"ingredients": ["peanuts", "honey"]}
     assert _verdicts(tok, "Title: Pea", ["n", "s"], **asked) == {"n": False, "s": True}
     # no ingredients known (a bare guard): the title is left alone
-    assert _verdicts(tok, "Title:", [" lemon", " sugar"]) == {" lemon": False, " sugar": False}
+    assert [_finishing(tok, "Title: Butter", w) for w in (" Lemon", " Chicken")] == [False, False]
 
 
 def test_the_steps_cook_only_with_what_the_list_names(tok):
@@ -95,7 +99,13 @@ def test_the_steps_cook_only_with_what_the_list_names(tok):
 
 def test_the_layout_the_parser_reads_is_kept(tok):
     eos = tok.eos_token
-    assert _verdicts(tok, "Title:", [",", "\n", " Bake"]) == {",": True, "\n": True, " Bake": False}
+    assert _verdicts(tok, "Title:", [",", "\n", " and", " Bake"]) == {",": True, "\n": True, " and": True,
+                                                                       " Bake": False}
+    # no sentence and no word twice in a title, and a long one ends its line
+    assert _verdicts(tok, "Title: Bake", [".", " Bake", " and", " is"]) == {".": True, " Bake": True, " and": False,
+                                                                         " is": True}
+    long_title = "Title: Bake Mix Stir Fold Serve Cool Chill Slice"
+    assert _verdicts(tok, long_title, ["\n", " of"]) == {"\n": False, " of": True}
     assert _verdicts(tok, "Title: Rice Bowl\n", ["Ingredients", "-", "1", eos]) == {
         "Ingredients": False, "-": True, "1": True, eos: True}
     listed = "Title: Rice Bowl\nIngredients:\n- 1 cup rice\n"

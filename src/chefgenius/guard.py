@@ -42,6 +42,8 @@ from .recipe_checks import _DISH_WORDS, _FILLER, FOOD_WORDS, food_words
 
 CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the first allowed one)
 MAX_INGREDIENTS = 20  # lines of the list before the directions must begin
+MAX_TITLE_WORDS = 8  # words of the title before its line must end
+_TITLE_SMALL_WORDS = frozenset("a an and or of with in on the for to au de la".split())
 _WORD = re.compile(r"[a-z]+")
 _SENTENCE_END = re.compile(r"[.!?]\s")
 _TRAILING_NUMBER = re.compile(r"(?:^|[.!?:]\s*|\n\s*)(\d*)$")
@@ -155,6 +157,8 @@ def _layout(text: str) -> tuple[str, tuple[str, ...]] | None:
         title = text[t + len(TITLE_LABEL):]
         if "\n" in title:
             return title.rsplit("\n", 1)[-1], (INGREDIENTS_LABEL,)
+        if len(_WORD.findall(title.lower())) >= MAX_TITLE_WORDS and not re.search(r"[A-Za-z]$", title):
+            return title, (title + "\n",)
     return None
 
 
@@ -191,16 +195,30 @@ def _names_a_missing_food(text: str, piece: str, allowed: frozenset[str]) -> boo
 
 
 def _title_checker(title: str, allowed: frozenset[str] | None):
-    """A title opens with a letter or digit and has a word before its line ends; with the requested
-    ingredients known, its food words are among them."""
+    """A title opens with a capital or a digit, has a word before its line ends, no sentence end and
+    no word twice; with the requested ingredients known, its food words are among them."""
     begun = bool(title.strip())
+    partial = re.search(r"[A-Za-z]*$", title).group(0)
+    before = len(_WORD.findall(title[:len(title) - len(partial)].lower()))  # words the piece cannot touch
 
     def misfits(piece: str) -> bool:
         head = piece.split("\n", 1)[0]
-        if not begun and head.strip() and not head.strip()[0].isalnum():
-            return True  # "Title: , cut into strips ..."
+        if not begun and head.strip() and not (head.strip()[0].isupper() or head.strip()[0].isdigit()):
+            return True  # "Title: , cut into strips ...", "Title: and serve."
         if "\n" in piece and not re.search(r"[A-Za-z]", title + head):
             return True  # "Title:" and nothing
+        if re.search(r"[.!?]", head):
+            return True  # "Title: Pasta. Season with ..."
+        words = _WORD.findall((title + head).lower())
+        if len(words) > MAX_TITLE_WORDS:
+            return True
+        # Title case: a word the piece begins opens with a capital, the small words of titles aside
+        begins = re.findall(r"(?<![A-Za-z])[A-Za-z]+", (partial + head))[1 if partial else 0:] if head else []
+        if any(w[0].islower() and w not in _TITLE_SMALL_WORDS for w in begins):
+            return True  # "Creamy is tender"
+        touched = before if head[:1].isalpha() else len(_WORD.findall(title.lower()))
+        if any(len(words[k]) > 2 and words[k] in words[:k] for k in range(touched, len(words))):
+            return True  # "Grilled Grilled Grilled"
         return allowed is not None and _names_a_missing_food(title, piece, allowed)
 
     return misfits
