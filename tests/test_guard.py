@@ -95,6 +95,9 @@ def test_the_steps_cook_only_with_what_the_list_names(tok):
     written = "Ingredients:\n- 2 cups rice\n- 1 onion, diced\nDirections:\n1. Cook the"
     assert _verdicts(tok, written, [" rice", " onion", " chicken", " pot"]) == {
         " rice": False, " onion": False, " chicken": True, " pot": False}
+    # a requested ingredient the list forgot may still be cooked with
+    assert _verdicts(tok, written, [" chicken", " lemon"], ingredients=["chicken", "rice"]) == {
+        " chicken": False, " lemon": True}
 
 
 def test_the_layout_the_parser_reads_is_kept(tok):

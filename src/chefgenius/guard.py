@@ -17,7 +17,8 @@ a candidate is forbidden (its score set to -inf) when it would
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
   none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known;
 - **cook with what was never listed**: a food word in the directions that no ingredient line names
-  ("Beat in a pumpkin": an "extra item" of recipe_checks).
+  ("Beat in a pumpkin": an "extra item" of recipe_checks), the requested ingredients aside (forbidding
+  those where the list forgot one cost ingredient recall 0.77 -> 0.71 on the held-out prompts).
 
 and it keeps **the layout** the parser reads (where the tokenizer keeps new lines): a title with a
 word in it, then ``Ingredients:``, lines that open with ``- `` (at most :data:`MAX_INGREDIENTS`),
@@ -66,7 +67,8 @@ class RecipeGuard:
                  ) -> None:
         self.tokenizer, self.start, self.prefix_text = tokenizer, start, prefix_text
         self.eos = tokenizer.eos_token_id
-        self.title_foods = (frozenset(food_words(" ".join(ingredients))) | _DISH_WORDS) if ingredients else None
+        self.asked_foods = frozenset(food_words(" ".join(ingredients)))
+        self.title_foods = (self.asked_foods | _DISH_WORDS) if ingredients else None
         self._pieces: dict[int, str] = {}
         # Byte-level BPE decodes token by token (a piece is the same alone as in context); other
         # tokenizers (sentencepiece drops a word's leading space alone) decode each candidate in context.
@@ -95,7 +97,7 @@ class RecipeGuard:
     def _guard_row(self, generated: list[int], scores: torch.Tensor) -> None:
         written = self.tokenizer.decode(generated, skip_special_tokens=True)
         text = self.prefix_text + written
-        check = _checker(text, self.title_foods)
+        check = _checker(text, self.title_foods, self.asked_foods)
         layout = _layout(text) if self._lines else None
         if check is None and layout is None:
             return
@@ -168,12 +170,13 @@ def _fits(layout: tuple[str, tuple[str, ...]], piece: str) -> bool:
     return any(s.startswith(new) or new.startswith(s) for s in starts)
 
 
-def _checker(text: str, title_foods: frozenset[str] | None = None):
-    """A predicate over the next piece of text, for the section being written (None: nothing to check)."""
+def _checker(text: str, title_foods: frozenset[str] | None = None, asked: frozenset[str] = frozenset()):
+    """A predicate over the next piece of text, for the section being written (None: nothing to check).
+    ``asked``: food words of the request, which the steps may use even where the list forgot them."""
     d = text.find(DIRECTIONS_LABEL)
     i = text.find(INGREDIENTS_LABEL)
     if d >= 0:
-        listed = frozenset(food_words(text[i + len(INGREDIENTS_LABEL):d])) if 0 <= i < d else None
+        listed = frozenset(food_words(text[i + len(INGREDIENTS_LABEL):d])) | asked if 0 <= i < d else None
         return _directions_checker(text[d + len(DIRECTIONS_LABEL):], listed)
     if i >= 0:
         return _ingredients_checker(text[i + len(INGREDIENTS_LABEL):])
