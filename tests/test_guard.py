@@ -47,6 +47,9 @@ def test_an_earlier_ingredient_line_cannot_be_written_again_past_its_quantity(to
     # a line may start like an earlier one (the quantity), and another quantity of the same is fine
     assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- ", ["1", "2"]) == {"1": False, "2": False}
     assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 2 tbsp", [" sugar"]) == {" sugar": False}
+    # a line ends only once it names something
+    assert _verdicts(tok, "Ingredients:\n- 4 cups cooked", ["\n", " rice"]) == {"\n": True, " rice": False}
+    assert _verdicts(tok, "Ingredients:\n- 4 cups cooked rice", ["\n"]) == {"\n": False}
 
 
 def test_a_sentence_of_the_directions_cannot_be_repeated(tok):

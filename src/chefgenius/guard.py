@@ -6,7 +6,7 @@ a candidate is forbidden (its score set to -inf) when it would
 - **copy an earlier ingredient line** past its quantity: once the current line, with the candidate,
   is the start of an earlier line and has reached the ingredient's name ("1 cup" may be written
   again, "1 cup s..." after "1 cup sugar" may not), so no line is listed twice and another
-  quantity of the same ingredient still can be;
+  quantity of the same ingredient still can be; nor end a line that names nothing ("- 4 cups cooked");
 - **repeat a sentence of the directions**: end a sentence equal to an earlier one, or copy the first
   four words of an earlier sentence;
 - **break the step numbering**: a number opening a sentence in the directions must be the next step's,
@@ -233,12 +233,12 @@ def _ingredients_checker(block: str):
     parts = re.split(r"(?:^|\n|\s)-\s", block)
     earlier = [_norm(p) for p in parts[1:-1] if p.strip()]
     current = parts[-1]
-    if not earlier or "\n" in current or len(parts) < 2:
+    if "\n" in current or len(parts) < 2:
         return None
 
     def copies_a_line(piece: str) -> bool:
-        if "\n" in piece:
-            return False
+        if "\n" in piece:  # a line ends: it must name something ("- 4 cups cooked" does not)
+            return not ingredient_name(current + piece.split("\n", 1)[0])
         new = _norm(current + piece)
         return bool(new) and bool(ingredient_name(new)) and any(line.startswith(new) for line in earlier)
 
