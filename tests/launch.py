@@ -75,13 +75,19 @@ def worker_of_rank(agent: int, rank: int) -> int:
 
 
 def kill_job(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher and every worker at once, as a power loss would."""
-    for pid in [proc.pid, *descendants(proc.pid)]:
+    """SIGKILL the launcher and every worker at once, as a power loss would; returns once all are gone
+    (a worker adopted by init may take a moment to die after its launcher is reaped)."""
+    pids = [proc.pid, *descendants(proc.pid)]
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while not all(is_gone(p) for p in pids):
+        assert time.time() < deadline, "killed workers did not die"
+        time.sleep(0.01)
 
 
 def logged_step(run_dir: Path) -> int:
