@@ -57,6 +57,13 @@ def test_a_sentence_of_the_directions_cannot_be_repeated(tok):
     assert _verdicts(tok, written, [".", " and"]) == {".": True, " and": False}
 
 
+def test_no_third_sentence_opens_like_two_before_it(tok):
+    two = "Ingredients:\n- 1 cup rice\n- 1 onion\nDirections:\n1. Add rice and onion.\n2. Add rice and water.\n3."
+    assert _verdicts(tok, two + " Add rice", [" and", " to"]) == {" and": True, " to": False}
+    one = "Ingredients:\n- 1 cup rice\n- 1 onion\nDirections:\n1. Add rice and onion.\n2."
+    assert _verdicts(tok, one + " Add rice", [" and", " to"]) == {" and": False, " to": False}
+
+
 def test_step_numbers_go_on_in_order(tok):
     written = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n2. Add rice.\n"
     assert _verdicts(tok, written, ["3", "2", "1"]) == {"3": False, "2": True, "1": True}

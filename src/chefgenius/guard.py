@@ -7,8 +7,9 @@ a candidate is forbidden (its score set to -inf) when it would
   is the start of an earlier line and has reached the ingredient's name ("1 cup" may be written
   again, "1 cup s..." after "1 cup sugar" may not), so no line is listed twice and another
   quantity of the same ingredient still can be; nor end a line that names nothing ("- 4 cups cooked");
-- **repeat a sentence of the directions**: end a sentence equal to an earlier one, or copy the first
-  four words of an earlier sentence;
+- **repeat a sentence of the directions**: end a sentence equal to an earlier one, copy the first
+  four words of an earlier sentence, or open a third sentence with the same three words ("Add rice
+  and onion. ... Add rice and cubes. ... Add rice and" no more);
 - **break the step numbering**: a number opening a sentence in the directions must be the next step's,
   and a new line of the directions starts with it ("8. " and nothing else: not "8 of rice");
 - **end a step unfinished**: a step ends (new line or end of text) only after a sentence of its own
@@ -262,6 +263,7 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
         last = re.sub(r"\s\d+$", "", last)  # a step number being written belongs to the next step
     sentences = [s for step in steps[:-1] for s in re.split(r"[.!?]", step)] + re.split(r"[.!?]", last)[:-1]
     earlier = {" ".join(_words(s)) for s in sentences if len(_words(s)) >= 2}
+    openings = Counter(tuple(_words(s)[:3]) for s in sentences if len(_words(s)) >= 3)
     sentence = "" if re.search(r"[.!?]\s*$", last) else re.split(r"[.!?]", last)[-1]
     number = _TRAILING_NUMBER.search(block)
     was_mostly_one = _mostly_one_word(_content_words(last))
@@ -306,6 +308,9 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
         joined = " ".join(_words(sentence + piece))
         if len(joined.split()) >= 4 and any(s.startswith(joined) for s in earlier if len(s.split()) >= 4):
             return True
+        opening = tuple(_words(sentence + piece)[:3])
+        if len(opening) == 3 and len(_words(sentence)) <= 3 and openings[opening] >= 2:
+            return True  # a third sentence opening like two before it ("Add rice and ...")
         return not was_mostly_one and _mostly_one_word(_content_words(last + piece))
 
     return breaks
