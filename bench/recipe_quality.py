@@ -68,9 +68,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     (results_dir() / f"{args.name}_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts_out))
+    shown = args.prompts.relative_to(HERE.parent) if args.prompts.is_relative_to(HERE.parent) else args.prompts
     command = f"python bench/recipe_quality.py --run {args.run} --val {args.val}" + (
-        f" --prompts {args.prompts.relative_to(HERE.parent) if args.prompts.is_relative_to(HERE.parent) else args.prompts}"
-        if args.prompts != ap.get_default("prompts") else "") + (
+        f" --prompts {shown}" if args.prompts != ap.get_default("prompts") else "") + (
         f" --max-new-tokens {args.max_new_tokens}" if args.max_new_tokens != 256 else "") + (
         f" --name {args.name}" if args.name != "recipe_quality" else "")
     keys = ["duplicate_line_rate", "looping_directions_rate", "title_fit_rate", "extra_items", "ingredient_recall",
