@@ -119,11 +119,13 @@ class RecipeGuard:
         banned = [t for t in best if refused(t)]
         if banned and len(banned) < len(best):  # never forbid every candidate
             scores[banned] = float("-inf")
-        elif banned and layout is not None and self._forced(layout):  # nothing fits: write what it requires
-            keep = max(self._forced(layout), key=lambda t: float(scores[t]))
-            kept = scores[keep].clone()
-            scores[:] = float("-inf")
-            scores[keep] = kept
+        elif banned and layout is not None:  # nothing fits: write what the layout requires
+            forced = self._forced(layout)
+            if forced:
+                keep = max(forced, key=lambda t: float(scores[t]))
+                kept = scores[keep].clone()
+                scores[:] = float("-inf")
+                scores[keep] = kept
 
     def _forced(self, layout: tuple[str, tuple[str, ...]]) -> list[int]:
         line, starts = layout
@@ -279,9 +281,7 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
             return so_far != str(next_step)
         return None
 
-    line = block.rsplit("\n", 1)[-1]  # the line being written
-    new_line = bool(block.strip()) and block.endswith("\n")
-    line_number = re.fullmatch(r"\s*\d+", line) if "\n" in block else None  # a step number opening a line
+    line = block.rsplit("\n", 1)[-1]  # the line being written (how a new line opens: _layout)
 
     def ends_unfinished(piece: str) -> bool:
         """A new line (or the end) after a step that has no sentence of its own ended."""
@@ -290,10 +290,6 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
 
     def breaks(piece: str) -> bool:
         if "\n" in piece and ends_unfinished(piece):
-            return True
-        if new_line and piece.strip() and not piece.lstrip(" ")[:1].isdigit():
-            return True
-        if line_number and not (piece[:1].isdigit() or piece.startswith(".")):
             return True
         if listed is not None and _names_a_missing_food(block, piece, listed):
             return True
