@@ -10,11 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
 from chefgenius.checkpoint import list_checkpoints
 from chefgenius.checkpoint.format import load_state
 from chefgenius.checkpoint.manager import checkpoint_problem
 
 from .conftest import assert_same_weights, final_weights, tiny_config, write_config
+
+needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this torch build has no gloo backend")
 
 # Global batch 8 (batch 4 x 2 processes, or 4 x accumulation 2 in one): 87 training recipes make
 # 11 steps per epoch, the last one of 7 samples; 22 steps in all.
@@ -84,10 +90,7 @@ def kill_job(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=30)
-    deadline = time.time() + 30
-    while not all(is_gone(p) for p in pids):
-        assert time.time() < deadline, "killed workers did not die"
-        time.sleep(0.01)
+    wait_until_gone(pids, within=30, why="killed workers did not die")
 
 
 def logged_step(run_dir: Path) -> int:
@@ -153,6 +156,13 @@ def is_gone(pid: int) -> bool:
     except OSError:
         return True
     return state in ("Z", "X")  # a zombie has stopped; whoever adopted it reaps it
+
+
+def wait_until_gone(pids: list[int], *, within: float, why: str) -> None:
+    deadline = time.time() + within
+    while not all(is_gone(p) for p in pids):
+        assert time.time() < deadline, why
+        time.sleep(0.01)
 
 
 def kill_launcher_group(proc: subprocess.Popen) -> list[int]:

@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +29,22 @@ from .launch import (
     assert_same_checkpoints,
     assert_same_run,
     command,
-    is_gone,
     kill_job,
     kill_launcher_group,
     logged_step,
     make_config,
+    needs_gloo,
     sampler_at,
     start,
     step_losses,
     train,
     wait_until,
+    wait_until_gone,
     worker_of_rank,
 )
 from .soak import held_save, slow_saves
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this torch build has no gloo backend")
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +104,7 @@ def test_killed_two_process_job_resumes_bit_exact(ref2, tmp_path):
     proc = start(cfg, run, 2)
     wait_until(lambda: logged_step(run) >= first, proc)
     workers = kill_launcher_group(proc)
-    t0 = time.time()
-    while not all(is_gone(p) for p in workers):
-        assert time.time() - t0 < 10, "workers outlived their launcher"
-        time.sleep(0.05)
+    wait_until_gone(workers, within=10, why="workers outlived their launcher")
     train(cfg, run, 2)  # the same command: the run is not held by orphans, it resumes
     assert_same_run(run, ref)
     assert all(checkpoint_problem(c.path) is None for c in list_checkpoints(run / "checkpoints"))
@@ -241,10 +237,7 @@ def test_two_nodes_rehearsed_on_one_machine_resume_like_one_node(ref2, tmp_path)
     nodes = two_nodes(cfg, run, tmp_path)
     wait_until(lambda: logged_step(run) >= 9, nodes[0])
     workers = [w for proc in nodes for w in kill_launcher_group(proc)]
-    t0 = time.time()
-    while not all(is_gone(p) for p in workers):
-        assert time.time() - t0 < 10, "workers outlived their launcher"
-        time.sleep(0.05)
+    wait_until_gone(workers, within=10, why="workers outlived their launcher")
     nodes = two_nodes(cfg, run, tmp_path)
     for proc in nodes:
         _, err = proc.communicate(timeout=300)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from chefgenius.checkpoint import list_checkpoints
 from chefgenius.checkpoint.format import load_state
@@ -25,13 +24,13 @@ from .launch import (
     assert_same_run,
     kill_then_finish,
     make_config,
+    needs_gloo,
     sampler_at,
     step_losses,
     train,
 )
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this torch build has no gloo backend")
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
