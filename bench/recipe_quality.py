@@ -64,7 +64,7 @@ def main() -> None:
         if args.val:
             ev = evaluate_run(args.run, num_samples=args.val, coverage_strength=strength, guard=guard, progress=False)
             row.update({f"val_{k}": ev[k] for k in ("bleu", "rougeL", "ingredient_recall", "duplicate_line_rate",
-                                                     "looping_directions_rate")})
+                                                     "repeated_ingredient_rate", "looping_directions_rate")})
         rows.append(row)
         print(json.dumps(row), flush=True)
     (results_dir() / f"{args.name}_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts_out))
@@ -73,10 +73,11 @@ def main() -> None:
         f" --prompts {shown}" if args.prompts != ap.get_default("prompts") else "") + (
         f" --max-new-tokens {args.max_new_tokens}" if args.max_new_tokens != 256 else "") + (
         f" --name {args.name}" if args.name != "recipe_quality" else "")
-    keys = ["duplicate_line_rate", "looping_directions_rate", "title_fit_rate", "extra_items", "ingredient_recall",
+    keys = ["duplicate_line_rate", "repeated_ingredient_rate", "looping_directions_rate", "title_fit_rate",
+            "extra_items", "ingredient_recall",
             "structure_score", "seconds_per_recipe"]
     val_keys = ["val_bleu", "val_rougeL", "val_ingredient_recall", "val_duplicate_line_rate",
-                "val_looping_directions_rate"] if args.val else []
+                "val_repeated_ingredient_rate", "val_looping_directions_rate"] if args.val else []
     lines = ["# Recipe quality (what a cook sees)", "",
              f"`{command}`; {len(prompts)} held-out ingredient lists ({args.prompts.name}, from no corpus)"
              + (f"; validation: the first {args.val} prompts of the run's validation split" if args.val else "")

@@ -44,9 +44,14 @@ def test_an_earlier_ingredient_line_cannot_be_written_again_past_its_quantity(to
     written = "Title: Cake\nIngredients:\n- 1 cup sugar\n- 2 eggs\n- 1 cup"
     assert _verdicts(tok, written, [" sugar", " flour", " milk"]) == {" sugar": True, " flour": False,
                                                                         " milk": False}
-    # a line may start like an earlier one (the quantity), and another quantity of the same is fine
+    # a line may start like an earlier one (the quantity), but not list the same ingredient in another
+    # quantity (singular or plural), nor double a word
     assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- ", ["1", "2"]) == {"1": False, "2": False}
-    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 2 tbsp", [" sugar"]) == {" sugar": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 2 tbsp", [" sugar", " butter"]) == {
+        " sugar": True, " butter": False}
+    assert _verdicts(tok, "Ingredients:\n- 2 eggs\n- 1", [" egg"]) == {" egg": True}
+    assert _verdicts(tok, "Ingredients:\n- 1 cup chopped", [" chopped", " onion"]) == {" chopped": True,
+                                                                                       " onion": False}
     # a line ends only once it names something
     assert _verdicts(tok, "Ingredients:\n- 4 cups cooked", ["\n", " rice"]) == {"\n": True, " rice": False}
     assert _verdicts(tok, "Ingredients:\n- 4 cups cooked rice", ["\n"]) == {"\n": False}
@@ -152,3 +157,15 @@ def test_nothing_changes_when_nothing_repeats(tok):
     # only candidates that would break a rule are touched; the top one here ("water" etc.) stays
     assert torch.equal(out[~banned], scores[~banned])
     assert not banned[0, scores[0].argmax()]
+
+
+def test_a_sentence_cannot_repeat_itself_within(tok):
+    steps = "Ingredients:\n- 1 cup rice\n- 1 onion\n- 1 cup milk\nDirections:\n1. "
+    # a pair of content words a second time, a food word a third time, a word right after itself
+    assert _verdicts(tok, steps + "Add rice and cook rice and", [" cook", " stir"]) == {" cook": True,
+                                                                                        " stir": False}
+    assert _verdicts(tok, steps + "Add rice, onion, rice and", [" rice", " milk"]) == {" rice": True,
+                                                                                       " milk": False}
+    assert _verdicts(tok, steps + "Add the", [" the", " rice"]) == {" the": True, " rice": False}
+    # the next sentence starts afresh
+    assert _verdicts(tok, steps + "Add rice and cook rice.", [" Cook"]) == {" Cook": False}

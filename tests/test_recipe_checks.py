@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from chefgenius.data.format import format_target
-from chefgenius.recipe_checks import check_recipe, cook_metrics, direction_loops, duplicate_ingredient_lines
+from chefgenius.recipe_checks import (
+    check_recipe,
+    cook_metrics,
+    direction_loops,
+    duplicate_ingredient_lines,
+    repeated_ingredients,
+)
 
 from .conftest import SHARED_DATA
 
@@ -17,7 +23,8 @@ GOOD = format_target("Chicken Fried Rice", ["3 cups cooked rice, cold", "1 cup c
 
 def test_a_sound_recipe_passes_every_check():
     c = check_recipe(GOOD)
-    assert (c.duplicate_lines, c.loops, c.title_misfits, c.extra_items) == ([], [], [], [])
+    assert (c.duplicate_lines, c.repeated_ingredients, c.loops, c.title_misfits, c.extra_items) == \
+        ([], [], [], [], [])
     assert c.title_fits
 
 
@@ -29,7 +36,16 @@ def test_duplicate_lines_ignore_spacing_and_case_but_not_quantities():
         ["graham crackers"]
 
 
+def test_repeated_ingredients_are_found_in_any_quantity_and_number():
+    lines = ["1 can cream of mushroom soup", "1/2 stick oleo", "1 (8 oz.) can cream of mushroom soup",
+             "1/2 sticks oleo", "2 eggs", "1 cup sugar"]
+    assert repeated_ingredients(lines) == ["cream of mushroom soup", "oleo"]
+    assert repeated_ingredients(["2 c. flour", "1 c. sugar", "1 tsp. vanilla"]) == []
+
+
 @pytest.mark.parametrize(("steps", "reason"), [
+    (["Add soup mix and soup mix and soup mix and milk."], "step 1 says 'soup mix' over and over"),
+    (["Add cocoa, cocoa, margarine, cocoa, margarine and cocoa."], "step 1 says 'cocoa' over and over"),
     (["Add rice and bouillon cubes. Add rice.", "Add rice. Stir."], "repeats 'add rice'"),
     (["Boil water.", "Add rice. 2. Add rice."], "step 2 restarts numbering at 2"),
     (["Boil.", "Stir.", "9. 9. 9. 9."], "step 3 restarts numbering at 9"),
@@ -59,8 +75,8 @@ def test_title_fit_and_extra_items():
 def test_cook_metrics_are_shares_of_recipes():
     bad = format_target("Rice", ["1 cup rice", "1 cup rice"], ["Add rice. Add rice."])
     m = cook_metrics([GOOD, bad])
-    assert m == {"duplicate_line_rate": 0.5, "looping_directions_rate": 0.5, "title_fit_rate": 1.0,
-                 "extra_items": 0.0}
+    assert m == {"duplicate_line_rate": 0.5, "repeated_ingredient_rate": 0.5, "looping_directions_rate": 0.5,
+                 "title_fit_rate": 1.0, "extra_items": 0.0}
 
 
 def test_the_corpus_itself_rarely_trips_the_checks():
@@ -76,3 +92,4 @@ def test_the_corpus_itself_rarely_trips_the_checks():
     texts = [format_target(r.title, r.ingredients, r.directions) for r in kept]
     m = cook_metrics(texts)
     assert m["duplicate_line_rate"] <= 0.02 and m["looping_directions_rate"] <= 0.05, m
+    assert m["repeated_ingredient_rate"] <= 0.08, m  # a topping's sugar, a glaze's butter

@@ -282,5 +282,6 @@ def recipe_record(ingredients: list[str] | str, text: str) -> dict[str, Any]:
             "complete": parsed.is_complete, "used": cov.used, "unused": cov.unused,
             "unused_in_directions": [x for x in cov.used if x not in cov.in_directions],
             "ingredient_recall": round(cov.recall, 4), "duplicate_lines": checks.duplicate_lines,
+            "repeated_ingredients": checks.repeated_ingredients,
             "looping": checks.loops, "title_fits": checks.title_fits, "title_misfits": checks.title_misfits,
             "extra_items": checks.extra_items}

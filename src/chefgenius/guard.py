@@ -5,8 +5,9 @@ a candidate is forbidden (its score set to -inf) when it would
 
 - **copy an earlier ingredient line** past its quantity: once the current line, with the candidate,
   is the start of an earlier line and has reached the ingredient's name ("1 cup" may be written
-  again, "1 cup s..." after "1 cup sugar" may not), so no line is listed twice and another
-  quantity of the same ingredient still can be; nor end a line that names nothing ("- 4 cups cooked");
+  again, "1 cup s..." after "1 cup sugar" may not); nor list an ingredient a second time in another
+  quantity ("1 can soup" ... "1/2 c. soup": 4.8% of real recipes do, for a topping, and a weak model
+  does it in most); nor end a line that names nothing ("- 4 cups cooked");
 - **repeat a sentence of the directions**: end a sentence equal to an earlier one, copy the first
   four words of an earlier sentence, or open a third sentence with the same three words ("Add rice
   and onion. ... Add rice and cubes. ... Add rice and" no more);
@@ -15,6 +16,9 @@ a candidate is forbidden (its score set to -inf) when it would
 - **end a step unfinished**: a step ends (new line or end of text) only after a sentence of its own
   has ended ("8." alone or "Add rice and" then a new line is not a step);
 - **make a step mostly one word**: a word that would be more than half of the step's words;
+- **repeat itself within a sentence**: a pair of content words twice in one sentence ("soup mix and
+  soup mix"), a food word a third time ("cocoa, cocoa, margarine, cocoa") or any word of three letters
+  or more right after itself ("chopped chopped", in the list too);
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
   none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known;
 - **cook with what was never listed**: a food word in the directions that no ingredient line names
@@ -40,7 +44,7 @@ import torch
 
 from .coverage import normal_word
 from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, TITLE_LABEL, _split_numbered, ingredient_name
-from .recipe_checks import _DISH_WORDS, _FILLER, FOOD_WORDS, food_words
+from .recipe_checks import _DISH_WORDS, _FILLER, FOOD_WORDS, food_words, ingredient_key
 
 CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the first allowed one)
 MAX_INGREDIENTS = 20  # lines of the list before the directions must begin
@@ -235,17 +239,31 @@ def _ingredients_checker(block: str):
         block += " "
     parts = re.split(r"(?:^|\n|\s)-\s", block)
     earlier = [_norm(p) for p in parts[1:-1] if p.strip()]
+    names = {ingredient_key(p) for p in parts[1:-1]} - {""}
     current = parts[-1]
     if "\n" in current or len(parts) < 2:
         return None
 
     def copies_a_line(piece: str) -> bool:
-        if "\n" in piece:  # a line ends: it must name something ("- 4 cups cooked" does not)
-            return not ingredient_name(current + piece.split("\n", 1)[0])
+        if "\n" in piece:  # a line ends: it must name something ("- 4 cups cooked" does not), and not again
+            line = current + piece.split("\n", 1)[0]
+            return not ingredient_name(line) or ingredient_key(line) in names
+        if _doubles_a_word(current, piece):
+            return True
         new = _norm(current + piece)
-        return bool(new) and bool(ingredient_name(new)) and any(line.startswith(new) for line in earlier)
+        if new and ingredient_name(new) and any(line.startswith(new) for line in earlier):
+            return True
+        # the same ingredient in another quantity ("1 can soup" ... "1/2 c. soup"): a word that ends
+        # here might still go on ("cocoa" -> "cocoa butter"), so this forbids its one spelling only
+        return ingredient_key(current + piece) in names
 
     return copies_a_line
+
+
+def _doubles_a_word(text: str, piece: str) -> bool:
+    """Whether ``piece`` writes a word of three letters or more right after itself ("chopped chopped")."""
+    words = re.findall(r"[A-Za-z]+|[^A-Za-z\s]", (re.search(r"\S*\s*\S*\s*$", text).group(0) + piece).lower())
+    return any(len(b) > 2 and a == b for a, b in zip(words, words[1:]))
 
 
 def _mostly_one_word(words: list[str]) -> bool:
@@ -254,6 +272,10 @@ def _mostly_one_word(words: list[str]) -> bool:
 
 def _content_words(text: str) -> list[str]:
     return [w for w in _words(text) if w not in _FILLER]
+
+
+def _food_counts(words: list[str]) -> Counter[str]:
+    return Counter(w for w in map(normal_word, words) if w in FOOD_WORDS)
 
 
 def _directions_checker(block: str, listed: frozenset[str] | None = None):
@@ -288,8 +310,25 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
         step = re.sub(r"^\s*\d+\.\s*", "", line + piece.split("\n", 1)[0])
         return bool(block.strip()) and not re.search(r"[.!?]\s*$", step)
 
+    before = _content_words(sentence)
+    pairs_before, foods_before = Counter(zip(before, before[1:])), _food_counts(before)
+
+    def repeats_within_the_sentence(piece: str) -> bool:
+        """A pair of content words twice in one sentence ("soup mix and soup mix"), a food word three
+        times ("cocoa, cocoa, margarine, cocoa") or a word right after itself."""
+        head = re.split(r"[.!?]", piece)[0]
+        if _doubles_a_word(block, head):
+            return True
+        after = _content_words(sentence + head)
+        pairs = Counter(zip(after, after[1:]))
+        if any(n > 1 and n > pairs_before[p] for p, n in pairs.items()):
+            return True
+        return any(n > 2 and n > foods_before[w] for w, n in _food_counts(after).items())
+
     def breaks(piece: str) -> bool:
         if "\n" in piece and ends_unfinished(piece):
+            return True
+        if repeats_within_the_sentence(piece):
             return True
         if listed is not None and _names_a_missing_food(block, piece, listed):
             return True

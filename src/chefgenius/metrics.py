@@ -56,7 +56,8 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 METRIC_KEYS: tuple[str, ...] = (
     "eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
     "ingredient_recall_list", "ingredient_recall_directions", "ingredient_precision", "structure_score",
-    "distinct_2", "repeated_4gram_rate", "duplicate_line_rate", "looping_directions_rate", "title_fit_rate",
+    "distinct_2", "repeated_4gram_rate", "duplicate_line_rate", "repeated_ingredient_rate",
+    "looping_directions_rate", "title_fit_rate",
     "extra_items", "length_words",
 )
 

@@ -2,9 +2,12 @@
 
 - a **duplicate ingredient line**: the same line twice in the list (after lower-casing and collapsing
   spaces and punctuation), e.g. "- 1 can salmon, drained" twice;
+- a **repeated ingredient**: the same ingredient on two lines in any quantities ("1 can mushroom soup",
+  "1/2 c. mushroom soup"); real recipes do it for a topping or a glaze (4.8% of the 1k sample);
 - **looping directions**: the same sentence twice in the steps, a step number that goes back
-  left inside a step ("... 8. rice. 8. rice."), or a step made mostly of one word ("rice and rice and
-  rice and rice");
+  left inside a step ("... 8. rice. 8. rice."), a step made mostly of one word ("rice and rice and
+  rice and rice"), or a sentence that says a pair of words three times ("soup mix and soup mix and
+  soup mix") or a food word four times;
 - a **title that does not fit**: a food word of the title (from :data:`FOOD_WORDS`) that no
   ingredient line mentions ("Peach Cobbler" without peaches);
 - **extra items** (Kiddon et al. 2016): food words the directions use that no ingredient line names
@@ -24,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .coverage import normal_word
-from .data.format import parse_recipe
+from .data.format import ingredient_name, parse_recipe
 
 _FOOD_LIST = """
 almond anchovy apple apricot artichoke arugula asparagus avocado bacon banana barley basil bean beef beet
@@ -74,6 +77,28 @@ def duplicate_ingredient_lines(ingredients: tuple[str, ...] | list[str]) -> list
     return out
 
 
+def ingredient_key(line: str) -> str:
+    """What an ingredient line lists, singular ("1/2 sticks oleo" and "1 stick oleo": "oleo")."""
+    return " ".join(_words(ingredient_name(line)))
+
+
+def repeated_ingredients(ingredients: tuple[str, ...] | list[str]) -> list[str]:
+    """Ingredients listed on more than one line, in any quantities (each once)."""
+    counts = Counter(k for k in map(ingredient_key, ingredients) if k)
+    return [k for k, n in counts.items() if n > 1]
+
+
+def _sentence_loop(sentence: str) -> str | None:
+    """A pair of content words three times in one sentence ("soup mix and soup mix and soup mix") or a
+    food word four times: the loop a repeated sentence misses."""
+    words = [w for w in _words(sentence) if w not in _FILLER]
+    pairs = Counter(zip(words, words[1:])).most_common(1)
+    if pairs and pairs[0][1] >= 3:
+        return " ".join(pairs[0][0])
+    foods = Counter(w for w in words if w in FOOD_WORDS).most_common(1)
+    return foods[0][0] if foods and foods[0][1] >= 4 else None
+
+
 def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
     """Why the steps loop, one reason per problem found (empty: they do not)."""
     reasons = []
@@ -83,6 +108,9 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
             words = _WORD.findall(sentence.lower())
             if len(words) >= 2:
                 sentences[" ".join(words)] += 1
+            looped = _sentence_loop(sentence)
+            if looped:
+                reasons.append(f"step {i} says {looped!r} over and over")
         # A bare number opening a sentence inside a step: the parser split at the next step number,
         # so what is left is numbering gone round ("8. rice. 8. rice.", "9. 9. 9.").
         if i == len(directions):  # a text cut at its token budget may end on the next step's bare number
@@ -111,6 +139,7 @@ def food_words(text: str) -> list[str]:
 @dataclass(frozen=True)
 class RecipeChecks:
     duplicate_lines: list[str] = field(default_factory=list)
+    repeated_ingredients: list[str] = field(default_factory=list)  # listed twice in other quantities too
     loops: list[str] = field(default_factory=list)
     title_misfits: list[str] = field(default_factory=list)  # title food words no ingredient names
     extra_items: list[str] = field(default_factory=list)  # food words of the steps no ingredient names
@@ -125,6 +154,7 @@ def check_recipe(text: str) -> RecipeChecks:
     listed = set(food_words(" ".join(parsed.ingredients)))
     return RecipeChecks(
         duplicate_lines=duplicate_ingredient_lines(parsed.ingredients),
+        repeated_ingredients=repeated_ingredients(parsed.ingredients),
         loops=direction_loops(parsed.directions),
         title_misfits=[w for w in food_words(_DISH_NAMES.sub(" ", parsed.title.lower()))
                        if w not in listed and w not in _DISH_WORDS],
@@ -137,6 +167,7 @@ def cook_metrics(texts: list[str]) -> dict[str, float]:
     checks = [check_recipe(t) for t in texts]
     n = max(1, len(checks))
     return {"duplicate_line_rate": sum(bool(c.duplicate_lines) for c in checks) / n,
+            "repeated_ingredient_rate": sum(bool(c.repeated_ingredients) for c in checks) / n,
             "looping_directions_rate": sum(bool(c.loops) for c in checks) / n,
             "title_fit_rate": sum(c.title_fits for c in checks) / n,
             "extra_items": sum(len(c.extra_items) for c in checks) / n}
