@@ -151,3 +151,36 @@ def test_a_state_file_rewritten_from_tensors_mapped_from_it_is_written_whole(tmp
     again = load_state(tmp_path, "opt")
     assert torch.equal(again["w"], torch.arange(1 << 16, dtype=torch.float32)) and again["n"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.json", "opt.safetensors"]  # no part file left
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_background_writer_yields_the_cores_to_training(tmp_path):
+    """Background saves are written at a lower CPU priority (checkpoint.writer_nice) than training's;
+    synchronous saves keep training's priority."""
+    import os
+    import threading
+
+    from chefgenius.checkpoint import store
+
+    seen: dict[str, list[int]] = {}
+    mode = {"now": ""}
+
+    def priority(directory):
+        if "step-" in directory.name:  # a checkpoint (not final/, nor the prepared dataset)
+            seen.setdefault(mode["now"], []).append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    store.SAVE_HOOKS.append(priority)
+    try:
+        for name, ckpt in (("async", {"async": True}), ("async, nice 3", {"async": True, "writer_nice": 3}),
+                           ("sync", {"async": False})):
+            mode["now"] = name
+            cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1},
+                              checkpoint={"every_steps": 1, **ckpt}, evaluation={"every_steps": None})
+            Trainer(cfg, tmp_path / name.replace(", ", "-").replace(" ", ""), log=quiet).fit()
+    finally:
+        store.SAVE_HOOKS.remove(priority)
+    assert seen["async"] == [min(19, main + 10)] * 2, seen
+    assert seen["async, nice 3"] == [min(19, main + 3)] * 2, seen
+    assert seen["sync"] == [main] * 2, seen
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # training's own is untouched

@@ -120,6 +120,9 @@ class TrainingConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
     copy_weight: float = Field(1.0, ge=1.0, description="Loss weight of target tokens that occur in the prompt's "
                                "ingredient list (1 = plain loss); > 1 teaches the model to use what it was given.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Share of each target's probability "
+                                   "spread over the vocabulary in the training loss (the logged training loss "
+                                   "includes it; validation loss stays plain cross-entropy).")
     reduction: Literal["auto", "ordered", "allreduce"] = Field(
         "auto", description="Multi-process gradient sum: ordered (adds ranks in rank order, bit-exact resume "
         "with any number of processes), allreduce (NCCL/gloo tree), auto = ordered on CPU or with strict "
@@ -162,6 +165,9 @@ class CheckpointConfig(_Strict):
         "wait", description="A background save comes due while the previous one is still being written: wait "
         "for it (every asked-for checkpoint exists), or skip this one (training never waits; the end and a "
         "stop always save). Logged either way.")
+    writer_nice: int = Field(10, ge=0, le=19, description="Linux: how much lower the background writer's CPU "
+                             "priority is than training's (its nice increment; 0 = the same), so that copying, "
+                             "writing and hashing a save take the cores training leaves idle.")
 
 
 class LoggingConfig(_Strict):
@@ -206,7 +212,7 @@ TRAJECTORY_KEYS: tuple[str, ...] = (
     "training.grad_accum", "training.learning_rate", "training.weight_decay", "training.adam_betas",
     "training.adam_eps", "training.schedule", "training.warmup_steps", "training.min_lr_ratio",
     "training.max_grad_norm", "training.precision", "training.group_by_length", "training.shuffle",
-    "training.copy_weight",
+    "training.copy_weight", "training.label_smoothing",
     "evaluation.every_steps", "evaluation.at_epoch_end", "evaluation.max_batches", "evaluation.early_stopping_patience",
     "evaluation.early_stopping_threshold",
 )

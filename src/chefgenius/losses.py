@@ -34,10 +34,13 @@ def copy_weights(batch: dict[str, torch.Tensor], is_seq2seq: bool, weight: float
 
 
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_seq2seq: bool,
-                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over target tokens and their count, so accumulation can divide once.
 
     With ``weights`` (same shape as the labels) the sum is weighted; the count stays the plain one.
+    ``label_smoothing`` is for training only: validation losses stay plain cross-entropy, comparable
+    between runs trained with and without it.
     """
     if is_seq2seq:
         labels = batch["labels"]
@@ -50,9 +53,11 @@ def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_se
         weights = weights[:, 1:] if weights is not None else None
     flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
     if weights is None:
-        loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum",
+                               label_smoothing=label_smoothing)
     else:
-        per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none")
+        per_token = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none",
+                                    label_smoothing=label_smoothing)
         loss = (per_token * weights.reshape(-1)).sum()
     return loss, (labels != -100).sum()  # a tensor: reading it would synchronise with the device
 

@@ -73,7 +73,8 @@ class TrainStep:
             weights = (copy_weights(batch, self.is_seq2seq, self.cfg.copy_weight, self.copy_skip)
                        if self.cfg.copy_weight != 1.0 else None)
             with self.autocast():
-                loss_sum, _ = token_loss_sum(self.parallel.train_model, batch, self.is_seq2seq, weights)
+                loss_sum, _ = token_loss_sum(self.parallel.train_model, batch, self.is_seq2seq, weights,
+                                             self.cfg.label_smoothing)
             # Dividing by the step's token count (not per micro-batch) makes accumulation exact.
             loss = loss_sum * weight / max(1, num_tokens)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
