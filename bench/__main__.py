@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,20 +39,23 @@ QUICK = [
 def main() -> None:
     quick = "--quick" in sys.argv[1:]
     failed = []
+    run_id = uuid.uuid4().hex
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, **({"BENCH_RESULTS_DIR": tmp} if quick else {})}
+        env = {**os.environ, "BENCH_RUN_ID": run_id, **({"BENCH_RESULTS_DIR": tmp} if quick else {})}
         for script, *args in QUICK if quick else FULL:
             print(f"== {script} {' '.join(args)}", flush=True)
             if subprocess.run([sys.executable, str(HERE / script), *args], env=env).returncode != 0:
                 failed.append(script)
-    if not quick:
-        sys.path.insert(0, str(HERE))
-        from common import collect
-
-        print(f"prepare_scale.py needs a 2.2M-row CSV (see its docstring); its last results are kept.\n"
-              f"wrote {collect('python -m bench')}", flush=True)
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
+    if not quick:
+        sys.path.insert(0, str(HERE))
+        from common import MixedResults, collect
+
+        try:
+            print(f"wrote {collect('python -m bench', run_id, sorted({s for s, *_ in FULL}))}", flush=True)
+        except MixedResults as e:
+            raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

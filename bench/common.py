@@ -4,6 +4,8 @@ Each benchmark writes ``results/NAME.md`` (a table with ratios against the peer 
 same run) and ``results/NAME.json`` (the same figures, plus every repetition). ``python -m bench``
 then joins them into ``bench/RESULTS.md`` and ``bench/RESULTS.json``. ``BENCH_RESULTS_DIR``
 redirects the output (``--quick`` writes to a temporary directory: smoke figures are no results).
+``BENCH_RUN_ID`` (set by ``python -m bench``) is stamped into each JSON twin, so that ``collect`` can
+tell the sections this run produced from older ones.
 """
 
 from __future__ import annotations
@@ -111,24 +113,52 @@ def write_result(name: str, lines: list[str], data: dict[str, Any]) -> Path:
     lines = [lines[0], "", f"_Commit {info['commit']}, {info['date']}; {info.get('gpu') or info['cpu']}, "
              f"{info['machine']}, {info['ram_gib']} GiB RAM; temporary files on {info['filesystem']}; {libs}; "
              f"load average {info['load_average']:.2f} at the end._", *lines[1:]]
-    (out / f"{name}.json").write_text(json.dumps({**info, **data}, indent=2) + "\n")
+    run_id = {"run_id": os.environ["BENCH_RUN_ID"]} if os.environ.get("BENCH_RUN_ID") else {}
+    (out / f"{name}.json").write_text(json.dumps({**info, **run_id, **data}, indent=2) + "\n")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     return out / f"{name}.md"
 
 
-def collect(command: str) -> Path:
-    """Join every result into ``RESULTS.md`` / ``RESULTS.json`` beside the results directory."""
+class MixedResults(Exception):
+    """RESULTS.md would join figures of different code, or ones this run did not produce."""
+
+
+def collect(command: str, run_id: str, scripts: list[str]) -> Path:
+    """Join the sections ``command`` (run ``run_id``, which ran ``scripts``) produced into ``RESULTS.md``.
+
+    Refused (:class:`MixedResults`) when a script produced no section, a section was measured on a
+    dirty tree or another commit than the rest. Sections of benchmarks run on their own (preparation
+    of the 2.2M-row file, recipe quality, serving) are joined only when measured at the same commit,
+    and otherwise named as left out: their figures stay in ``results/`` with their own provenance.
+    """
     out = results_dir()
-    names = [n for n in ORDER if (out / f"{n}.md").is_file()]
-    names += sorted(p.stem for p in out.glob("*.md") if p.stem not in names)
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    ours = {n: d for n, d in found.items() if d.get("run_id") == run_id}
+    missing = [s for s in scripts if not any(str(d.get("command", "")).startswith(f"python bench/{s}")
+                                             for d in ours.values())]
+    commits = {d.get("commit") for d in ours.values()}
+    problems = [f"no section from {', '.join(missing)}"] if missing else []
+    if len(commits) != 1 or any(c is None or "+dirty" in c for c in commits):
+        problems.append(f"sections measured at {', '.join(sorted(map(str, commits))) or 'no commit'}")
+    if problems:
+        raise MixedResults(f"refusing to write RESULTS.md: {'; '.join(problems)} (one clean commit is needed: "
+                           "commit the tree and run `python -m bench` again)")
+    (at,) = commits
+    others = {n: d for n, d in found.items() if n not in ours and (out / f"{n}.md").is_file()}
+    joined = {**ours, **{n: d for n, d in others.items() if d.get("commit") == at}}
+    left_out = sorted(f"{n} ({d.get('commit') or 'no commit recorded'})" for n, d in others.items() if n not in joined)
+    names = [n for n in ORDER if n in joined] + sorted(n for n in joined if n not in ORDER)
     info = machine_info()
     head = ["# chefgenius benchmark results", "",
-            f"Produced by `{command}` on {info['machine']}, Python {info['python']}, torch {info['torch']}"
-            + (f", transformers {info['transformers']}" if "transformers" in info else "") + ". "
+            f"Produced by `{command}` at commit {at} on {info['machine']}, Python {info['python']}, torch "
+            f"{info['torch']}" + (f", transformers {info['transformers']}" if "transformers" in info else "") + ". "
             "Contenders of a comparison run one after another in the same benchmark run, on an idle machine; "
-            "ratios are the result, absolute times only context. Each section says its own command; a section "
-            "whose benchmark was not re-run keeps the figures of its last run (see its JSON twin).", ""]
+            "ratios are the result, absolute times only context. Each section says its own command, commit, "
+            "machine and load.", ""]
+    if left_out:
+        head += [f"Left out (measured at another commit; see their own files in bench/results/): "
+                 f"{', '.join(left_out)}.", ""]
     body = []
     for n in names:
         section = (out / f"{n}.md").read_text().strip().splitlines()
@@ -137,6 +167,6 @@ def collect(command: str) -> Path:
     target = out.parent / "RESULTS.md"
     target.write_text("\n".join(head + body))
     (out.parent / "RESULTS.json").write_text(json.dumps(
-        {**info, "command": command, "results": {n: json.loads((out / f"{n}.json").read_text()) for n in names
-                                                 if (out / f"{n}.json").is_file()}}, indent=2) + "\n")
+        {**info, "command": command, "commit": at, "left_out": left_out,
+         "results": {n: joined[n] for n in names}}, indent=2) + "\n")
     return target

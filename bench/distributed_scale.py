@@ -2,11 +2,15 @@
 
     python bench/distributed_scale.py [--steps 60] [--repeats 3] [--preset small]
 
-Contenders, run one after the other (never at once), same model, data, global batch (16) and seed:
+Contenders, run one after the other (never at once) in a shuffled order each repeat, same model, data,
+global batch (16), random batches and seed:
   1 process, accumulation 2 (1 and 2 threads)  |  2 processes DDP, ordered sum  |  2 processes DDP, tree all-reduce
-  |  2 processes FSDP2.
-Throughput is target tokens per second of the training loop, taken from metrics.jsonl (the first
-logged window, which includes warm-up, is dropped), so process start-up is not counted.
+  |  2 processes FSDP2  |  the Hugging Face Trainer with DDP on the same 2 processes (accelerate, gloo:
+  bench/hf_ddp_worker.py).
+Throughput is target tokens per second of the training loop: the median of its 10-step windows after
+the first (which holds warm-up), so process start-up is not counted; for chefgenius the windows are
+logged in metrics.jsonl, for the Trainer a callback marks every 10th step on each rank (a window: every
+rank's tokens over the slowest rank's time).
 Writes bench/results/distributed_scale.{md,json}.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import yaml
 from common import write_result
+
+HF = "2 processes, Hugging Face Trainer DDP (accelerate, tree all-reduce)"
 
 
 def config(preset: str, steps: int, grad_accum: int, sharding: str, reduction: str, threads: int = 1) -> dict:
@@ -54,6 +61,22 @@ def run_one(name: str, nproc: int, cfg: dict, work: Path, env: dict[str, str]) -
     return statistics.median(rates)
 
 
+def run_hf_ddp(name: str, cfg: dict, work: Path, env: dict[str, str]) -> float:
+    out = work / name
+    out.mkdir()
+    (work / f"{name}.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(Path(__file__).resolve().parent / "hf_ddp_worker.py"), str(work / f"{name}.json"), str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    ranks = [{step: mark for step, mark in json.loads((out / f"rank{r}.json").read_text())["marks"]} for r in range(2)]
+    steps = sorted(ranks[0])[1:]  # windows of 10 steps after the first, as chefgenius logs them
+    rates = [sum(m[b][1] - m[a][1] for m in ranks) / max(m[b][0] - m[a][0] for m in ranks)
+             for a, b in zip(steps, steps[1:])]
+    return statistics.median(rates)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
@@ -66,32 +89,42 @@ def main() -> None:
         ("2 processes DDP, ordered sum", 2, config(args.preset, args.steps, 1, "ddp", "ordered")),
         ("2 processes DDP, tree all-reduce", 2, config(args.preset, args.steps, 1, "ddp", "allreduce")),
         ("2 processes FSDP2", 2, config(args.preset, args.steps, 1, "fsdp", "auto")),
+        (HF, 2, config(args.preset, args.steps, 1, "ddp", "allreduce")),
     ]
     results: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CHEFGENIUS_CACHE": str(Path(tmp) / "cache")}
         for rep in range(args.repeats):
-            for i, (name, nproc, cfg) in enumerate(contenders):
-                work = Path(tmp) / f"r{rep}"
-                work.mkdir(exist_ok=True)
-                results[name].append(run_one(f"c{i}", nproc, cfg, work, env))
+            order = list(enumerate(contenders))
+            random.Random(rep).shuffle(order)  # no contender always first (cold caches) or last
+            work = Path(tmp) / f"r{rep}"
+            work.mkdir()
+            for i, (name, nproc, cfg) in order:
+                run = run_hf_ddp if name == HF else (lambda n, c, w, e, p=nproc: run_one(n, p, c, w, e))
+                results[name].append(run(f"c{i}", cfg, work, env))
                 print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
     base = statistics.median(results[contenders[0][0]])
     ordered = statistics.median(results["2 processes DDP, ordered sum"])
+    hf = statistics.median(results[HF])
     rows = []
     for name, _, _ in contenders:
         med = statistics.median(results[name])
         rows.append({"contender": name, "median_tokens_per_s": round(med), "min": round(min(results[name])),
                      "max": round(max(results[name])), "vs_1_process": round(med / base, 3),
-                     "vs_ordered": round(med / ordered, 3)})
+                     "vs_ordered": round(med / ordered, 3), "vs_hf_ddp": round(med / hf, 3),
+                     "all": [round(x) for x in results[name]]})
     command = f"python bench/distributed_scale.py --steps {args.steps} --repeats {args.repeats} --preset {args.preset}"
     lines = ["# Multi-process scaling (CPU, gloo)", "", f"`{command}`; GPT-2 {args.preset} from scratch, global "
              f"batch 16, one thread per process unless said; median of {args.repeats} runs, training-loop tokens/s "
              "(start-up excluded).", "",
-             "| contender | tokens/s (median) | min | max | vs 1 process | vs ordered sum |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| contender | tokens/s (median) | min | max | vs 1 process | vs ordered sum | vs HF Trainer DDP |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_1_process']} | "
-              f"{r['vs_ordered']} |" for r in rows]
+              f"{r['vs_ordered']} | {r['vs_hf_ddp']} |" for r in rows]
+    tree = statistics.median(results["2 processes DDP, tree all-reduce"])
+    lines += ["", f"Like for like (2 processes, random batches, tree all-reduce): chefgenius {tree / hf:.3f}x the "
+              f"Hugging Face Trainer with DDP; with the default on CPU (ordered sum, bit-exact resume with any "
+              f"number of processes) {ordered / hf:.3f}x."]
     write_result("distributed_scale", lines, {"command": command, "preset": args.preset, "steps": args.steps,
                                               "repeats": args.repeats, "global_batch": 16, "rows": rows})
 

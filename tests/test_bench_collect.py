@@ -1,0 +1,61 @@
+"""bench's RESULTS.md joins only figures of one clean commit that the documented command produced."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import common  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+
+def _section(out: Path, name: str, script: str, commit: str, run_id: str | None) -> None:
+    data = {"commit": commit, "command": f"python bench/{script} --repeats 5", "rows": []}
+    if run_id:
+        data["run_id"] = run_id
+    (out / f"{name}.json").write_text(json.dumps(data))
+    (out / f"{name}.md").write_text(f"# {name}\n\nfigures of {commit}\n")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    out.mkdir()
+    monkeypatch.setenv("BENCH_RESULTS_DIR", str(out))
+    return out
+
+
+def test_one_commit_is_joined_and_older_sections_are_named_as_left_out(results):
+    _section(results, "throughput", "throughput.py", "abc1234", "run1")
+    _section(results, "padding", "padding.py", "abc1234", "run1")
+    _section(results, "recipe_quality", "recipe_quality.py", "abc1234", None)  # run on its own, same code
+    _section(results, "prepare_speed", "prepare_speed.py", "0ld0000", None)
+    target = common.collect("python -m bench", "run1", ["padding.py", "throughput.py"])
+    text = target.read_text()
+    assert "at commit abc1234" in text and "figures of abc1234" in text
+    assert "figures of 0ld0000" not in text and "prepare_speed (0ld0000)" in text
+    assert set(json.loads((results.parent / "RESULTS.json").read_text())["results"]) == {
+        "throughput", "padding", "recipe_quality"}
+
+
+@pytest.mark.parametrize(("commits", "scripts", "message"), [
+    (("abc1234", "def5678"), ["throughput.py", "padding.py"], "sections measured at abc1234, def5678"),
+    (("abc1234+dirty", "abc1234+dirty"), ["throughput.py", "padding.py"], "sections measured at abc1234+dirty"),
+    (("abc1234", "abc1234"), ["throughput.py", "padding.py", "startup.py"], "no section from startup.py"),
+])
+def test_mixed_dirty_or_missing_sections_are_refused(results, commits, scripts, message):
+    _section(results, "throughput", "throughput.py", commits[0], "run1")
+    _section(results, "padding", "padding.py", commits[1], "run1")
+    with pytest.raises(common.MixedResults, match=re.escape(message)):
+        common.collect("python -m bench", "run1", scripts)
+    assert not (results.parent / "RESULTS.md").exists()
+
+
+def test_sections_of_an_earlier_run_do_not_count_as_this_runs(results):
+    _section(results, "throughput", "throughput.py", "abc1234", "run0")
+    with pytest.raises(common.MixedResults, match="no section from throughput.py"):
+        common.collect("python -m bench", "run1", ["throughput.py"])
