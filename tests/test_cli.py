@@ -85,11 +85,12 @@ def test_generate_is_deterministic_per_seed(tiny_run):
     js = invoke("generate", "--run", tiny_run, "--ingredients", "egg", "--json", "--max-new-tokens", "20")
     record = json.loads(js.output.splitlines()[-1])
     assert set(record) == {"title", "ingredients", "directions", "complete", "used", "unused", "unused_in_directions",
-                           "ingredient_recall", "duplicate_lines", "looping", "title_fits", "title_misfits",
-                           "extra_items"}
-    from chefgenius.recipe_checks import duplicate_ingredient_lines
+                           "ingredient_recall", "duplicate_lines", "repeated_ingredients", "looping", "title_fits",
+                           "title_misfits", "extra_items"}
+    from chefgenius.recipe_checks import duplicate_ingredient_lines, repeated_ingredients
 
     assert record["duplicate_lines"] == duplicate_ingredient_lines(record["ingredients"])
+    assert record["repeated_ingredients"] == repeated_ingredients(record["ingredients"])
 
 
 def test_coverage_decoding_uses_the_requested_ingredients(tiny_run):

@@ -284,9 +284,15 @@ def test_full_disk_for_report_is_one_line(tmp_path, small_fs):
 
 # ----- one run per directory ---------------------------------------------------------------------
 
-def _wait_for_step(run: Path, proc: subprocess.Popen, step: int) -> None:
+def _wait_for_step(run: Path, proc: subprocess.Popen, step: int, *, checkpoint: bool = False) -> None:
+    """Until the run has logged ``step`` (and, with ``checkpoint``, committed a checkpoint: the background
+    writer yields the cores to training, so on a busy machine its commit can trail the step)."""
     deadline = time.monotonic() + 120
-    while last_logged_step(run) < step and proc.poll() is None and time.monotonic() < deadline:
+
+    def reached() -> bool:
+        return last_logged_step(run) >= step and (not checkpoint or bool(list_checkpoints(run / "checkpoints")))
+
+    while not reached() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "training ended before the test could act"
 
@@ -300,7 +306,7 @@ def test_second_run_on_the_same_directory_is_refused_and_a_killed_run_leaves_no_
     # The probes run in this test's process: a real second process for the first run's lock, without
     # paying another interpreter's start-up.
     try:
-        _wait_for_step(run, first, 3)
+        _wait_for_step(run, first, 3, checkpoint=True)
         second = runner.invoke(app, train_command(config, run)[3:])
         assert second.exit_code == 2, second.output
         assert f"pid {first.pid}" in second.stderr and len(second.stderr.strip().splitlines()) == 1
