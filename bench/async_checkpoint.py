@@ -10,8 +10,6 @@ of step 1 to the end of ``fit`` (the final checkpoint and final/ included: every
 them). Contenders run in a shuffled order each repeat. Per-save blocked and write times come from
 the run's metrics.jsonl (``event: save``). The async target only applies when N steps take at least
 1.5x a save; the table says whether they did.
-The background writer runs at a lower CPU priority than training (``checkpoint.writer_nice``, 10 by
-default); one contender runs it at training's priority, to show what that costs.
 Writes bench/results/async_checkpoint.{md,json} (``large``) or async_checkpoint_PRESET.{md,json}.
 """
 
@@ -30,7 +28,7 @@ from pathlib import Path
 from common import write_result
 
 
-def raw_config(preset: str, steps: int, every: int, background: bool, batch: int, nice: int = 10) -> dict:
+def raw_config(preset: str, steps: int, every: int, background: bool, batch: int) -> dict:
     return {
         "data": {"max_prompt_tokens": 32, "max_target_tokens": 64, "val_fraction": 0.1},
         "model": {"from_scratch": "gpt2", "preset": preset, "vocab_size": 8000, "dropout": 0.0},
@@ -38,8 +36,7 @@ def raw_config(preset: str, steps: int, every: int, background: bool, batch: int
                      "num_threads": None},
         "evaluation": {"every_steps": None, "at_epoch_end": False, "early_stopping_patience": None,
                        "prompts": [], "max_batches": 1},
-        "checkpoint": {"every_steps": every, "keep_last": 2, "keep_best": 0, "async": background,
-                       "writer_nice": nice},
+        "checkpoint": {"every_steps": every, "keep_last": 2, "keep_best": 0, "async": background},
         "logging": {"every_steps": 1, "progress_bar": False},
     }
 
@@ -72,11 +69,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    contenders = {  # name: (every, async, writer_nice)
-        "checkpoint only at the end": (10**9, True, 10),
-        f"every {args.every} steps, async (default)": (args.every, True, 10),
-        f"every {args.every} steps, synchronous": (args.every, False, 10),
-        f"every {args.every} steps, async, writer at training's priority": (args.every, True, 0),
+    contenders = {  # name: (every, async)
+        "checkpoint only at the end": (10**9, True),
+        f"every {args.every} steps, async (default)": (args.every, True),
+        f"every {args.every} steps, synchronous": (args.every, False),
     }
     times: dict[str, list[float]] = {k: [] for k in contenders}
     saves: dict[str, list[dict]] = {k: [] for k in contenders}
@@ -89,10 +85,10 @@ def main() -> None:
         for rep in range(args.repeats):
             order = list(contenders.items())
             random.Random(rep).shuffle(order)
-            for i, (name, (every, background, nice)) in enumerate(order):
+            for i, (name, (every, background)) in enumerate(order):
                 os.sync()
                 seconds, params, logged, per_step = run(raw_config(args.preset, args.steps, every, background,
-                                                                   args.batch_size, nice), Path(tmp) / f"{rep}-{i}")
+                                                                   args.batch_size), Path(tmp) / f"{rep}-{i}")
                 times[name].append(seconds)
                 saves[name] += [s for s in logged if s["step"] < args.steps]  # the final save is everyone's
                 if every > args.steps:

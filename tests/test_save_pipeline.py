@@ -153,34 +153,19 @@ def test_a_state_file_rewritten_from_tensors_mapped_from_it_is_written_whole(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["opt.json", "opt.safetensors"]  # no part file left
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_the_background_writer_yields_the_cores_to_training(tmp_path):
-    """Background saves are written at a lower CPU priority (checkpoint.writer_nice) than training's;
-    synchronous saves keep training's priority."""
+@pytest.mark.parametrize("sizes", [[0], [1], [4095], [4096], [3, 8 << 20, 5], [(8 << 20) - 1, 2, 4097]])
+def test_direct_writes_hold_exactly_the_bytes_written(tmp_path, sizes):
+    """O_DIRECT writes go out in aligned blocks; the file is still exactly what was written, any size."""
     import os
-    import threading
 
-    from chefgenius.checkpoint import store
+    from chefgenius.fileio import DirectFile, replace_durably
 
-    seen: dict[str, list[int]] = {}
-    mode = {"now": ""}
-
-    def priority(directory):
-        if "step-" in directory.name:  # a checkpoint (not final/, nor the prepared dataset)
-            seen.setdefault(mode["now"], []).append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    store.SAVE_HOOKS.append(priority)
-    try:
-        for name, ckpt in (("async", {"async": True}), ("async, nice 3", {"async": True, "writer_nice": 3}),
-                           ("sync", {"async": False})):
-            mode["now"] = name
-            cfg = tiny_config(training={"max_steps": 2, "warmup_steps": 1},
-                              checkpoint={"every_steps": 1, **ckpt}, evaluation={"every_steps": None})
-            Trainer(cfg, tmp_path / name.replace(", ", "-").replace(" ", ""), log=quiet).fit()
-    finally:
-        store.SAVE_HOOKS.remove(priority)
-    assert seen["async"] == [min(19, main + 10)] * 2, seen
-    assert seen["async, nice 3"] == [min(19, main + 3)] * 2, seen
-    assert seen["sync"] == [main] * 2, seen
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # training's own is untouched
+    g = torch.Generator().manual_seed(len(sizes))
+    chunks = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g).numpy().tobytes() for n in sizes]
+    if getattr(os, "O_DIRECT", 0):
+        probe = DirectFile.open(tmp_path / "probe")
+        assert probe is not None, "this filesystem refused O_DIRECT: the test proves nothing here"
+        probe.__exit__(None, None, None)
+    replace_durably(tmp_path / "f", lambda f: [f.write(c) for c in chunks], direct=True)
+    assert (tmp_path / "f").read_bytes() == b"".join(chunks)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "probe"] == ["f"]  # no temporary left

@@ -165,9 +165,6 @@ class CheckpointConfig(_Strict):
         "wait", description="A background save comes due while the previous one is still being written: wait "
         "for it (every asked-for checkpoint exists), or skip this one (training never waits; the end and a "
         "stop always save). Logged either way.")
-    writer_nice: int = Field(10, ge=0, le=19, description="Linux: how much lower the background writer's CPU "
-                             "priority is than training's (its nice increment; 0 = the same), so that copying, "
-                             "writing and hashing a save take the cores training leaves idle.")
 
 
 class LoggingConfig(_Strict):

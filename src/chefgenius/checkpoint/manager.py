@@ -7,7 +7,6 @@ through one :class:`Checkpoint` handle, opened once per run after the checkpoint
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import sys
 import threading
@@ -322,8 +321,7 @@ class CheckpointManager:
             return hash_files(tmp, files_of_rank(tmp, self.rank)), time.perf_counter() - started
 
         if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint",
-                                              initializer=lower_thread_priority, initargs=(self.cfg.writer_nice,))
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint")
         self._pending = _PendingSave(step, self._writer.submit(write_piece if group else commit_alone), abandon, tmp,
                                      blocked_s=time.perf_counter() - t0)
 
@@ -540,10 +538,3 @@ def export_directory(out: Path, write: Callable[[Path], None], *, force: bool) -
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-
-def lower_thread_priority(increment: int) -> None:
-    """Raise the calling thread's nice value by ``increment`` (Linux, where each thread has its own;
-    the threads it starts inherit it). Elsewhere the writer keeps training's priority."""
-    if increment and sys.platform.startswith("linux"):
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))

@@ -5,7 +5,8 @@ read every file again. This writer produces the same bytes as ``save_file`` (sam
 tensor order, same padding: tested byte for byte), feeds each block to the manifest's digest as it
 goes to the file, and fsyncs the file before returning, so the commit neither re-reads nor
 re-syncs it. The file is written beside its name and renamed into place, so tensors mapped from
-an older file of that name stay valid. Tensors are written from their own memory (no serialised copy of the state).
+an older file of that name stay valid. Tensors are written from their own memory (no serialised copy
+of the state), past the page cache where the filesystem allows (``O_DIRECT``: :class:`fileio.DirectFile`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
 
     # Beside and renamed over the target: tensors loaded from the file being replaced may be
     # memory-mapped views of it (safetensors maps), and truncating it under them would crash the reader.
-    replace_durably(Path(path), write)
+    replace_durably(Path(path), write, direct=True)
     entry = {"size": 8 + len(head) + offset, DIGEST: digest.hexdigest()}
     remember_digest(Path(path), entry)
     return entry
