@@ -169,3 +169,29 @@ def test_direct_writes_hold_exactly_the_bytes_written(tmp_path, sizes):
     replace_durably(tmp_path / "f", lambda f: [f.write(c) for c in chunks], direct=True)
     assert (tmp_path / "f").read_bytes() == b"".join(chunks)
     assert [p.name for p in tmp_path.iterdir() if p.name != "probe"] == ["f"]  # no temporary left
+
+
+def test_a_direct_write_the_filesystem_refuses_goes_on_buffered(tmp_path, monkeypatch):
+    """EINVAL from an O_DIRECT write (a filesystem that accepted the flag at open only): the file is
+    still written whole, buffered, instead of the save failing."""
+    import errno
+    import os
+
+    from chefgenius import fileio
+
+    if not getattr(os, "O_DIRECT", 0):
+        pytest.skip("no O_DIRECT on this platform")
+    real_write, refused = os.write, []
+
+    def write(fd, data):  # noqa: ANN001, ANN202
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(fileio.os, "write", write)
+    data = bytes(range(256)) * 40_000
+    fileio.replace_durably(tmp_path / "f", lambda f: f.write(data), direct=True)
+    assert refused and (tmp_path / "f").read_bytes() == data

@@ -99,10 +99,23 @@ class DirectFile:
         try:
             written = 0
             while written < length:
-                written += os.write(self._fd, view[written:])
+                try:
+                    written += os.write(self._fd, view[written:])
+                except OSError as err:
+                    if err.errno != errno.EINVAL or not self._direct():
+                        raise
+                    # the filesystem took O_DIRECT at open but not for this write: go on buffered
+                    import fcntl
+
+                    fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         finally:
             view.release()
         self._used = 0
+
+    def _direct(self) -> bool:
+        import fcntl
+
+        return bool(fcntl.fcntl(self._fd, fcntl.F_GETFL) & os.O_DIRECT)
 
     def finish(self) -> None:
         if self._used:
