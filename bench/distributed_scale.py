@@ -100,8 +100,8 @@ def main() -> None:
             work = Path(tmp) / f"r{rep}"
             work.mkdir()
             for i, (name, nproc, cfg) in order:
-                run = run_hf_ddp if name == HF else (lambda n, c, w, e, p=nproc: run_one(n, p, c, w, e))
-                results[name].append(run(f"c{i}", cfg, work, env))
+                results[name].append(run_hf_ddp(f"c{i}", cfg, work, env) if name == HF
+                                     else run_one(f"c{i}", nproc, cfg, work, env))
                 print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
     base = statistics.median(results[contenders[0][0]])
     ordered = statistics.median(results["2 processes DDP, ordered sum"])

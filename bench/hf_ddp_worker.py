@@ -19,13 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import fresh_model, prepared, target_tokens  # noqa: E402
+from throughput import counting_collator, fresh_model, hf_arguments, prepared  # noqa: E402
 
 
 def main() -> None:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    from chefgenius.data.loader import collate
+    from transformers import Trainer, TrainerCallback
 
     cfg_raw, out = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
     torch.set_num_threads(cfg_raw["training"]["num_threads"])
@@ -33,13 +31,7 @@ def main() -> None:
     tok, tc = data.tokenizer(), cfg.training
     rows = [{"input_ids": x.tolist(), "labels": y.tolist()} for x, y in map(data.train.example, range(len(data.train)))]
     counted = {"tokens": 0, "last": 0}
-
-    def collator(features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate([(torch.tensor(f["input_ids"]), torch.tensor(f["labels"])) for f in features],
-                        tok.pad_token_id)
-        counted["last"] = target_tokens(batch["labels"], False)
-        counted["tokens"] += counted["last"]
-        return batch
+    collator = counting_collator(tok, False, counted)
 
     marks: list[tuple[int, tuple[float, int]]] = []
 
@@ -49,15 +41,10 @@ def main() -> None:
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
             if state.global_step % 10 == 0:
-                # the collator runs one batch ahead of the step: count what the finished steps used
+                # the loader fetches one batch ahead of the step: count what the finished steps used
                 marks.append((state.global_step, (time.perf_counter(), counted["tokens"] - counted["last"])))
 
-    args = TrainingArguments(
-        output_dir=str(out / "hf"), per_device_train_batch_size=tc.batch_size, max_steps=tc.max_steps,
-        learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
-        lr_scheduler_type="cosine", max_grad_norm=tc.max_grad_norm, logging_steps=100_000, save_strategy="no",
-        eval_strategy="no", report_to="none", seed=tc.seed, data_seed=tc.seed, dataloader_num_workers=0,
-        use_cpu=True, ddp_backend="gloo", remove_unused_columns=False, disable_tqdm=True)
+    args = hf_arguments(tc, out / "hf", use_cpu=True, ddp_backend="gloo")
     Trainer(model=fresh_model(cfg, tok), args=args, train_dataset=rows, data_collator=collator,
             callbacks=[Marks()]).train()
     rank = int(os.environ.get("RANK", "0"))

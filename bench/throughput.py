@@ -142,24 +142,44 @@ def chefgenius_batches(cfg, data) -> list[list[int]]:
     return [list(sampler.next_step()[0]) for _ in range(tc.max_steps)]
 
 
+def counting_collator(tok, seq2seq: bool, counted: dict[str, int]):  # noqa: ANN001, ANN201
+    """The Trainer's collator: chefgenius's padding, counting target tokens into ``counted`` ("last": the
+    batch just collated, which the Trainer's loader fetches one step ahead)."""
+    from chefgenius.data.loader import collate
+
+    def collator(features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate([(torch.tensor(f["input_ids"]), torch.tensor(f["labels"])) for f in features],
+                        tok.pad_token_id)
+        counted["last"] = target_tokens(batch["labels"], seq2seq)
+        counted["tokens"] += counted["last"]
+        return batch
+
+    return collator
+
+
+def hf_arguments(tc, output_dir: Path, **extra):  # noqa: ANN001, ANN201
+    """TrainingArguments with chefgenius's hyper-parameters, no saving, evaluation, logging or reporting."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=tc.batch_size, max_steps=tc.max_steps,
+        learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
+        lr_scheduler_type="cosine", max_grad_norm=tc.max_grad_norm, logging_steps=100_000, save_strategy="no",
+        eval_strategy="no", report_to="none", seed=tc.seed, data_seed=tc.seed, dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=True, **extra)
+
+
 def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool = False) -> float:
     """``same_batches``: the Trainer's data loader is handed chefgenius's exact batches (sampler overridden)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    from chefgenius.data.loader import collate
+    from transformers import Trainer, TrainerCallback
 
     cfg, data = prepared(cfg_raw)
     tok = data.tokenizer()
     tc = cfg.training
     rows = [{"input_ids": x.tolist(), "labels": y.tolist()} for x, y in map(data.train.example,
                                                                            range(len(data.train)))]
-    counted = {"tokens": 0}
-
-    def collator(features: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate([(torch.tensor(f["input_ids"]), torch.tensor(f["labels"])) for f in features],
-                        tok.pad_token_id)
-        counted["tokens"] += target_tokens(batch["labels"], cfg.model.from_scratch == "t5")
-        return batch
+    counted = {"tokens": 0, "last": 0}
+    collator = counting_collator(tok, cfg.model.from_scratch == "t5", counted)
 
     marks: dict[int, tuple[float, int]] = {}
 
@@ -168,13 +188,8 @@ def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool 
             if state.global_step in (WARM, tc.max_steps):
                 marks[state.global_step] = (mark(), counted["tokens"])
 
-    args = TrainingArguments(
-        output_dir=str(work / "hf"), per_device_train_batch_size=tc.batch_size, max_steps=tc.max_steps,
-        learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
-        lr_scheduler_type="cosine", max_grad_norm=tc.max_grad_norm, logging_steps=100_000, save_strategy="no",
-        eval_strategy="no", report_to="none", seed=tc.seed, data_seed=tc.seed, dataloader_num_workers=0,
-        use_cpu=DEVICE == "cpu", remove_unused_columns=False, disable_tqdm=True,
-        train_sampling_strategy="group_by_length" if group_by_length else "random")
+    args = hf_arguments(tc, work / "hf", use_cpu=DEVICE == "cpu",
+                        train_sampling_strategy="group_by_length" if group_by_length else "random")
     batches = chefgenius_batches(cfg, data) if same_batches else None
 
     class SameBatches(Trainer):
