@@ -169,3 +169,16 @@ def test_a_sentence_cannot_repeat_itself_within(tok):
     assert _verdicts(tok, steps + "Add the", [" the", " rice"]) == {" the": True, " rice": False}
     # the next sentence starts afresh
     assert _verdicts(tok, steps + "Add rice and cook rice.", [" Cook"]) == {" Cook": False}
+    # a food word right after itself ends no phrase ("rice, rice." "rice to rice and"), it may name
+    # another thing ("tomatoes, tomato sauce")
+    assert _verdicts(tok, steps + "Cook rice, rice", [".", " and", ","]) == {".": True, " and": True, ",": True}
+    assert _verdicts(tok, steps + "Add rice to rice", [" and", "."]) == {" and": True, ".": True}
+    assert _verdicts(tok, steps + "Add onion, rice", [" and", "."]) == {" and": False, ".": False}
+
+
+def test_no_third_sentence_opens_with_the_same_two_content_words(tok):
+    steps = "Ingredients:\n- 1 cup rice\n- 1 onion\nDirections:\n1. Add rice and onion.\n2. Add the rice to it.\n3."
+    assert _verdicts(tok, steps + " Add", [" rice", " onion"]) == {" rice": True, " onion": False}
+    assert _verdicts(tok, steps + " Add the", [" rice", " onion"]) == {" rice": True, " onion": False}
+    once = "Ingredients:\n- 1 cup rice\n- 1 onion\nDirections:\n1. Add rice and onion.\n2."
+    assert _verdicts(tok, once + " Add", [" rice"]) == {" rice": False}

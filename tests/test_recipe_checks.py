@@ -50,6 +50,10 @@ def test_repeated_ingredients_are_found_in_any_quantity_and_number():
     (["Boil water.", "Add rice. 2. Add rice."], "step 2 restarts numbering at 2"),
     (["Boil.", "Stir.", "9. 9. 9. 9."], "step 3 restarts numbering at 9"),
     (["Boil.", "rice and rice and rice and rice and rice."], "step 2 is mostly 'rice'"),
+    (["Cook rice, onion and salt.", "Add rice, rice."], "step 2 says 'rice' twice in a row"),
+    (["Add rice to rice and stir."], "step 1 says 'rice' twice in a row"),
+    (["Add rice and onion.", "Add the rice to the pan.", "Boil.", "Add rice, then serve."],
+     "3 sentences open with 'add rice'"),
 ])
 def test_looping_directions_are_named(steps, reason):
     assert any(r.startswith(reason) for r in direction_loops(steps)), direction_loops(steps)
@@ -60,6 +64,9 @@ def test_real_step_numbers_temperatures_and_short_repeats_are_not_loops():
     assert direction_loops(["Preheat oven to 350 degrees.", "Bake for 10 to 12 minutes.", "Serve warm."]) == []
     assert direction_loops(["Mix.", "Mix."]) == []  # one-word sentences are not judged
     assert direction_loops(["Boil.", "Add rice and cook until done.\n3."]) == []  # cut off at the next step
+    # two things of one food word, and an opening said twice, are not loops
+    assert direction_loops(["Stir in tomatoes, tomato sauce and water.", "Cream the cream cheese; add milk.",
+                            "Add rice and onion.", "Add rice to the pan."]) == []
 
 
 def test_title_fit_and_extra_items():

@@ -10,15 +10,17 @@ a candidate is forbidden (its score set to -inf) when it would
   does it in most); nor end a line that names nothing ("- 4 cups cooked");
 - **repeat a sentence of the directions**: end a sentence equal to an earlier one, copy the first
   four words of an earlier sentence, or open a third sentence with the same three words ("Add rice
-  and onion. ... Add rice and cubes. ... Add rice and" no more);
+  and onion. ... Add rice and cubes. ... Add rice and" no more) or the same two content words ("Add
+  rice. ... Add the rice to ... Add rice" no more);
 - **break the step numbering**: a number opening a sentence in the directions must be the next step's,
   and a new line of the directions starts with it ("8. " and nothing else: not "8 of rice");
 - **end a step unfinished**: a step ends (new line or end of text) only after a sentence of its own
   has ended ("8." alone or "Add rice and" then a new line is not a step);
 - **make a step mostly one word**: a word that would be more than half of the step's words;
 - **repeat itself within a sentence**: a pair of content words twice in one sentence ("soup mix and
-  soup mix"), a food word a third time ("cocoa, cocoa, margarine, cocoa") or any word of three letters
-  or more right after itself ("chopped chopped", in the list too);
+  soup mix"), a food word a third time ("cocoa, cocoa, margarine, cocoa"), a food word right after
+  itself across punctuation or small words ("Add rice, rice." "rice to rice": recipe_checks.food_twice_in_a_row)
+  or any word of three letters or more right after itself ("chopped chopped", in the list too);
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
   none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known;
 - **cook with what was never listed**: a food word in the directions that no ingredient line names
@@ -44,7 +46,15 @@ import torch
 
 from .coverage import normal_word
 from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, TITLE_LABEL, _split_numbered, ingredient_name
-from .recipe_checks import _DISH_WORDS, _FILLER, FOOD_WORDS, food_words, ingredient_key
+from .recipe_checks import (
+    _DISH_WORDS,
+    _FILLER,
+    FOOD_WORDS,
+    food_twice_in_a_row,
+    food_words,
+    ingredient_key,
+    sentence_opening,
+)
 
 CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the first allowed one)
 MAX_INGREDIENTS = 20  # lines of the list before the directions must begin
@@ -288,6 +298,7 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
     sentences = [s for step in steps[:-1] for s in re.split(r"[.!?]", step)] + re.split(r"[.!?]", last)[:-1]
     earlier = {" ".join(_words(s)) for s in sentences if len(_words(s)) >= 2}
     openings = Counter(tuple(_words(s)[:3]) for s in sentences if len(_words(s)) >= 3)
+    openings2 = Counter(sentence_opening(s) for s in sentences if len(sentence_opening(s)) == 2)
     sentence = "" if re.search(r"[.!?]\s*$", last) else re.split(r"[.!?]", last)[-1]
     number = _TRAILING_NUMBER.search(block)
     was_mostly_one = _mostly_one_word(_content_words(last))
@@ -312,6 +323,8 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
 
     before = _content_words(sentence)
     pairs_before, foods_before = Counter(zip(before, before[1:])), _food_counts(before)
+    twice_before = len(food_twice_in_a_row(sentence, ended=False))
+    opening_before = sentence_opening(sentence)
 
     def repeats_within_the_sentence(piece: str) -> bool:
         """A pair of content words twice in one sentence ("soup mix and soup mix"), a food word three
@@ -322,6 +335,8 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
         after = _content_words(sentence + head)
         pairs = Counter(zip(after, after[1:]))
         if any(n > 1 and n > pairs_before[p] for p, n in pairs.items()):
+            return True
+        if len(food_twice_in_a_row(sentence + head, ended=bool(re.search(r"[.!?\n]", piece)))) > twice_before:
             return True
         return any(n > 2 and n > foods_before[w] for w, n in _food_counts(after).items())
 
@@ -346,6 +361,9 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
         opening = tuple(_words(sentence + piece)[:3])
         if len(opening) == 3 and len(_words(sentence)) <= 3 and openings[opening] >= 2:
             return True  # a third sentence opening like two before it ("Add rice and ...")
+        opens = sentence_opening(sentence + re.split(r"[.!?]", piece)[0])
+        if len(opens) == 2 and opens != opening_before and openings2[opens] >= 2:
+            return True  # "Add rice. ... Add the rice ... Add rice"
         return not was_mostly_one and _mostly_one_word(_content_words(last + piece))
 
     return breaks

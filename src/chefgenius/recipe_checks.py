@@ -55,6 +55,7 @@ _WORD = re.compile(r"[a-z]+")
 _SENTENCE = re.compile(r"[^.!?]+")
 _STEP_NUMBER = re.compile(r"(?:^|[.!?]\s+)(\d{1,2})\.(?=\s|$)")
 _FILLER = frozenset("a an and the of in to with or on until for at into".split())
+_TOKEN = re.compile(r"[a-z]+|[,;:()]")
 
 
 def _words(text: str) -> list[str]:
@@ -99,18 +100,44 @@ def _sentence_loop(sentence: str) -> str | None:
     return foods[0][0] if foods and foods[0][1] >= 4 else None
 
 
+def food_twice_in_a_row(sentence: str, *, ended: bool = True) -> list[str]:
+    """Food words written right after themselves, only punctuation or small words between ("rice, rice",
+    "rice to rice"), where the second ends a phrase: "tomatoes, tomato sauce" and "cream the cream
+    cheese" name two things. ``ended``: the sentence is finished (its end closes the phrase)."""
+    tokens = _TOKEN.findall(sentence.lower()) + (["."] if ended else [])
+    out, previous = [], None
+    for k, token in enumerate(tokens):
+        if not token[0].isalpha() or token in _FILLER:
+            continue
+        word = normal_word(token)
+        closes = k + 1 < len(tokens) and (not tokens[k + 1][0].isalpha() or tokens[k + 1] in _FILLER)
+        if word == previous and word in FOOD_WORDS and closes:
+            out.append(word)
+        previous = word
+    return out
+
+
+def sentence_opening(sentence: str) -> tuple[str, ...]:
+    """The first two content words of a sentence (fewer if it has fewer)."""
+    return tuple(w for w in _WORD.findall(sentence.lower()) if w not in _FILLER)[:2]
+
+
 def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
     """Why the steps loop, one reason per problem found (empty: they do not)."""
     reasons = []
     sentences: Counter[str] = Counter()
+    openings: Counter[tuple[str, ...]] = Counter()
     for i, step in enumerate(directions, 1):
         for sentence in _SENTENCE.findall(step):
             words = _WORD.findall(sentence.lower())
             if len(words) >= 2:
                 sentences[" ".join(words)] += 1
+            if len(sentence_opening(sentence)) == 2:
+                openings[sentence_opening(sentence)] += 1
             looped = _sentence_loop(sentence)
             if looped:
                 reasons.append(f"step {i} says {looped!r} over and over")
+            reasons += [f"step {i} says {w!r} twice in a row" for w in food_twice_in_a_row(sentence)]
         # A bare number opening a sentence inside a step: the parser split at the next step number,
         # so what is left is numbering gone round ("8. rice. 8. rice.", "9. 9. 9.").
         if i == len(directions):  # a text cut at its token budget may end on the next step's bare number
@@ -124,6 +151,7 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
             if count * 2 > len(words):
                 reasons.append(f"step {i} is mostly {word!r}")
     reasons += [f"repeats {s!r}" for s, n in sentences.items() if n > 1]
+    reasons += [f"{n} sentences open with {' '.join(o)!r}" for o, n in openings.items() if n > 2]
     return reasons
 
 
