@@ -156,6 +156,30 @@ def test_group_by_length_reduces_padding():
     assert grouped < plain / 3
 
 
+def _grouped_by_loops(order, lengths, width, rng):
+    """The grouping as first written (a loop over windows and batches): the vectorised one must equal it,
+    or every run that resumes across the change would see another batch order."""
+    import numpy as np
+
+    chunks = [order[s:s + width * 50][np.argsort(-lengths[order[s:s + width * 50]], kind="stable")]
+              for s in range(0, len(order), width * 50)]
+    grouped = np.concatenate(chunks)
+    batches = [grouped[i:i + width] for i in range(0, len(grouped), width)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
+@pytest.mark.parametrize(("n", "width", "top"), [(50, 3, 5), (997, 8, 300), (20_011, 16, 1000), (7, 4, 2)])
+def test_grouped_order_is_the_one_the_loop_gave(n, width, top):
+    import numpy as np
+
+    lengths = np.random.default_rng(n).integers(1, top, n)
+    s = ResumableSampler([int(x) for x in lengths], batch_size=width, grad_accum=2, seed=3, group_by_length=True)
+    for epoch in (0, 1):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([3, epoch])))
+        expected = _grouped_by_loops(rng.permutation(n), lengths, width, rng)
+        assert np.array_equal(s.epoch_order(epoch), expected)
+
+
 def test_real_recipenlg_sample_loads():
     path = SHARED_DATA / "recipenlg-sample-1k.csv"
     if not path.exists():

@@ -134,17 +134,19 @@ class ResumableSampler:
 
     def _group(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # Sort within windows of 50 batches, then shuffle whole batches: less padding, still random.
+        # Vectorised (2.2M samples: 1.3 s as a loop over windows and batches, the start-up of a big corpus).
         width = self.group_width
-        window = width * 50
-        lengths = self.lengths
-        chunks = []
-        for start in range(0, len(order), window):
-            part = order[start:start + window]
-            chunks.append(part[np.argsort(-lengths[part], kind="stable")])
-        grouped = np.concatenate(chunks)
-        batches = [grouped[i:i + width] for i in range(0, len(grouped), width)]
-        perm = rng.permutation(len(batches))
-        return np.concatenate([batches[i] for i in perm])
+        lengths = self.lengths[order].astype(np.int64)
+        window = np.arange(len(order), dtype=np.int64) // (width * 50)
+        longest = int(lengths.max(initial=0)) + 1
+        # one stable sort: by window, longest first within it, ties in the order's order
+        grouped = order[np.argsort(window * longest + (longest - 1 - lengths), kind="stable")]
+        n_batches = -(-len(grouped) // width)
+        perm = rng.permutation(n_batches)
+        starts = perm * width
+        sizes = np.minimum(width, len(grouped) - starts)
+        offsets = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return grouped[np.repeat(starts, sizes) + offsets]
 
     def next_step(self) -> list[list[int]]:
         """Micro-batches (this rank's indices) of the next optimizer step; advances the state.
