@@ -22,6 +22,7 @@ FULL = [
     ["checkpoint_save.py", "--preset", "large", "--repeats", "5"],
     ["async_checkpoint.py", "--preset", "large", "--steps", "24", "--every", "4", "--batch-size", "1",
      "--repeats", "2"],
+    ["io_interference.py", "--gib", "2", "--repeats", "3"],
     ["optimizer_step.py", "--steps", "20", "--repeats", "3"],
     ["padding.py"],
     ["startup.py", "--repeats", "3"],
@@ -31,6 +32,7 @@ QUICK = [
     ["throughput.py", "--quick"],
     ["checkpoint_save.py", "--quick"],
     ["async_checkpoint.py", "--preset", "tiny", "--steps", "8", "--every", "2", "--repeats", "1"],
+    ["io_interference.py", "--gib", "0.25", "--repeats", "1"],
     ["optimizer_step.py", "--steps", "2", "--repeats", "1"],
     ["padding.py"],
 ]
