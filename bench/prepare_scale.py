@@ -4,7 +4,9 @@
     python bench/prepare_scale.py --big /tmp/big/recipenlg-2.2m.csv --workdir /tmp/bench-scale
 
 Writes bench/results/prepare_scale.{md,json}. Every figure is measured in this run, on this
-machine; the contenders of a comparison run one after the other, never at the same time.
+machine; the contenders of a comparison run one after the other, never at the same time, in a
+shuffled order; ``--skip-prepare`` reuses the store in the workdir and reports no preparation figures
+(``bench/prepare_speed.py`` measures preparation side by side with the `datasets` path).
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import argparse
 import csv
 import json
 import os
-import platform
+import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
-from common import results_dir
+from common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,14 +64,16 @@ def config(data_path: str | None, max_steps: int) -> dict:
 def first_step_seconds(cfg_path: Path, run: Path, env: dict[str, str], after: int, extra: list[str]) -> float:
     """Process start to the first logged optimizer step after ``after`` (a killed run is fine)."""
     metrics = run / "metrics.jsonl"
+    from chefgenius.tracking import read_jsonl, truncate_after
+
+    truncate_after(metrics, after)  # what a resume does first: an earlier resume's steps are not this one's
     cmd = [sys.executable, "-m", "chefgenius.cli", "train", "-c", str(cfg_path), "-o", str(run), "--no-sample", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while proc.poll() is None:
             if metrics.is_file():
-                for line in metrics.read_text().splitlines():
-                    entry = json.loads(line) if line.strip() else {}
+                for entry in read_jsonl(metrics):  # whole lines only
                     if entry.get("step", 0) > after and "loss" in entry:
                         return time.perf_counter() - t0
             time.sleep(0.005)
@@ -107,60 +112,73 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", type=Path, required=True)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench-scale"))
-    ap.add_argument("--skip-prepare", action="store_true", help="reuse the prepared dataset in the workdir cache")
+    ap.add_argument("--skip-prepare", action="store_true",
+                    help="reuse the prepared dataset in the workdir cache (no preparation figures then)")
+    ap.add_argument("--repeats", type=int, default=3, help="start-up measurements per corpus, shuffled order")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     work = args.workdir
     if not args.skip_prepare:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CHEFGENIUS_CACHE": str(work / "cache")}
-    results: dict[str, object] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                                  "python": sys.version.split()[0]}
+    results: dict[str, object] = {"command": " ".join(["python", "bench/prepare_scale.py", *sys.argv[1:]])}
 
     results["plain_read_s"], rows = plain_read(args.big)
     results["rows"] = rows
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.skip_prepare:  # keep the preparation figures measured by an earlier full run
-        earlier = json.loads((out / "prepare_scale.json").read_text())
-        results.update({k: v for k, v in earlier.items() if k.startswith(("prepare_", "bytes_per"))})
-    else:
+    if not args.skip_prepare:
         prep = timed([sys.executable, "-m", "chefgenius.cli", "data", "prepare", str(args.big)], env)
         results["prepare_wall_s"], results["prepare_peak_rss_gb"] = prep["wall_s"], prep["peak_rss_gb"]
         results["prepare_summary"] = prep["stdout"].strip().splitlines()[-1]
         results["bytes_per_token"] = float(re.search(r"\(([\d.]+) bytes/token\)", prep["stdout"]).group(1))
-        (out / "prepare_scale.json").write_text(json.dumps(results, indent=1))
     again = timed([sys.executable, "-m", "chefgenius.cli", "data", "prepare", str(args.big)], env)
     results["prepare_again_wall_s"] = again["wall_s"]  # key matches: the store is re-verified and reused
 
-    starts: dict[str, dict[str, float]] = {}
-    for name, data in (("bundled", None), ("big", str(args.big.resolve()))):
-        cfg_path = work / f"{name}.yaml"
-        cfg_path.write_text(yaml.safe_dump(config(data, 2_000_000)))
-        run = work / f"run-{name}"
-        shutil.rmtree(run, ignore_errors=True)
-        first_step_seconds(cfg_path, run, env, 0, [])  # warms the prepared dataset and the page cache
-        shutil.rmtree(run)
-        fresh = first_step_seconds(cfg_path, run, env, 0, [])
-        # a short real run with a checkpoint, then resumes from it at late steps
+    corpora = {"bundled": None, "big": str(args.big.resolve())}
+    resume_extra = ["--allow-change", "training.max_steps", "--allow-change", "training.warmup_steps"]
+    for name, data in corpora.items():  # a short real run with a checkpoint, moved to step 1,000,000
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(config(data, 2_000_000)))
         short = work / f"short-{name}.yaml"
         short.write_text(yaml.safe_dump({**config(data, 3), "checkpoint": {"every_steps": 3, "keep_last": 1}}))
-        shutil.rmtree(run)
-        subprocess.run([sys.executable, "-m", "chefgenius.cli", "train", "-c", str(short), "-o", str(run),
+        resumed = work / f"resume-{name}"
+        shutil.rmtree(resumed, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "chefgenius.cli", "train", "-c", str(short), "-o", str(resumed),
                         "--no-sample"], env=env, check=True, capture_output=True)
-        shutil.rmtree(run / "final")
-        move_checkpoint_to(run, 1_000_000, 40)
-        resume = first_step_seconds(cfg_path, run, env, 1_000_000,
-                                    ["--allow-change", "training.max_steps", "--allow-change", "training.warmup_steps"])
-        rss = timed([sys.executable, "-m", "chefgenius.cli", "train", "-c", str(short), "-o", str(work / f"rss-{name}"),
-                     "--no-sample"], env)
-        starts[name] = {"fresh_first_step_s": fresh, "resume_1e6_first_step_s": resume,
-                        "train_peak_rss_gb": rss["peak_rss_gb"]}
+        shutil.rmtree(resumed / "final")
+        move_checkpoint_to(resumed, 1_000_000, 40)
+        first_step_seconds(work / f"{name}.yaml", work / f"warm-{name}", env, 0, [])  # page cache, once
+    samples: dict[str, dict[str, list[float]]] = {n: {"fresh": [], "resume": []} for n in corpora}
+    rng = random.Random(args.seed)
+    for _ in range(args.repeats):
+        plan = [(n, kind) for n in corpora for kind in ("fresh", "resume")]
+        rng.shuffle(plan)
+        for name, kind in plan:
+            cfg_path = work / f"{name}.yaml"
+            if kind == "fresh":
+                run = work / f"run-{name}"
+                shutil.rmtree(run, ignore_errors=True)
+                samples[name]["fresh"].append(first_step_seconds(cfg_path, run, env, 0, []))
+            else:  # a resume leaves the checkpoint as it was (killed before its next save)
+                samples[name]["resume"].append(first_step_seconds(cfg_path, work / f"resume-{name}", env,
+                                                                  1_000_000, resume_extra))
+    starts: dict[str, dict[str, object]] = {}
+    for name in corpora:
+        shutil.rmtree(work / f"rss-{name}", ignore_errors=True)  # a finished run there would exit at once
+        rss = timed([sys.executable, "-m", "chefgenius.cli", "train", "-c", str(work / f"short-{name}.yaml"),
+                     "-o", str(work / f"rss-{name}"), "--no-sample"], env)
+        shutil.rmtree(work / f"rss-{name}", ignore_errors=True)
+        starts[name] = {"fresh_first_step_s": statistics.median(samples[name]["fresh"]),
+                        "resume_1e6_first_step_s": statistics.median(samples[name]["resume"]),
+                        "samples": samples[name], "train_peak_rss_gb": rss["peak_rss_gb"]}
     results["starts"] = starts
-    (out / "prepare_scale.json").write_text(json.dumps(results, indent=1))
     b, s = starts["big"], starts["bundled"]
+
+    def each(name: str, kind: str) -> str:
+        return ", ".join(f"{v:.2f}" for v in samples[name][kind])
+
     lines = [f"# Full-scale data ({rows:,} RecipeNLG-shaped rows)", "",
-             f"Machine: {results['machine']}; command: `python bench/prepare_scale.py --big {args.big}`", "",
+             f"`{results['command']}`; start-up figures are medians of {args.repeats} (each sample in brackets), "
+             "big and bundled corpus in a shuffled order per repeat.", "",
              "| measurement | value | target |", "|---|---|---|",
              f"| plain single-process read (csv + json.loads of 3 columns) | {results['plain_read_s']:.1f} s | floor |"]
     if "prepare_wall_s" in results:
@@ -169,16 +187,16 @@ def main() -> int:
                   f"| `data prepare` peak RSS | {results['prepare_peak_rss_gb']:.2f} GB | <= 2 GB |",
                   f"| prepared size | {results['bytes_per_token']:.2f} bytes/token | <= 2.2 |"]
     lines += [f"| `data prepare` again (key matches, store verified) | {results['prepare_again_wall_s']:.1f} s | |",
-              f"| start -> first step, fresh: big / bundled | {b['fresh_first_step_s']:.2f} s / "
-              f"{s['fresh_first_step_s']:.2f} s (+{b['fresh_first_step_s'] - s['fresh_first_step_s']:.2f} s) "
-              "| +<= 1.5 s |",
+              f"| start -> first step, fresh: big / bundled | {b['fresh_first_step_s']:.2f} s ({each('big', 'fresh')})"
+              f" / {s['fresh_first_step_s']:.2f} s ({each('bundled', 'fresh')}): "
+              f"+{b['fresh_first_step_s'] - s['fresh_first_step_s']:.2f} s | +<= 1.5 s |",
               f"| start -> first step, resume at step 1,000,000 mid-epoch: big / bundled | "
-              f"{b['resume_1e6_first_step_s']:.2f} s / {s['resume_1e6_first_step_s']:.2f} s "
-              f"(+{b['resume_1e6_first_step_s'] - s['resume_1e6_first_step_s']:.2f} s) | +<= 1.5 s |",
+              f"{b['resume_1e6_first_step_s']:.2f} s ({each('big', 'resume')}) / {s['resume_1e6_first_step_s']:.2f} s"
+              f" ({each('bundled', 'resume')}): +{b['resume_1e6_first_step_s'] - s['resume_1e6_first_step_s']:.2f} s"
+              " | +<= 1.5 s |",
               f"| training peak RSS: big / bundled | {b['train_peak_rss_gb']:.2f} GB / {s['train_peak_rss_gb']:.2f} GB "
               f"(+{b['train_peak_rss_gb'] - s['train_peak_rss_gb']:.2f} GB) | +<= 1.3 GB |"]
-    (out / "prepare_scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result("prepare_scale", lines, results)
     return 0
 
 

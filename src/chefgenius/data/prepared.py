@@ -199,46 +199,6 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _source_stat(cfg: DataConfig) -> list[int] | None:
-    path = Path(cfg.path) if cfg.path else bundled_corpus_path()
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino] if path.is_file() else None
-
-
-def _hint_path(root: Path, cfg: DataConfig, data_fields: dict[str, Any], is_seq2seq: bool, tokenizer: Any) -> Path:
-    """Where the name of the store this source gave last time is kept (keyed by everything but its bytes)."""
-    source = str(Path(cfg.path).resolve()) if cfg.path else "bundled"
-    tok = tokenizer if tokenizer is None or isinstance(tokenizer, int) else tokenizer_digest(tokenizer)
-    return root / "hints" / _key("hint", source, data_fields, is_seq2seq, tok, TOKENIZER_SAMPLE)
-
-
-def _read_hint(hint: Path, cfg: DataConfig) -> str | None:
-    """The store named by the hint, when the source file has the size, mtime and inode it had then."""
-    try:
-        doc = json.loads(hint.read_text())
-    except (OSError, ValueError):
-        return None
-    stat = _source_stat(cfg)
-    store = doc.get("store") if isinstance(doc, dict) else None
-    ok = stat is not None and doc.get("stat") == stat and isinstance(store, str) and store.isalnum()
-    return store if ok else None
-
-
-def _write_hint(hint: Path, cfg: DataConfig, store: str, log: Callable[[str], None]) -> None:
-    stat = _source_stat(cfg)
-    if stat is None or _read_hint(hint, cfg) == store:
-        return
-    try:
-        hint.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(hint, json.dumps({"stat": stat, "store": store}))
-    except OSError as err:  # only a speed-up is lost: the next start verifies after hashing, not alongside
-        log(f"warning: could not record which prepared dataset {hint.parent.parent} holds for this source "
-            f"({os.strerror(err.errno) if err.errno else err}); the next start will be slower, not wrong")
-
-
 def _store_problem(path: Path) -> str | None:
     """Every file's size and XXH3-128 digest against the manifest, and every token id against the
     vocabulary, at every open: a flipped bit anywhere is caught before training reads it. It runs at
@@ -284,19 +244,8 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
         raise ValueError(f"encoder must be 'auto' or 'hf', not {encoder!r}")
     t0 = time.perf_counter()
     root = cache_dir / "prepared"
+    digest = source_digest(cfg)
     data_fields = _data_key_fields(cfg)
-    hint = _hint_path(root, cfg, data_fields, is_seq2seq, vocab_size if tokenizer is None else tokenizer)
-    guess = _read_hint(hint, cfg)
-    # The store this source named last time is verified while the source is hashed (both at disk or
-    # memory speed, on two threads): the digest still decides, a guess that proves wrong is dropped.
-    with ThreadPoolExecutor(max_workers=1) as ahead:
-        early = ahead.submit(_store_problem, root / guess) if guess and (root / guess).is_dir() else None
-        digest = source_digest(cfg)
-        if early is not None:
-            try:
-                early_problem = early.result()
-            except OSError as err:  # the store went away meanwhile: judged again under the lock
-                early_problem = str(err)
     scratch_key = None
     if tokenizer is None:
         scratch_key = _key("scratch", digest, data_fields, is_seq2seq, vocab_size, TOKENIZER_SAMPLE)
@@ -309,15 +258,11 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
         if tok_digest is not None:
             path = root / _key("store", digest, data_fields, is_seq2seq, tok_digest)
             if path.is_dir():
-                # a problem seen before the lock may be another process's rebuild: look again under it
-                problem = early_problem if early is not None and path.name == guess else "unverified"
-                if problem is not None:
-                    problem = _store_problem(path)
+                problem = _store_problem(path)
                 if problem is None:
                     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                     log(f"data: prepared dataset {path.name} reused ({time.perf_counter() - t0:.2f} s to hash the "
                         f"source and verify all {size / 1e6:.0f} MB of it)")
-                    _write_hint(hint, cfg, path.name, log)
                     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
                 log(f"warning: prepared dataset {path} is damaged ({problem}); rebuilding it")
                 shutil.rmtree(path, ignore_errors=True)
@@ -332,7 +277,6 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
             index = root / "index" / scratch_key
             index.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(index, json.loads((path / "meta.json").read_text())["tokenizer_digest"])
-    _write_hint(hint, cfg, path.name, log)
     log(f"data: prepared dataset {path.name} built in {time.perf_counter() - t0:.1f} s")
     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
 
