@@ -298,7 +298,7 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
     sentences = [s for step in steps[:-1] for s in re.split(r"[.!?]", step)] + re.split(r"[.!?]", last)[:-1]
     earlier = {" ".join(_words(s)) for s in sentences if len(_words(s)) >= 2}
     openings = Counter(tuple(_words(s)[:3]) for s in sentences if len(_words(s)) >= 3)
-    openings2 = Counter(sentence_opening(s) for s in sentences if len(sentence_opening(s)) == 2)
+    openings2 = Counter(o for o in map(sentence_opening, sentences) if len(o) == 2)
     sentence = "" if re.search(r"[.!?]\s*$", last) else re.split(r"[.!?]", last)[-1]
     number = _TRAILING_NUMBER.search(block)
     was_mostly_one = _mostly_one_word(_content_words(last))

@@ -132,8 +132,9 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
             words = _WORD.findall(sentence.lower())
             if len(words) >= 2:
                 sentences[" ".join(words)] += 1
-            if len(sentence_opening(sentence)) == 2:
-                openings[sentence_opening(sentence)] += 1
+            opening = sentence_opening(sentence)
+            if len(opening) == 2:
+                openings[opening] += 1
             looped = _sentence_loop(sentence)
             if looped:
                 reasons.append(f"step {i} says {looped!r} over and over")
