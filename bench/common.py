@@ -30,14 +30,19 @@ def results_dir() -> Path:
 
 
 def commit() -> str:
-    """The measured code: HEAD, marked ``+dirty`` when the tree has uncommitted changes."""
+    """The measured code: HEAD, marked ``+dirty`` when the tree has uncommitted changes.
+
+    Benchmark outputs (``bench/results``, ``bench/RESULTS.*``) are not code: without leaving them out,
+    the first section ``python -m bench`` writes would mark every later one dirty.
+    """
     import subprocess
 
+    outputs = [":(exclude)bench/results", ":(exclude)bench/RESULTS.md", ":(exclude)bench/RESULTS.json"]
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *outputs], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+dirty" if dirty else "")

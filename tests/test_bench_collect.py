@@ -59,3 +59,22 @@ def test_sections_of_an_earlier_run_do_not_count_as_this_runs(results):
     _section(results, "throughput", "throughput.py", "abc1234", "run0")
     with pytest.raises(common.MixedResults, match="no section from throughput.py"):
         common.collect("python -m bench", "run1", ["throughput.py"])
+
+
+def test_benchmark_outputs_do_not_mark_the_code_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "throughput.md").write_text("old figures\n")
+    (tmp_path / "train.py").write_text("code\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    (tmp_path / "bench" / "results" / "throughput.md").write_text("new figures\n")  # what a section writes
+    assert not common.commit().endswith("+dirty")
+    (tmp_path / "train.py").write_text("changed code\n")
+    assert common.commit().endswith("+dirty")
