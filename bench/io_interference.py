@@ -43,14 +43,13 @@ if f is None:  # the filesystem refuses O_DIRECT: buffered, said so in the resul
             g.write(block)
         g.flush()
         os.fsync(g.fileno())
-    path.unlink()
-    raise SystemExit(3)  # the table names the row as buffered
 else:
     with f:
         for _ in range(int(float(sys.argv[2]) * 128)):
             f.write(block)
         f.finish()
 path.unlink()
+raise SystemExit(3 if f is None else 0)  # 3: the table names the row as buffered
 """
 
 
