@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import sys
@@ -33,11 +34,15 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .checkpoint import CheckpointFormatError, CheckpointWriteError, ResumeError
-        from .data.sources import DataError
-        from .generate import GenerationError
-        from .model import ModelLoadError
-        from .rundir import RunDirError
+        from .errors import (
+            CheckpointFormatError,
+            CheckpointWriteError,
+            DataError,
+            GenerationError,
+            ModelLoadError,
+            ResumeError,
+            RunDirError,
+        )
 
         try:
             return fn(*args, **kwargs)
@@ -98,8 +103,8 @@ def train(
         try:
             result = trainer.fit()
         except OSError as err:
-            from .checkpoint import CheckpointWriteError
             from .data.prepared import PrepareWriteError
+            from .errors import CheckpointWriteError
 
             if isinstance(err, (CheckpointWriteError, PrepareWriteError)):
                 raise
@@ -555,7 +560,13 @@ def ckpt_export(path: Path, out: Path,
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # Interpreter shutdown would walk every object torch and transformers made at import (about 2 s
+        # here, paid by each of torchrun's processes at every launch); frozen objects are left to the
+        # exit. Files and locks still close: modules are torn down by reference count, not by the GC.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 
 from .data.format import TITLE_LABEL, format_prompt, structure_score, title_prefix
 from .data.tokenize import encode_example
+from .errors import GenerationError  # re-exported
 from .model import max_positions
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -18,10 +19,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "beam": {"do_sample": False, "num_beams": 4, "no_repeat_ngram_size": 4, "early_stopping": True,
              "length_penalty": 1.0},
 }
-
-
-class GenerationError(ValueError):
-    """Bad generation arguments (unknown preset, empty ingredients)."""
 
 
 @dataclass

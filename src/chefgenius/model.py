@@ -29,6 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from .config import Config, ModelConfig
 from .distributed import print0
+from .errors import ModelLoadError  # re-exported
 from .rundir import BASE_MODEL_DIR
 
 hf_logging.set_verbosity_error()
@@ -55,10 +56,6 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
     },
 }
 DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "t5": ["q", "v"]}
-
-
-class ModelLoadError(ValueError):
-    """A model or tokenizer path that cannot be used (missing, not HF format, wrong kind)."""
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

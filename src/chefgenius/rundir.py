@@ -18,19 +18,12 @@ import yaml
 
 from .checkpoint.layout import is_final
 from .distributed import rank
+from .errors import RunDirError, RunLockedError  # re-exported
 from .fileio import atomic_write_text
 from .tracking import truncate_after
 
 LOCK_FILE = ".lock"
 BASE_MODEL_DIR = "base_model"
-
-
-class RunDirError(ValueError):
-    """The output directory cannot be used as asked (exit code 2)."""
-
-
-class RunLockedError(RunDirError):
-    """Another process holds the run directory."""
 
 
 class RunDirectory:

@@ -19,16 +19,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from ..errors import CheckpointFormatError  # re-exported
 from .layout import MAX_STATE_JSON_BYTES
 from .tensorfile import write_tensors
 
 FORMAT_VERSION = 1
 _T, _TUP, _ITEMS, _FLOAT = "__tensor__", "__tuple__", "__items__", "__float__"
 CopyTensor = Callable[[str, torch.Tensor], torch.Tensor]
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint file that is not ours, is damaged, or was written by an incompatible version."""
 
 
 def _on_cpu(path: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import ResumeError  # re-exported
 from .format import CheckpointFormatError, encode_state, load_state
 from .layout import RNG, rank_dir
 from .rng import capture_rng, restore_rng
@@ -21,10 +22,6 @@ from .snapshot import take_snapshot, write_rank_pieces, write_snapshot
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-class ResumeError(ValueError):
-    """A checkpoint that cannot be resumed from as-is (missing piece, mismatch); exit code 2."""
 
 
 def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],

@@ -27,6 +27,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
+from ..errors import CheckpointWriteError  # re-exported
 from ..fileio import DIGEST_HEX_LENGTHS, DIGEST_LABELS, file_digest, fsync_dir, manifest_entry
 from .format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
 from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, RANK_DIR, TMP_PREFIX, checkpoint_dir, rank_dir, step_of
@@ -43,10 +44,6 @@ SAVE_HOOKS: list[Callable[[Path], None]] = []
 def run_save_hooks(directory: Path) -> None:
     for hook in SAVE_HOOKS:
         hook(directory)
-
-
-class CheckpointWriteError(OSError):
-    """A save failed (full disk, permissions...); earlier checkpoints are untouched."""
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError  # re-exported
+
 REQUIRED_FIELDS = ("title", "ingredients", "directions")
 _SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-class DataError(ValueError):
-    """The data source itself is unusable (missing file, missing columns, nothing left)."""
 
 
 @dataclass(frozen=True)
