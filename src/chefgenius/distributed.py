@@ -224,7 +224,12 @@ def ordered_sum_hook(state, bucket):  # noqa: ANN001, ANN201
     DDP rebuilds its buckets after the first iteration, so with 3 or more ranks a tree reduction
     after a restart (first iteration, initial buckets) can round differently from the uninterrupted
     run (rebuilt buckets). Summing ``g0 + g1 + g2 ...`` element by element cannot.
+
+    With two ranks every element is one addition, and ``g0 + g1 == g1 + g0`` exactly: any all-reduce
+    gives the same bits, so the faster one is used (8% more tokens/s on 2 CPU processes, README).
     """
+    if world_size() == 2:
+        return sum_hook(state, bucket)
     buf = bucket.buffer()
     parts = [torch.empty_like(buf) for _ in range(world_size())]
     fut = _dist().all_gather(parts, buf, async_op=True).get_future()
