@@ -26,7 +26,7 @@ FULL = [
     ["optimizer_step.py", "--steps", "20", "--repeats", "3"],
     ["padding.py"],
     ["startup.py", "--repeats", "3"],
-    ["distributed_scale.py", "--steps", "60", "--repeats", "3"],
+    ["distributed_scale.py", "--steps", "60", "--repeats", "5"],
 ]
 QUICK = [
     ["throughput.py", "--quick"],
