@@ -13,6 +13,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .config import ConfigError
+from .errors import (
+    CheckpointFormatError,
+    CheckpointWriteError,
+    DataError,
+    GenerationError,
+    ModelLoadError,
+    ResumeError,
+    RunDirError,
+)
 
 COVERAGE_STRENGTH = 8.0  # strongest logit bonus tried by --coverage (measured in README "Ingredient coverage")
 
@@ -34,16 +43,6 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import (
-            CheckpointFormatError,
-            CheckpointWriteError,
-            DataError,
-            GenerationError,
-            ModelLoadError,
-            ResumeError,
-            RunDirError,
-        )
-
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, RunDirError, ResumeError, ModelLoadError, GenerationError,
@@ -104,7 +103,6 @@ def train(
             result = trainer.fit()
         except OSError as err:
             from .data.prepared import PrepareWriteError
-            from .errors import CheckpointWriteError
 
             if isinstance(err, (CheckpointWriteError, PrepareWriteError)):
                 raise
