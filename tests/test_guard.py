@@ -57,6 +57,17 @@ def test_an_earlier_ingredient_line_cannot_be_written_again_past_its_quantity(to
     assert _verdicts(tok, "Ingredients:\n- 4 cups cooked rice", ["\n"]) == {"\n": False}
 
 
+def test_a_new_line_may_open_with_an_earlier_lines_quantity_unit_and_all(tok):
+    """The unit being written ("1 c", "1 (8 oz") is not yet an ingredient's name: with it counted as one,
+    every line after "- 1 c. sugar" had to use a quantity never used before ("1/2 pt. peanuts")."""
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 1", [" cup"]) == {" cup": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 c. sugar\n- 1", [" c"]) == {" c": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 c. sugar\n- 1 c", ["."]) == {".": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 (8 oz.) can salmon\n- 1 (8", [" oz"]) == {" oz": False}
+    # past the quantity the earlier line may not be copied
+    assert _verdicts(tok, "Ingredients:\n- 1 c. sugar\n- 1 c.", [" milk", " s"]) == {" milk": False, " s": True}
+
+
 def test_a_sentence_of_the_directions_cannot_be_repeated(tok):
     written = "Ingredients:\n- 1 cup rice\nDirections:\n1. Add rice.\n2. Boil. Add rice"
     assert _verdicts(tok, written, [".", " and"]) == {".": True, " and": False}

@@ -45,7 +45,14 @@ from typing import Any
 import torch
 
 from .coverage import normal_word
-from .data.format import DIRECTIONS_LABEL, INGREDIENTS_LABEL, TITLE_LABEL, _split_numbered, ingredient_name
+from .data.format import (
+    _QUANTITY,
+    DIRECTIONS_LABEL,
+    INGREDIENTS_LABEL,
+    TITLE_LABEL,
+    _split_numbered,
+    ingredient_name,
+)
 from .recipe_checks import (
     _DISH_WORDS,
     _FILLER,
@@ -248,7 +255,9 @@ def _ingredients_checker(block: str):
     if re.search(r"(?:^|\n)\s*-$", block):  # a bullet was just written; its space comes with the next piece
         block += " "
     parts = re.split(r"(?:^|\n|\s)-\s", block)
-    earlier = [_norm(p) for p in parts[1:-1] if p.strip()]
+    # each earlier line with the length of its quantity ("1 c. " of "1 c. sugar"): a new line may copy
+    # that much ("1 c." again), not what follows it
+    earlier = [(line, len(_QUANTITY.match(line).group(0))) for line in (_norm(p) for p in parts[1:-1] if p.strip())]
     names = {ingredient_key(p) for p in parts[1:-1]} - {""}
     current = parts[-1]
     if "\n" in current or len(parts) < 2:
@@ -261,7 +270,7 @@ def _ingredients_checker(block: str):
         if _doubles_a_word(current, piece):
             return True
         new = _norm(current + piece)
-        if new and ingredient_name(new) and any(line.startswith(new) for line in earlier):
+        if new and ingredient_name(new) and any(line.startswith(new) and len(new) > q for line, q in earlier):
             return True
         # the same ingredient in another quantity ("1 can soup" ... "1/2 c. soup"): a word that ends
         # here might still go on ("cocoa" -> "cocoa butter"), so this forbids its one spelling only
