@@ -19,6 +19,7 @@ from .errors import (
     DataError,
     GenerationError,
     ModelLoadError,
+    PrepareWriteError,
     ResumeError,
     RunDirError,
 )
@@ -102,8 +103,6 @@ def train(
         try:
             result = trainer.fit()
         except OSError as err:
-            from .data.prepared import PrepareWriteError
-
             if isinstance(err, (CheckpointWriteError, PrepareWriteError)):
                 raise
             where = f" ({err.filename})" if err.filename else ""

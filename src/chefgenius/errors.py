@@ -29,6 +29,10 @@ class CheckpointWriteError(OSError):
     """A save failed (full disk, permissions...); earlier checkpoints are untouched."""
 
 
+class PrepareWriteError(OSError):
+    """The prepared dataset could not be written (full disk...); nothing partial is left behind."""
+
+
 class ModelLoadError(ValueError):
     """A model or tokenizer path that cannot be used (missing, not HF format, wrong kind)."""
 

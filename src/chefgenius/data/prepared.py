@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, QualityConfig
+from ..errors import PrepareWriteError  # re-exported
 from ..fileio import atomic_write_text, update_from_file
 from . import token_arrays
 from .clean import CleanReport, clean_one, content_hash, excerpt, flag_rows, merge_report
@@ -64,10 +65,6 @@ EVAL_TEXTS = 1000  # validation prompts and references kept as text for `chefgen
 CHUNK_ROWS = 5_000
 TIKTOKEN_CHECK = 1000  # training samples both encoders encode before tiktoken is trusted with the rest
 SIDES = ("train", "val")
-
-
-class PrepareWriteError(OSError):
-    """The prepared dataset could not be written (full disk...); nothing partial is left behind."""
 
 
 # ----- keys ------------------------------------------------------------------------------------
