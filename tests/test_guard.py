@@ -68,6 +68,14 @@ def test_a_new_line_may_open_with_an_earlier_lines_quantity_unit_and_all(tok):
     assert _verdicts(tok, "Ingredients:\n- 1 c. sugar\n- 1 c.", [" milk", " s"]) == {" milk": False, " s": True}
 
 
+def test_parentheses_close_only_what_their_line_opened_and_close_before_it_ends(tok):
+    assert _verdicts(tok, "Ingredients:\n- 1 (8 oz.) can soup\n- 1/2 oz", [")", "."]) == {")": True, ".": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 (8 oz", [")"]) == {")": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 cup rice (I use brown", ["\n", ")"]) == {"\n": True, ")": False}
+    assert _verdicts(tok, "Ingredients:\n- rice\nDirections:\n1. Boil rice (10 minutes", ["\n", ")"]) == {
+        "\n": True, ")": False}
+
+
 def test_a_sentence_of_the_directions_cannot_be_repeated(tok):
     written = "Ingredients:\n- 1 cup rice\nDirections:\n1. Add rice.\n2. Boil. Add rice"
     assert _verdicts(tok, written, [".", " and"]) == {".": True, " and": False}

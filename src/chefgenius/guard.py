@@ -21,6 +21,8 @@ a candidate is forbidden (its score set to -inf) when it would
   soup mix"), a food word a third time ("cocoa, cocoa, margarine, cocoa"), a food word right after
   itself across punctuation or small words ("Add rice, rice." "rice to rice": recipe_checks.food_twice_in_a_row)
   or any word of three letters or more right after itself ("chopped chopped", in the list too);
+- **leave a parenthesis unmatched**: close one its line never opened ("- 1/2 oz.) cans") or end a
+  line with one open ("- 1/2 c. pork roast (I use");
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
   none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known;
 - **cook with what was never listed**: a food word in the directions that no ingredient line names
@@ -124,6 +126,7 @@ class RecipeGuard:
         if check is None and layout is None:
             return
         in_steps = DIRECTIONS_LABEL in text
+        line = text.rsplit("\n", 1)[-1]
 
         def refused(token: int) -> bool:
             if token == self.eos and self._lines:
@@ -133,6 +136,8 @@ class RecipeGuard:
                     return False  # after a finished step (a new line needs one)
             piece = self._candidate_text(generated, written, token)
             if layout is not None and not _fits(layout, piece):
+                return True
+            if self._lines and _breaks_parentheses(line, piece):
                 return True
             return check is not None and check(piece)
 
@@ -186,6 +191,22 @@ def _layout(text: str) -> tuple[str, tuple[str, ...]] | None:
         if len(_WORD.findall(title.lower())) >= MAX_TITLE_WORDS and not re.search(r"[A-Za-z]$", title):
             return title, (title + "\n",)
     return None
+
+
+def _breaks_parentheses(line: str, piece: str) -> bool:
+    """Whether ``piece`` closes a parenthesis its line never opened ("- 1/2 oz.) cans"), or ends the line
+    with one still open ("- 1/2 c. pork roast (I use")."""
+    depth = line.count("(") - line.count(")")
+    for ch in piece:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif ch == "\n":
+            return depth > 0
+    return False
 
 
 def _fits(layout: tuple[str, tuple[str, ...]], piece: str) -> bool:
