@@ -76,6 +76,13 @@ def test_parentheses_close_only_what_their_line_opened_and_close_before_it_ends(
         "\n": True, ")": False}
 
 
+def test_a_line_of_the_list_holds_one_ingredient(tok):
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 1/2 c. self-", [" 1", "r"]) == {" 1": True, "r": False}
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 1/2 c. lemon flavored", ["-", " sugar"]) == {
+        "-": False, " sugar": False}  # the dash may still join a word ("flavored-rice")
+    assert _verdicts(tok, "Ingredients:\n- 1 cup sugar\n- 1/2 c. lemon-", ["\n"]) == {"\n": True}
+
+
 def test_a_sentence_of_the_directions_cannot_be_repeated(tok):
     written = "Ingredients:\n- 1 cup rice\nDirections:\n1. Add rice.\n2. Boil. Add rice"
     assert _verdicts(tok, written, [".", " and"]) == {".": True, " and": False}

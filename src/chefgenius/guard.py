@@ -21,6 +21,8 @@ a candidate is forbidden (its score set to -inf) when it would
   soup mix"), a food word a third time ("cocoa, cocoa, margarine, cocoa"), a food word right after
   itself across punctuation or small words ("Add rice, rice." "rice to rice": recipe_checks.food_twice_in_a_row)
   or any word of three letters or more right after itself ("chopped chopped", in the list too);
+- **open a second ingredient inside a line**: "- 1/2 c. self- 1/2 c. butter" (a dash then a space
+  within a line is a bullet that lost its new line);
 - **leave a parenthesis unmatched**: close one its line never opened ("- 1/2 oz.) cans") or end a
   line with one open ("- 1/2 c. pork roast (I use");
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
@@ -71,6 +73,7 @@ MAX_TITLE_WORDS = 8  # words of the title before its line must end
 _TITLE_SMALL_WORDS = frozenset("a an and or of with in on the for to au de la".split())
 _WORD = re.compile(r"[a-z]+")
 _SENTENCE_END = re.compile(r"[.!?]\s")
+_GLUED_BULLET = re.compile(r"-\s")  # within an ingredient line (its own bullet is not part of it)
 _TRAILING_NUMBER = re.compile(r"(?:^|[.!?:]\s*|\n\s*)(\d*)$")
 
 
@@ -285,9 +288,12 @@ def _ingredients_checker(block: str):
         return None
 
     def copies_a_line(piece: str) -> bool:
+        head = piece.split("\n", 1)[0]
+        if _GLUED_BULLET.search(current + head) and not _GLUED_BULLET.search(current):
+            return True  # a bullet inside the line: "- 1/2 c. self- 1/2 c. butter"
         if "\n" in piece:  # a line ends: it must name something ("- 4 cups cooked" does not), and not again
-            line = current + piece.split("\n", 1)[0]
-            return not ingredient_name(line) or ingredient_key(line) in names
+            line = current + head
+            return line.rstrip().endswith("-") or not ingredient_name(line) or ingredient_key(line) in names
         if _doubles_a_word(current, piece):
             return True
         new = _norm(current + piece)
