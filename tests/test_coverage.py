@@ -124,3 +124,21 @@ def test_copy_weights_equal_their_per_row_definition_on_random_batches():
         batch = {"input_ids": ids, "attention_mask": attention, "labels": labels}
         skip = torch.tensor([3, 7])
         assert torch.equal(copy_weights(batch, seq2seq, 3.0, skip), by_row(batch, seq2seq, 3.0, skip)), trial
+
+
+def test_coverage_keeps_the_recipe_that_lists_what_it_uses():
+    """Among decodings with the same recall, the one whose ingredient list names the requested
+    ingredients wins over one that only cooks with them ("rice" in a step, never listed)."""
+    from chefgenius.data.format import format_target
+    from chefgenius.generate import _most_covering
+
+    asked = ["chicken", "rice", "onion"]
+    unlisted = format_target("Chicken Sandwich", ["4 slices bread", "1 cup chicken"],
+                             ["Cook the rice with the chicken and onion."])
+    listed = format_target("Chicken Rice", ["1 cup chicken", "1 cup rice", "1 onion, sliced"],
+                           ["Cook the rice with the chicken and onion.", "Serve."])
+    fewer = format_target("Chicken", ["1 cup chicken"], ["Cook the chicken."])
+    # least steered first: a tie on recall and listing still goes to the least steered one
+    assert _most_covering([[fewer], [unlisted], [listed]], asked) == [listed]
+    assert _most_covering([[unlisted], [listed], [listed + " "]], asked) == [listed]
+    assert _most_covering([[unlisted], [unlisted + " "]], asked) == [unlisted]

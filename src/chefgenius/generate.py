@@ -254,12 +254,16 @@ def _cap_budget(result: Generation, limit: int | None, used: int) -> int:
 
 def _most_covering(candidates: list[list[str]], ingredients: list[str]) -> list[str]:
     """Per returned recipe, the candidate that uses the most requested ingredients among those with a
-    complete structure (title, ingredient list, numbered directions), if any; ties go to the least
-    steered one (candidates come in order of increasing steering)."""
+    complete structure (title, ingredient list, numbered directions), if any; then the one whose list
+    names the most of them (a cook shops from the list: rice cooked in a step but never listed is
+    missing); ties go to the least steered one (candidates come in order of increasing steering)."""
     from .coverage import coverage
 
-    return [max(((structure_score(c[i]) == 1.0, coverage(ingredients, c[i]).recall, -k), c[i])
-                for k, c in enumerate(candidates))[1] for i in range(len(candidates[0]))]
+    def rank(text: str, k: int) -> tuple:
+        cov = coverage(ingredients, text)
+        return structure_score(text) == 1.0, cov.recall, cov.share(cov.in_list), -k
+
+    return [max((rank(c[i], k), c[i]) for k, c in enumerate(candidates))[1] for i in range(len(candidates[0]))]
 
 
 def recipe_record(ingredients: list[str] | str, text: str) -> dict[str, Any]:
