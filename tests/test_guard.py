@@ -199,6 +199,7 @@ def test_a_sentence_cannot_repeat_itself_within(tok):
     # another thing ("tomatoes, tomato sauce")
     assert _verdicts(tok, steps + "Cook rice, rice", [".", " and", ","]) == {".": True, " and": True, ",": True}
     assert _verdicts(tok, steps + "Add rice to rice", [" and", "."]) == {" and": True, ".": True}
+    assert _verdicts(tok, steps + "Cook rice and rice", [" over", " with"]) == {" over": True, " with": True}
     assert _verdicts(tok, steps + "Add onion, rice", [" and", "."]) == {" and": False, ".": False}
 
 

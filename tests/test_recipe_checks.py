@@ -52,6 +52,8 @@ def test_repeated_ingredients_are_found_in_any_quantity_and_number():
     (["Boil.", "rice and rice and rice and rice and rice."], "step 2 is mostly 'rice'"),
     (["Cook rice, onion and salt.", "Add rice, rice."], "step 2 says 'rice' twice in a row"),
     (["Add rice to rice and stir."], "step 1 says 'rice' twice in a row"),
+    (["Cook rice and rice over chicken."], "step 1 says 'rice' twice in a row"),
+    (["Mix sugar, cocoa, cocoa as desired."], "step 1 says 'cocoa' twice in a row"),
     (["Add rice and onion.", "Add the rice to the pan.", "Boil.", "Add rice, then serve."],
      "3 sentences open with 'add rice'"),
 ])

@@ -56,6 +56,9 @@ _SENTENCE = re.compile(r"[^.!?]+")
 _STEP_NUMBER = re.compile(r"(?:^|[.!?]\s+)(\d{1,2})\.(?=\s|$)")
 _FILLER = frozenset("a an and the of in to with or on until for at into".split())
 _TOKEN = re.compile(r"[a-z]+|[,;:()]")
+# Words that cannot go on naming a food, so a food word before one ends its phrase ("rice and rice over
+# the chicken", "cocoa, cocoa as desired"), as punctuation and the small words of _FILLER do.
+_PHRASE_END = frozenset("over as is are was from by then if when together evenly".split())
 
 
 def _words(text: str) -> list[str]:
@@ -110,7 +113,8 @@ def food_twice_in_a_row(sentence: str, *, ended: bool = True) -> list[str]:
         if not token[0].isalpha() or token in _FILLER:
             continue
         word = normal_word(token)
-        closes = k + 1 < len(tokens) and (not tokens[k + 1][0].isalpha() or tokens[k + 1] in _FILLER)
+        closes = k + 1 < len(tokens) and (not tokens[k + 1][0].isalpha() or tokens[k + 1] in _FILLER
+                                          or tokens[k + 1] in _PHRASE_END)
         if word == previous and word in FOOD_WORDS and closes:
             out.append(word)
         previous = word
