@@ -130,6 +130,7 @@ class RecipeGuard:
             return
         in_steps = DIRECTIONS_LABEL in text
         line = text.rsplit("\n", 1)[-1]
+        open_parens = line.count("(") - line.count(")")
 
         def refused(token: int) -> bool:
             if token == self.eos and self._lines:
@@ -140,7 +141,7 @@ class RecipeGuard:
             piece = self._candidate_text(generated, written, token)
             if layout is not None and not _fits(layout, piece):
                 return True
-            if self._lines and _breaks_parentheses(line, piece):
+            if self._lines and _breaks_parentheses(open_parens, piece):
                 return True
             return check is not None and check(piece)
 
@@ -196,10 +197,9 @@ def _layout(text: str) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
-def _breaks_parentheses(line: str, piece: str) -> bool:
+def _breaks_parentheses(depth: int, piece: str) -> bool:
     """Whether ``piece`` closes a parenthesis its line never opened ("- 1/2 oz.) cans"), or ends the line
-    with one still open ("- 1/2 c. pork roast (I use")."""
-    depth = line.count("(") - line.count(")")
+    with one still open ("- 1/2 c. pork roast (I use"); ``depth``: parentheses the line holds open."""
     for ch in piece:
         if ch == "(":
             depth += 1
@@ -286,10 +286,11 @@ def _ingredients_checker(block: str):
     current = parts[-1]
     if "\n" in current or len(parts) < 2:
         return None
+    glued_before = bool(_GLUED_BULLET.search(current))
 
     def copies_a_line(piece: str) -> bool:
         head = piece.split("\n", 1)[0]
-        if _GLUED_BULLET.search(current + head) and not _GLUED_BULLET.search(current):
+        if not glued_before and _GLUED_BULLET.search(current + head):
             return True  # a bullet inside the line: "- 1/2 c. self- 1/2 c. butter"
         if "\n" in piece:  # a line ends: it must name something ("- 4 cups cooked" does not), and not again
             line = current + head
