@@ -16,6 +16,7 @@ import torch
 from chefgenius.config import build_config
 from chefgenius.data import prepared as prepared_mod
 from chefgenius.data import sources
+from chefgenius.data.format import recipe_to_example
 from chefgenius.data.loader import ResumableSampler, make_batch
 from chefgenius.data.prepared import prepare_dataset
 from chefgenius.data.sources import bundled_corpus_path
@@ -40,7 +41,7 @@ def test_prepared_equals_the_in_memory_path_on_the_recipenlg_sample(tmp_path, mo
     monkeypatch.setattr(prepared_mod, "CHUNK_ROWS", 97)  # the merge must keep order
     cfg = _data_cfg(path)
     direct = prepare_recipes(cfg)
-    tok = train_tokenizer([p + "\n" + t for p, t in (prepared_mod.recipe_to_example(r) for r in direct.train)], 600)
+    tok = train_tokenizer([p + "\n" + t for p, t in (recipe_to_example(r) for r in direct.train)], 600)
     ds = prepare_dataset(cfg, is_seq2seq=is_seq2seq, tokenizer=None, vocab_size=600, cache_dir=tmp_path,
                          log=quiet, workers=2)
     assert tokenizer_digest(ds.tokenizer()) == tokenizer_digest(tok)
@@ -58,7 +59,38 @@ def test_prepared_equals_the_in_memory_path_on_the_recipenlg_sample(tmp_path, mo
             a, b = stored.example(i), reference.example(i)
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (side, i)
     texts = ds.eval_texts("val")
-    assert texts[0]["target"] == prepared_mod.recipe_to_example(direct.val[0])[1]
+    assert texts[0]["target"] == recipe_to_example(direct.val[0])[1]
+
+
+def test_duplicates_within_and_across_chunks_are_dropped_as_the_in_memory_path_drops_them(tmp_path, monkeypatch):
+    lines = bundled_corpus_path().read_text().splitlines()
+    source = tmp_path / "recipes.jsonl"
+    with source.open("w") as f:
+        for i, line in enumerate(lines):
+            f.write(line + "\n")
+            if i % 4 == 0:  # the same recipe again, in the same chunk
+                f.write(line + "\n")
+            if i % 5 == 1:  # the same content in other case and spacing: the same content hash
+                row = json.loads(line)
+                f.write(json.dumps({**row, "title": "  " + row["title"].upper() + " !"}) + "\n")
+        f.write("\n".join(lines[:30:2]) + "\n")  # and again chunks later
+    monkeypatch.setattr(prepared_mod, "CHUNK_ROWS", 7)
+    cfg = _data_cfg(source)
+    direct = prepare_recipes(cfg)
+    assert direct.report.dropped["duplicate"] > 40
+    tok = train_tokenizer([p + "\n" + t for p, t in (recipe_to_example(r) for r in direct.train)], 400)
+    ds = prepare_dataset(cfg, is_seq2seq=False, tokenizer=tok, vocab_size=None, cache_dir=tmp_path / "c",
+                         log=quiet, workers=2)
+    assert ds.report.to_dict() == direct.report.to_dict()  # counts and the first examples of each reason
+    assert (ds.train_fingerprint, ds.val_fingerprint) == (direct.train_fingerprint, direct.val_fingerprint)
+    for side, recipes in (("train", direct.train), ("val", direct.val)):
+        stored = getattr(ds, side)
+        reference = tokenize_recipes(recipes, tok, is_seq2seq=False, max_prompt_tokens=24,
+                                     max_target_tokens=96, mask_prompt=True)
+        assert stored.lengths().tolist() == reference.lengths().tolist()
+        assert all(torch.equal(stored.example(i)[0], reference.example(i)[0]) for i in range(len(stored)))
+    assert [t["target"] for t in ds.eval_texts("val")] == [recipe_to_example(r)[1] for r in direct.val][:len(
+        ds.eval_texts("val"))]
 
 
 def test_a_changed_source_byte_makes_a_new_dataset_and_the_old_one_comes_back(tmp_path):

@@ -100,8 +100,9 @@ def content_hash(recipe: Recipe) -> str:
 # compatibility decomposition and composes with nothing (NFKC and lower() act on each line as if
 # alone), so only the spaces beside each NUL need stripping. A line that holds NUL itself goes alone.
 _ASCII_BLOCK = bytes(b if (b == 0 or re.fullmatch(r"\w", chr(b).lower())) else 32 for b in range(256))
-_SPACES = re.compile(rb" {2,}")
-_NOT_WORD_OR_NUL = re.compile(r"[^\w\s\x00]")
+# The same for UTF-8 bytes of text whose non-ASCII characters are all word characters: those bytes stay.
+_UTF8_BLOCK = _ASCII_BLOCK[:128] + bytes(range(128, 256))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def _normalised_block(lines: tuple[str, ...]) -> bytes:
@@ -109,11 +110,17 @@ def _normalised_block(lines: tuple[str, ...]) -> bytes:
     if text.count("\x00") != len(lines) - 1:
         return b"\x1f".join(normalise_text(x).encode() for x in lines)
     if text.isascii():
-        data = _SPACES.sub(b" ", text.encode().lower().translate(_ASCII_BLOCK))
+        data = text.encode().lower().translate(_ASCII_BLOCK)
     else:
+        # NFKC and lower() as normalise_text; then each distinct non-ASCII character that is no word
+        # character becomes a space, and the bytes of the rest pass the ASCII table untouched.
         text = unicodedata.normalize("NFKC", text).lower()
-        data = _WS.sub(" ", _NOT_WORD_OR_NUL.sub(" ", text)).encode()
-    return data.replace(b" \x00", b"\x00").replace(b"\x00 ", b"\x00").strip(b" ").replace(b"\x00", b"\x1f")
+        for c in set(_NON_ASCII.findall(text)):
+            if not _WORD_CHAR.match(c):
+                text = text.replace(c, " ")
+        data = text.encode().translate(_UTF8_BLOCK)
+    # Only spaces and NULs remain between words: split() collapses the runs and strips the ends.
+    return b" ".join(data.split()).replace(b" \x00", b"\x00").replace(b"\x00 ", b"\x00").replace(b"\x00", b"\x1f")
 
 
 _DIGIT = re.compile(r"\d")
@@ -287,7 +294,7 @@ def _flag_patterns(junk_words: tuple[str, ...]) -> tuple[str, str] | None:
     quality_parts = [
         _re2_words(["http", "www"], bounded=False),  # _URL
         _re2_words(["i", "my", "we", "our", "me"]),  # _FIRST_PERSON; also the first word of _COMMENTARY's pairs
-        _re2_words(["enjoy", "delicious", "review", "reviews", "reviewer", "this"]),  # _COMMENTARY
+        _re2_words(["enjoy", "delicious", "review", "reviews", "reviewer", "this recipe"]),  # _COMMENTARY
         r"[A-Z]{4}",  # _SHOUT
         *([_re2_words(junk_words)] if any(junk_words) else []),
     ]

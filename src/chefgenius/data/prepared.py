@@ -42,7 +42,7 @@ from ..fileio import atomic_write_text, update_from_file
 from . import token_arrays
 from .clean import CleanReport, clean_one, content_hash, excerpt, flag_rows, merge_report
 from .encoders import exact_encoder, first_difference, hf_encoder
-from .format import recipe_to_example
+from .format import format_prompt, format_target, prompt_ingredients
 from .sources import (
     ArrowFallback,
     ArrowRows,
@@ -278,14 +278,28 @@ def prepare_dataset(cfg: DataConfig, *, is_seq2seq: bool, tokenizer: Any | None,
     return open_prepared(path, is_seq2seq=is_seq2seq, mask_prompt=cfg.mask_prompt)
 
 
+_COLUMNS = ("ner", "ingredients", "prompt", "target")
+
+
+@dataclass
+class _CleanedChunk:
+    """A chunk's kept recipes as columns: per recipe its 32-byte content hash, its side (1: validation)
+    and an excerpt; per text column one UTF-8 blob with each text's byte length. A few large objects
+    cross the process boundary instead of seven small ones per recipe."""
+
+    hashes: bytes
+    sides: bytes
+    excerpts: list[str]
+    blobs: dict[str, bytes]
+    lengths: dict[str, array]
+
+
 def _clean_chunk(args: tuple[ArrowRows | list[RawRow | Recipe | RowError], dict[str, Any], int, float]
-                 ) -> tuple[list[tuple[str, str, str, str, str, bool, str]], CleanReport]:
-    """Worker: clean one chunk; kept recipes come back as (hash, ner, ingredients, prompt, target, is_val, excerpt).
+                 ) -> tuple[_CleanedChunk, CleanReport]:
+    """Worker: clean one chunk, format its kept recipes and return them as :class:`_CleanedChunk`.
 
     One RE2 pass over the chunk (:func:`flag_rows`) sends only the rows some pattern could match
     through the Python regexes; the result is the same as :func:`clean_one` on every row."""
-    from .format import prompt_ingredients
-
     rows, quality, seed, val_fraction = args
     if isinstance(rows, ArrowRows):
         rows = rows.rows()
@@ -294,17 +308,24 @@ def _clean_chunk(args: tuple[ArrowRows | list[RawRow | Recipe | RowError], dict[
     parsed = [row.parse() if isinstance(row, RawRow) else row for row in rows]
     recipes = [r for r in parsed if isinstance(r, Recipe)]
     flags = zip(*flag_rows(recipes, qcfg.junk_words))
-    out = []
+    hashes, sides, excerpts = bytearray(), bytearray(), []
+    texts: dict[str, list[bytes]] = {name: [] for name in _COLUMNS}
     for row in parsed:
         repair_flag, quality_flag = (True, True) if isinstance(row, RowError) else next(flags)
         recipe = clean_one(row, qcfg, report, may_need_repair=repair_flag, may_score_below_one=quality_flag)
         if recipe is None:
             continue
         digest = content_hash(recipe)
-        prompt, target = recipe_to_example(recipe)
-        out.append((digest, "|".join(recipe.ner), "\x1f".join(prompt_ingredients(recipe)), prompt, target,
-                    is_validation(digest, seed, val_fraction), excerpt(recipe)))
-    return out, report
+        names = prompt_ingredients(recipe)  # recipe_to_example's prompt, from the names computed once
+        hashes += bytes.fromhex(digest)
+        sides.append(is_validation(digest, seed, val_fraction))
+        excerpts.append(excerpt(recipe))
+        texts["ner"].append("|".join(recipe.ner).encode())
+        texts["ingredients"].append("\x1f".join(names).encode())
+        texts["prompt"].append(format_prompt(names).encode())
+        texts["target"].append(format_target(recipe.title, recipe.ingredients, recipe.directions).encode())
+    return _CleanedChunk(bytes(hashes), bytes(sides), excerpts, {k: b"".join(v) for k, v in texts.items()},
+                         {k: array("q", map(len, v)) for k, v in texts.items()}), report
 
 
 def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -323,10 +344,12 @@ class _Spill:
         self._f = path.open("wb")
         self.offsets = array("q", [0])
 
-    def add(self, text: str) -> None:
-        data = text.encode("utf-8")
-        self._f.write(data)
-        self.offsets.append(self.offsets[-1] + len(data))
+    def add(self, blob: bytes, lengths: array) -> None:
+        """Texts given as their UTF-8 bytes back to back and each one's length."""
+        self._f.write(blob)
+        ends = itertools.accumulate(lengths, initial=self.offsets[-1])
+        next(ends)  # the ``initial`` offset, already there
+        self.offsets.extend(ends)
 
     def reader(self) -> TextColumn:
         self._f.close()
@@ -411,7 +434,7 @@ def _clean_pass(cfg: DataConfig, work: Path, progress: bool, num_workers: int, *
                 ) -> tuple[bytearray, bytearray, CleanReport, dict[str, TextColumn]]:
     from tqdm.auto import tqdm
 
-    spills = {name: _Spill(work / f"{name}.txt") for name in ("ner", "ingredients", "prompt", "target")}
+    spills = {name: _Spill(work / f"{name}.txt") for name in _COLUMNS}
     hashes, sides = bytearray(), bytearray()
     report = CleanReport()
     seen: set[bytes] = set()
@@ -424,19 +447,9 @@ def _clean_pass(cfg: DataConfig, work: Path, progress: bool, num_workers: int, *
     t_start, num_rows = time.perf_counter(), 0
     with _pool(num_workers) as pool:
         results = pool.imap(_clean_chunk, jobs) if pool is not None else map(_clean_chunk, jobs)
-        for kept, part in results:
+        for chunk, part in results:
             merge_report(report, part)
-            for h, ner, ingredients, prompt, target, is_val, ex in kept:
-                raw = bytes.fromhex(h)
-                if cfg.quality.dedupe:
-                    if raw[:16] in seen:
-                        report.drop("duplicate", ex)
-                        continue
-                    seen.add(raw[:16])
-                hashes += raw
-                sides.append(is_val)
-                for name, text in (("ner", ner), ("ingredients", ingredients), ("prompt", prompt), ("target", target)):
-                    spills[name].add(text)
+            _merge_chunk(chunk, seen if cfg.quality.dedupe else None, report, hashes, sides, spills)
             num_rows += part.num_read
             bar.update(counter.count - bar.n if counter else 0)
             bar.set_postfix(rows=num_rows, rows_per_s=f"{num_rows / (time.perf_counter() - t_start):.0f}",
@@ -444,6 +457,35 @@ def _clean_pass(cfg: DataConfig, work: Path, progress: bool, num_workers: int, *
     bar.close()
     report.num_kept = len(sides)
     return hashes, sides, report, {name: s.reader() for name, s in spills.items()}
+
+
+def _merge_chunk(chunk: _CleanedChunk, seen: set[bytes] | None, report: CleanReport, hashes: bytearray,
+                 sides: bytearray, spills: dict[str, _Spill]) -> None:
+    """Append a chunk's recipes in order, dropping those whose content hash was seen before (when
+    ``seen`` is given: de-duplication by the first 16 bytes of the hash)."""
+    n = len(chunk.sides)
+    keep = range(n)
+    if seen is not None:
+        keep = []
+        for i in range(n):
+            key = chunk.hashes[32 * i:32 * i + 16]
+            if key in seen:
+                report.drop("duplicate", chunk.excerpts[i])
+            else:
+                seen.add(key)
+                keep.append(i)
+    if len(keep) == n:  # the usual case: the whole chunk, as it came
+        hashes += chunk.hashes
+        sides += chunk.sides
+        for name, spill in spills.items():
+            spill.add(chunk.blobs[name], chunk.lengths[name])
+        return
+    hashes += b"".join(chunk.hashes[32 * i:32 * i + 32] for i in keep)
+    sides += bytes(chunk.sides[i] for i in keep)
+    for name, spill in spills.items():
+        lengths, blob = chunk.lengths[name], chunk.blobs[name]
+        starts = list(itertools.accumulate(lengths, initial=0))
+        spill.add(b"".join(blob[starts[i]:starts[i + 1]] for i in keep), array("q", (lengths[i] for i in keep)))
 
 
 def _source_chunks(cfg: DataConfig, counter: ByteCounter | None, arrow: bool) -> Iterator[Any]:

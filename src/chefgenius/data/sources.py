@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import json.scanner
 import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,10 @@ class RawRow:
 
     row: dict[str, Any]
     index: int
+    valid_utf8: bool = field(default=False, compare=False)  # no undecodable bytes: Arrow validated the cells
 
     def parse(self) -> Recipe | RowError:
-        return _to_recipe(self.row, self.index)
+        return _to_recipe(self.row, self.index, self.valid_utf8)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ def bundled_corpus_path() -> Path:
     return Path(str(resources.files("chefgenius") / "data" / "corpus" / "recipes.jsonl"))
 
 
+# json.loads without its Python wrapper: the same C scanner, so the same values and the same errors.
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
+
+
 def _as_list(value: Any, name: str) -> list[str]:
     """Lists stay lists; strings are JSON lists (RecipeNLG) or newline-separated text (JSONL)."""
     if isinstance(value, list):
@@ -63,10 +69,14 @@ def _as_list(value: Any, name: str) -> list[str]:
     elif isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
+            # ``text`` has no white space at either end, so json.loads(text) succeeds exactly when one
+            # value is scanned from position 0 to the end.
             try:
-                items = json.loads(text)
-            except json.JSONDecodeError:
+                items, end = _SCAN_JSON(text, 0)
+            except (StopIteration, json.JSONDecodeError):
                 raise ValueError(f"{name} is not a valid JSON list") from None
+            if end != len(text):
+                raise ValueError(f"{name} is not a valid JSON list")
             if not isinstance(items, list):
                 raise ValueError(f"{name} is not a list")
         else:
@@ -75,9 +85,10 @@ def _as_list(value: Any, name: str) -> list[str]:
         raise ValueError(f"{name} is missing")
     else:
         raise ValueError(f"{name} has type {type(value).__name__}, expected list or string")
-    if not all(isinstance(x, str) for x in items):
-        raise ValueError(f"{name} holds non-text items")
-    return [x.strip() for x in items]
+    try:  # of the values JSON has, only text has .strip()
+        return [x.strip() for x in items]
+    except AttributeError:
+        raise ValueError(f"{name} holds non-text items") from None
 
 
 def _has_bad_bytes(value: Any) -> bool:
@@ -89,10 +100,9 @@ def _has_bad_bytes(value: Any) -> bool:
     return False
 
 
-def _to_recipe(row: dict[str, Any], index: int) -> Recipe | RowError:
-    excerpt = str(row.get("title") or row)[:80].encode("utf-8", "replace").decode()
-    if any(_has_bad_bytes(v) for v in row.values()):
-        return RowError(index, "invalid UTF-8", excerpt)
+def _to_recipe(row: dict[str, Any], index: int, valid_utf8: bool = False) -> Recipe | RowError:
+    if not valid_utf8 and any(_has_bad_bytes(v) for v in row.values()):
+        return RowError(index, "invalid UTF-8", _row_excerpt(row))
     try:
         title = row.get("title")
         if not isinstance(title, str):
@@ -118,7 +128,11 @@ def _to_recipe(row: dict[str, Any], index: int) -> Recipe | RowError:
             source_row=index,
         )
     except ValueError as err:
-        return RowError(index, str(err), excerpt)
+        return RowError(index, str(err), _row_excerpt(row))
+
+
+def _row_excerpt(row: dict[str, Any]) -> str:
+    return str(row.get("title") or row)[:80].encode("utf-8", "replace").decode()
 
 
 def _parsed(rows: Iterator[RawRow | RowError]) -> Iterator[Recipe | RowError]:
@@ -196,9 +210,16 @@ class ArrowRows:
     start: int
 
     def rows(self) -> list[RawRow]:
+        import pyarrow as pa
+
         names = self.batch.schema.names
-        cols = [[c.decode("utf-8", "surrogateescape") for c in col.to_pylist()] for col in self.batch.columns]
-        return [RawRow(dict(zip(names, cells)), self.start + i) for i, cells in enumerate(zip(*cols))]
+        try:  # Arrow checks the UTF-8 of whole columns at once: then no cell needs the per-row check
+            cols = [col.cast(pa.string()).to_pylist() for col in self.batch.columns]
+            valid = True
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            cols = [[c.decode("utf-8", "surrogateescape") for c in col.to_pylist()] for col in self.batch.columns]
+            valid = False
+        return [RawRow(dict(zip(names, cells)), self.start + i, valid) for i, cells in enumerate(zip(*cols))]
 
 
 def arrow_csv_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[ArrowRows] | None:
