@@ -4,7 +4,9 @@ cleaning, block content hashes, Arrow's CSV parsing, tiktoken's ids, and each fa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from chefgenius.config import QualityConfig, build_config
 from chefgenius.data import clean, encoders, prepared, sources
-from chefgenius.data.clean import CleanReport, clean_one, content_hash, flag_rows, normalise_text
+from chefgenius.data.clean import CleanReport, clean_one, content_hash, normalise_text
 from chefgenius.data.format import recipe_to_example
 from chefgenius.data.prepared import prepare_dataset
 from chefgenius.data.sources import Recipe, arrow_csv_rows, read_rows, read_source
@@ -60,24 +62,38 @@ def _sample_recipes() -> list[Recipe]:
 
 
 @pytest.mark.parametrize("junk", [None, ["omg!", "a.b", "yum", "k"]])
-def test_prefiltered_cleaning_equals_the_exact_rules_row_by_row(junk):
+def test_batch_cleaning_equals_the_exact_rules_row_by_row(junk, monkeypatch):
     cfg = QualityConfig() if junk is None else QualityConfig(junk_words=junk)
     rows = _random_recipes(6000) + _sample_recipes()
-    may_repair, may_score = flag_rows(rows, cfg.junk_words)
+    rng = random.Random(3)
+    for i in rng.sample(range(len(rows)), 300):  # scores given by the source, and rows that failed to parse
+        rows[i] = Recipe(*dataclasses.astuple(rows[i])[:3], quality_score=rng.choice([0.2, 0.9]), source_row=i)
+    for i in rng.sample(range(len(rows)), 50):
+        rows[i] = sources.RowError(i, "ingredients is not a valid JSON list", "x")
+    calls = {"score": 0, "repair_regex": 0}
+    real_score, real_repair_line = clean.quality_score, clean._repair_line
+    monkeypatch.setattr(clean, "quality_score", lambda *a: calls.__setitem__("score", calls["score"] + 1) or
+                        real_score(*a))
+    monkeypatch.setattr(clean, "_repair_line", lambda *a: calls.__setitem__("repair_regex", calls["repair_regex"] + 1)
+                        or real_repair_line(*a))
     fast, exact = CleanReport(), CleanReport()
-    cleared = 0
-    for row, a, b in zip(rows, may_repair, may_score):
-        cleared += not a and not b
-        got = clean_one(row, cfg, fast, may_need_repair=a, may_score_below_one=b)
-        assert got == clean_one(row, cfg, exact), row
-    assert fast.to_dict() == exact.to_dict()
-    assert cleared > len(rows) // 10  # the prefilter clears rows (the fast path is exercised), and
-    assert sum(may_repair) > len(rows) // 10 and sum(may_score) > len(rows) // 10  # flags others
+    got = clean.clean_rows(rows, cfg, fast)
+    fast_calls = dict(calls)
+    want = [clean_one(row, cfg, exact) for row in rows]
+    assert got == want
+    assert json.dumps(fast.to_dict()) == json.dumps(exact.to_dict())  # counts, examples and their order
+    # The batch skips the Python regexes for most rows, and still uses them for many.
+    assert len(rows) // 10 < fast_calls["score"] < calls["score"] - fast_calls["score"] - len(rows) // 10
+    assert 0 < fast_calls["repair_regex"] < calls["repair_regex"] - fast_calls["repair_regex"]
 
 
 def test_a_non_ascii_junk_word_turns_the_prefilter_off():
-    rows = _random_recipes(50)
-    assert flag_rows(rows, ["café"]) == ([True] * 50, [True] * 50)
+    cfg = QualityConfig(junk_words=["café"])
+    assert clean._flag_patterns(tuple(cfg.junk_words)) is None
+    rows = _random_recipes(200)
+    fast, exact = CleanReport(), CleanReport()
+    assert clean.clean_rows(rows, cfg, fast) == [clean_one(r, cfg, exact) for r in rows]
+    assert fast.to_dict() == exact.to_dict()
 
 
 def test_block_content_hash_equals_the_line_by_line_definition():

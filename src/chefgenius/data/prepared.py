@@ -40,7 +40,7 @@ from ..config import DataConfig, QualityConfig
 from ..errors import PrepareWriteError  # re-exported
 from ..fileio import atomic_write_text, update_from_file
 from . import token_arrays
-from .clean import CleanReport, clean_one, content_hash, excerpt, flag_rows, merge_report
+from .clean import CleanReport, clean_rows, content_hash, excerpt, merge_report
 from .encoders import exact_encoder, first_difference, hf_encoder
 from .format import format_prompt, format_target, prompt_ingredients
 from .sources import (
@@ -298,21 +298,17 @@ def _clean_chunk(args: tuple[ArrowRows | list[RawRow | Recipe | RowError], dict[
                  ) -> tuple[_CleanedChunk, CleanReport]:
     """Worker: clean one chunk, format its kept recipes and return them as :class:`_CleanedChunk`.
 
-    One RE2 pass over the chunk (:func:`flag_rows`) sends only the rows some pattern could match
-    through the Python regexes; the result is the same as :func:`clean_one` on every row."""
+    :func:`clean_rows` sends only the rows some pattern could match through the Python regexes; the
+    result is the same as :func:`clean_one` on every row."""
     rows, quality, seed, val_fraction = args
     if isinstance(rows, ArrowRows):
         rows = rows.rows()
     qcfg = QualityConfig.model_validate(quality)
     report = CleanReport()
     parsed = [row.parse() if isinstance(row, RawRow) else row for row in rows]
-    recipes = [r for r in parsed if isinstance(r, Recipe)]
-    flags = zip(*flag_rows(recipes, qcfg.junk_words))
     hashes, sides, excerpts = bytearray(), bytearray(), []
     texts: dict[str, list[bytes]] = {name: [] for name in _COLUMNS}
-    for row in parsed:
-        repair_flag, quality_flag = (True, True) if isinstance(row, RowError) else next(flags)
-        recipe = clean_one(row, qcfg, report, may_need_repair=repair_flag, may_score_below_one=quality_flag)
+    for recipe in clean_rows(parsed, qcfg, report):
         if recipe is None:
             continue
         digest = content_hash(recipe)

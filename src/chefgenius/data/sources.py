@@ -261,6 +261,8 @@ def arrow_csv_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[A
     if reader.schema.names != header or skipped:
         return None
 
+    arrow_invalid = pa.ArrowInvalid  # bound now: a generator closed at exit outlives pyarrow's module dict
+
     def batches() -> Iterator[ArrowRows]:
         start = 0
         try:
@@ -269,7 +271,7 @@ def arrow_csv_rows(path: Path, counter: ByteCounter | None = None) -> Iterator[A
                     raise ArrowFallback(skipped[0])
                 yield ArrowRows(batch, start)
                 start += batch.num_rows
-        except pa.ArrowInvalid as err:
+        except arrow_invalid as err:
             raise ArrowFallback(str(err).splitlines()[0]) from None
         if skipped:
             raise ArrowFallback(skipped[0])
