@@ -195,3 +195,98 @@ def test_a_direct_write_the_filesystem_refuses_goes_on_buffered(tmp_path, monkey
     data = bytes(range(256)) * 40_000
     fileio.replace_durably(tmp_path / "f", lambda f: f.write(data), direct=True)
     assert refused and (tmp_path / "f").read_bytes() == data
+
+
+def _optimizer_like(n: int = 6) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.randn(40 + i, 50, generator=g),
+                          "exp_avg_sq": torch.rand(40 + i, 50, generator=g)} for i in range(n)},
+            "param_groups": [{"lr": 0.1, "params": list(range(n))}]}
+
+
+def test_a_large_piece_is_written_in_balanced_parts_and_reads_back_exactly(tmp_path, monkeypatch):
+    from chefgenius.checkpoint import format as fmt
+
+    state = _optimizer_like()
+    total = sum(t.numel() * t.element_size() for s in state["state"].values() for t in s.values())
+    monkeypatch.setattr(fmt, "PART_BYTES", total // 3)
+    written = fmt.save_state(tmp_path, "optimizer", state)
+    names = [p.name for p in written]
+    assert names == ["optimizer.json"] + [f"optimizer-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    sizes = [p.stat().st_size for p in written[1:]]
+    assert max(sizes) < 1.3 * min(sizes)  # balanced by bytes, not by count
+    back = fmt.load_state(tmp_path, "optimizer")
+    assert back["param_groups"] == state["param_groups"]
+    for i, s in state["state"].items():
+        assert all(torch.equal(back["state"][i][k], s[k]) for k in s)
+    assert all(recall_digest(p) is not None for p in written[1:])  # digested while written, like one file
+    # the same tensors give the same parts, file for file (a background save writes what a sync one would)
+    again = tmp_path / "again"
+    again.mkdir()
+    fmt.save_state(again, "optimizer", state)
+    assert all((again / p.name).read_bytes() == p.read_bytes() for p in written)
+
+
+def test_a_damaged_or_foreign_part_list_is_refused_by_name(tmp_path, monkeypatch):
+    from chefgenius.checkpoint import format as fmt
+    from chefgenius.checkpoint.format import CheckpointFormatError
+
+    monkeypatch.setattr(fmt, "PART_BYTES", 4096)
+    fmt.save_state(tmp_path, "optimizer", _optimizer_like())
+    doc = json.loads((tmp_path / "optimizer.json").read_text())
+    parts = doc["tensor_files"]
+    for listed, said in ((["../../etc/passwd", parts[1]], "lists tensor files"),
+                         (parts[:1], "lists tensor files"), (parts[::-1], "lists tensor files")):
+        (tmp_path / "optimizer.json").write_text(json.dumps({**doc, "tensor_files": listed}))
+        with pytest.raises(CheckpointFormatError, match=said):
+            fmt.load_state(tmp_path, "optimizer")
+    (tmp_path / "optimizer.json").write_text(json.dumps(doc))
+    first = load_file(str(tmp_path / parts[0]))
+    save_file({**first, **load_file(str(tmp_path / parts[1]))}, str(tmp_path / parts[0]))  # a tensor in two parts
+    with pytest.raises(CheckpointFormatError, match="stored in two of its parts"):
+        fmt.load_state(tmp_path, "optimizer")
+    (tmp_path / parts[1]).unlink()
+    with pytest.raises(CheckpointFormatError, match=f"lacks {parts[1]}"):
+        fmt.load_state(tmp_path, "optimizer", with_tensors=False)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_run_whose_optimizer_is_saved_in_parts_resumes_exactly(tmp_path, monkeypatch, background):
+    from chefgenius.checkpoint import format as fmt
+
+    from .test_resume import assert_identical_runs, run_with_stops
+
+    monkeypatch.setattr(fmt, "PART_BYTES", 64 << 10)  # the micro model's optimizer in several parts
+    cfg = tiny_config(training={"max_steps": 8, "warmup_steps": 1}, checkpoint={"every_steps": 3, "async": background})
+    Trainer(cfg, tmp_path / "straight", log=quiet).fit()
+    run_with_stops(cfg, tmp_path / "resumed", [4])
+    ckpt = list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].path
+    assert len(list(ckpt.glob("optimizer-*-of-*.safetensors"))) >= 2 and not (ckpt / "optimizer.safetensors").exists()
+    assert verify_checkpoint(ckpt) is None
+    assert_identical_runs(tmp_path / "straight", tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_the_checkpoints_model_is_what_save_pretrained_writes_digested_on_the_way(tmp_path, family):
+    """save_pretrained decides what the model directory holds (tied weights dropped, config); inside
+    a checkpoint only its file writer is ours: same bytes, digest known without reading the file."""
+    from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    from chefgenius.checkpoint.hf_weights import direct_weights
+    from chefgenius.fileio import knows_digest
+
+    torch.manual_seed(0)
+    model = (GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+             if family == "gpt2" else
+             T5ForConditionalGeneration(T5Config(vocab_size=300, d_model=32, d_ff=64, d_kv=8, num_layers=2,
+                                                 num_heads=2, decoder_start_token_id=0)))
+    model.save_pretrained(str(tmp_path / "plain"))
+    assert not knows_digest(tmp_path / "plain" / "model.safetensors")  # outside a checkpoint: untouched
+    with direct_weights() as ours:
+        model.save_pretrained(str(tmp_path / "ours"))
+    assert ours
+    for name in sorted(p.name for p in (tmp_path / "plain").iterdir()):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+    weights = tmp_path / "ours" / "model.safetensors"
+    assert knows_digest(weights) and recall_digest(weights) == {"size": weights.stat().st_size,
+                                                                DIGEST: file_digest(weights)}

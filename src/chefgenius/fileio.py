@@ -190,6 +190,16 @@ def recall_digest(path: Path) -> dict[str, Any] | None:
     return known[2] if (st.st_size, st.st_mtime_ns) == known[:2] else None
 
 
+def knows_digest(path: Path) -> bool:
+    """Whether :func:`recall_digest` would give the entry of ``path`` (written and fsynced by us, unchanged)."""
+    with _known_lock:
+        known = _known.get(os.fspath(path))
+    if known is None:
+        return False
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns) == known[:2]
+
+
 def digest_and_sync(path: Path) -> dict[str, Any]:
     """One pass over a file: fsync it and digest it; returns (and remembers) its manifest entry."""
     with Path(path).open("rb") as f:

@@ -1,5 +1,10 @@
 """The on-disk format of one state piece: tensors in ``NAME.safetensors``, the rest in ``NAME.json``.
 
+A piece of more than :data:`PART_BYTES` of tensors (the optimizer of a large model) is written as
+``NAME-0000k-of-0000n.safetensors`` parts side by side, listed in ``NAME.json``: one file is one
+stream to the disk, and a single stream left the disk idle part of the time (153M GPT-2: the
+optimizer's 1.28 GB in two streams took 0.72 s alone, in one about a fifth longer).
+
 Any nesting of dicts, lists, tuples, scalars, strings, None and tensors round-trips exactly:
 tensors are replaced by references into the safetensors file, tuples and non-string dict keys
 are tagged. Nothing is pickled, so loading cannot run code; reading is bounded in size and
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,8 @@ from .layout import MAX_STATE_JSON_BYTES
 from .tensorfile import write_tensors
 
 FORMAT_VERSION = 1
+PART_BYTES = 512 << 20  # a piece with more tensor bytes than this is split into parts of about this size
+MAX_PARTS = 4
 _T, _TUP, _ITEMS, _FLOAT = "__tensor__", "__tuple__", "__items__", "__float__"
 CopyTensor = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -96,19 +104,51 @@ def encode_state(name: str, state: Any, copy: CopyTensor | None = None) -> Encod
     return EncodedState(_encode(state, tensors, name, copy or _on_cpu), tensors)
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def split_parts(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The tensors of one piece in parts of similar size, largest first onto the lightest part; the
+    same tensors give the same parts on every machine (a background save writes the files a
+    synchronous one would)."""
+    count = min(MAX_PARTS, sum(_nbytes(t) for t in tensors.values()) // PART_BYTES)
+    if count < 2:
+        return [tensors]
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
+    loads = [0] * count
+    for key in sorted(tensors, key=lambda k: (-_nbytes(tensors[k]), k)):
+        i = loads.index(min(loads))
+        parts[i][key] = tensors[key]
+        loads[i] += _nbytes(tensors[key])
+    return parts
+
+
+def part_name(name: str, index: int, count: int) -> str:
+    return f"{name}-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
 def write_encoded(directory: Path, name: str, encoded: EncodedState) -> list[Path]:
-    """Write one encoded piece as ``NAME.json`` (+ ``NAME.safetensors``); returns the files written."""
+    """Write one encoded piece as ``NAME.json`` (+ ``NAME.safetensors``, or its parts); returns the
+    files written."""
     json_path = directory / f"{name}.json"
-    doc = {"format_version": FORMAT_VERSION, "state": encoded.tree}
+    doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "state": encoded.tree}
+    parts = split_parts(encoded.tensors) if encoded.tensors else []
+    files = [f"{name}.safetensors"] if len(parts) == 1 else [part_name(name, i, len(parts)) for i in range(len(parts))]
+    if len(parts) > 1:
+        doc["tensor_files"] = files
     write_bytes(json_path, json.dumps(doc, allow_nan=False).encode())
-    written = [json_path]
-    if encoded.tensors:
-        # The safetensors layout written from the tensors' memory, digested and fsynced on the way
-        # (tensorfile.py): the commit reads nothing back. A full disk raises OSError (ENOSPC).
-        st_path = directory / f"{name}.safetensors"
-        write_tensors(st_path, encoded.tensors)
-        written.append(st_path)
-    return written
+    # The safetensors layout written from the tensors' memory, digested and fsynced on the way
+    # (tensorfile.py): the commit reads nothing back. A full disk raises OSError (ENOSPC).
+    paths = [directory / f for f in files] if parts else []
+    if len(parts) == 1:
+        write_tensors(paths[0], parts[0])
+    elif parts:
+        with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="chefgenius-part") as pool:
+            futures = [pool.submit(write_tensors, path, part) for path, part in zip(paths, parts)]
+        for future in futures:
+            future.result()  # the first failure, once every part has stopped
+    return [json_path, *paths]
 
 
 def save_state(directory: Path, name: str, state: Any) -> list[Path]:
@@ -150,21 +190,46 @@ def load_state(directory: Path, name: str, *, with_tensors: bool = True) -> Any:
     if "state" not in doc:
         raise CheckpointFormatError(f"{json_path} holds no 'state' (damaged or foreign)")
     tensors: dict[str, torch.Tensor | None] = {}
-    st_path = directory / f"{name}.safetensors"
-    if st_path.exists():
+    st_paths = _tensor_files(directory, name, doc, json_path)
+    for st_path in st_paths:
         try:
             if with_tensors:
-                tensors = load_file(str(st_path))
+                found: dict[str, Any] = load_file(str(st_path))
             else:
                 with safe_open(str(st_path), framework="pt") as f:
-                    tensors = dict.fromkeys(f.keys())
+                    found = dict.fromkeys(f.keys())
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointFormatError(f"{st_path} is not a valid safetensors file ({err})") from None
+        twice = tensors.keys() & found.keys()
+        if twice:
+            raise CheckpointFormatError(f"tensor {min(twice)!r} of {json_path.name} is stored in two of its parts "
+                                        f"({st_path.name} and an earlier one); the checkpoint is damaged or foreign")
+        tensors.update(found)
     try:
         return _decode(doc["state"], tensors)
     except KeyError as err:
-        raise CheckpointFormatError(f"{json_path} refers to tensor {err} missing from {st_path.name}; "
+        where = ", ".join(p.name for p in st_paths) or "its files (it has no tensor file)"
+        raise CheckpointFormatError(f"{json_path} refers to tensor {err} missing from {where}; "
                                     "the checkpoint is damaged") from None
     except (TypeError, ValueError, AttributeError, RecursionError):
         raise CheckpointFormatError(f"{json_path} does not have the structure of a state file "
                                     "(damaged or foreign)") from None
+
+
+def _tensor_files(directory: Path, name: str, doc: dict, json_path: Path) -> list[Path]:
+    """The safetensors files of a piece: its parts as ``NAME.json`` lists them, or ``NAME.safetensors``."""
+    listed = doc.get("tensor_files")
+    if listed is None:
+        single = directory / f"{name}.safetensors"
+        return [single] if single.exists() else []
+    # Only the names this writer gives, in order: a hostile list cannot point outside the checkpoint.
+    count = len(listed) if isinstance(listed, list) else 0
+    if count < 2 or listed != [part_name(name, i, count) for i in range(count)]:
+        raise CheckpointFormatError(f"{json_path} lists tensor files {listed!r}, not the parts "
+                                    f"'{name}-00001-of-0000N.safetensors' it should (damaged or foreign)")
+    paths = [directory / f for f in listed]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise CheckpointFormatError(f"checkpoint {directory} lacks {', '.join(missing)}, part of its '{name}' "
+                                    "state; the checkpoint is damaged")
+    return paths

@@ -84,7 +84,8 @@ def inspect_checkpoint(ckpt: Path) -> dict[str, Any]:
     for st in sorted(ckpt.rglob("*.safetensors")):
         out["pieces"][st.relative_to(ckpt).as_posix()] = _tensor_summary(st)
     for js in sorted(ckpt.glob("*.json")):
-        if js.name not in (MANIFEST, f"{META}.json") and not (ckpt / js.with_suffix(".safetensors").name).exists():
+        has_tensors = (ckpt / f"{js.stem}.safetensors").exists() or any(ckpt.glob(f"{js.stem}-*-of-*.safetensors"))
+        if js.name not in (MANIFEST, f"{META}.json") and not has_tensors:
             out["pieces"].setdefault(js.name, {"tensors": 0, "bytes": 0})
     rng = {}
     for rank_dir in sorted(ckpt.glob("rank-*")):

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from ..fileio import digest_and_sync
+from ..fileio import digest_and_sync, knows_digest
 from .format import EncodedState, encode_state, write_encoded
+from .hf_weights import direct_weights
 from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
 from .rng import capture_rng
 
@@ -160,13 +161,16 @@ def write_snapshot(directory: Path, snapshot: StateSnapshot, *, model: Any, toke
 
 def _write_hf(directory: Path, snapshot: StateSnapshot, model: Any, tokenizer: Any) -> None:
     if model is not None:
-        if snapshot.model_state is not None:
-            # save_pretrained pops entries from the dict it is given: hand it a fresh one each time.
-            model.save_pretrained(str(model_dir(directory)), state_dict=dict(snapshot.model_state))
-        else:
-            model.save_pretrained(str(model_dir(directory)))
+        # save_pretrained decides what the directory holds; its weights go through our writer
+        # (hf_weights.py): digested while written, so only the small files are read back here.
+        with direct_weights():
+            if snapshot.model_state is not None:
+                # save_pretrained pops entries from the dict it is given: hand it a fresh one each time.
+                model.save_pretrained(str(model_dir(directory)), state_dict=dict(snapshot.model_state))
+            else:
+                model.save_pretrained(str(model_dir(directory)))
         for path in sorted(model_dir(directory).rglob("*")):
-            if path.is_file():
+            if path.is_file() and not knows_digest(path):
                 digest_and_sync(path)  # while the other pieces are still being written
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tokenizer_dir(directory)))
