@@ -222,6 +222,7 @@ def contenders(root: Path, model, opt, tok) -> dict[str, object]:
     from transformers import Trainer, TrainingArguments
 
     from chefgenius.checkpoint import CheckpointManager
+    from chefgenius.checkpoint.store import finish_removals
     from chefgenius.config import CheckpointConfig
 
     pieces = chefgenius_pieces(opt)
@@ -255,6 +256,7 @@ def contenders(root: Path, model, opt, tok) -> dict[str, object]:
     def sync(rep):
         pieces["train_state"].step = rep
         s = timed(lambda: manager.save(rep, model=model, tokenizer=tok, pieces=pieces, meta=META))
+        finish_removals()  # the previous checkpoint, deleted after the save returned (as in training)
         return {"sync": s}, dir_bytes(root / "cg" / f"step-{rep:07d}")
 
     def in_background(rep):
@@ -263,6 +265,7 @@ def contenders(root: Path, model, opt, tok) -> dict[str, object]:
         background.save_async(rep, model=model, tokenizer=tok, pieces=pieces, meta=META)
         blocked = time.perf_counter() - t0
         path = background.wait()
+        finish_removals()
         return {"blocked": blocked, "background": time.perf_counter() - t0}, dir_bytes(path)
 
     def state() -> dict:

