@@ -357,7 +357,8 @@ def contenders(root: Path, model, opt, tok) -> dict[str, object]:
         return {"copy1": timed(one),
                 "copy": timed(lambda: list(pool.map(lambda share: [b.copy_(s) for b, s in share], shares)))}, None
 
-    return {"floor": floor, "floor_direct": floor_direct, "sync": sync, "async": in_background, "dcp": dcp_save, "dcp_async": dcp_async,
+    return {"floor": floor, "floor_direct": floor_direct, "sync": sync, "async": in_background, "dcp": dcp_save,
+            "dcp_async": dcp_async,
             "hf": lambda rep: hf_save(rep, False), "hf_fsync": lambda rep: hf_save(rep, True), "copy": copies}
 
 

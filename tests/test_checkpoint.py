@@ -92,6 +92,35 @@ def test_retention_keeps_last_best_and_protected():
     assert select_retained(infos, losses, keep_last=2, keep_best=1, protect=[10]) == {40, 50, 20, 10}
 
 
+def test_retention_sets_a_checkpoint_aside_at_once_and_deletes_it_in_the_background(tmp_path, monkeypatch):
+    import threading
+
+    from chefgenius.checkpoint import store
+
+    cfg = tiny_config(training={"max_steps": 6, "warmup_steps": 1},
+                      checkpoint={"every_steps": 2, "keep_last": 10, "async": False})
+    Trainer(cfg, tmp_path / "run", log=quiet).fit()
+    root = tmp_path / "run" / "checkpoints"
+    release, real_rmtree = threading.Event(), store.shutil.rmtree
+
+    def held_rmtree(path, **kw):  # noqa: ANN001, ANN003, ANN202 - the deletion waits until told
+        assert release.wait(20)
+        return real_rmtree(path, **kw)
+
+    monkeypatch.setattr(store.shutil, "rmtree", held_rmtree)
+    before = [c.path.name for c in list_checkpoints(root)]
+    assert len(before) >= 3 and before[-1] == "step-0000006"
+    removed = store.apply_retention(root, keep_last=1, keep_best=0)
+    assert [p.name for p in removed] == before[:-1]
+    # returned before anything was deleted, and nothing finds the dropped checkpoints any more
+    assert [c.step for c in list_checkpoints(root)] == [6]
+    aside = sorted(p.name for p in root.iterdir() if p.name.startswith(".tmp-removed-"))
+    assert len(aside) == len(removed) and all((root / a / "MANIFEST.json").exists() for a in aside)
+    release.set()
+    store.finish_removals()
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000006"]
+
+
 class Crash(Exception):
     """Stands in for a kill; a distinct type so that no unrelated error passes for it."""
 

@@ -31,7 +31,8 @@ PIECES = ["I", "i'm", "İ", "ı", "ſ", "\u212a", "my", "we", "our", "me", "mé"
           "my family", "we use", "thiſ", "thiſ recipe",
           "reviewſ", "enjoy", "Delicious", "reviews", "http://x.io", "xhttp", "www.", "WWW", "LOL",
           "lol", "yum!", "omg", "ABCD", "EFGH", "ABC", ":)", ";-P", "<3", "^_^", "xD", "x-D", "a:)b", "!!!", "???",
-          "!!", "😀", "☀", " ", "  ", "\t", "\n", "\u00a0", "\u3000", "\x1f", "é", "Ω", "ﬁ", "½", "Filling:", "°", "\x85", "\u2028", "\u200b", "this  recipe",
+          "!!", "😀", "☀", " ", "  ", "\t", "\n", "\u00a0", "\u3000",
+          "\x1f", "é", "Ω", "ﬁ", "½", "Filling:", "°", "\x85", "\u2028", "\u200b", "this  recipe",
           "For the crust:", "for   the sauce", "Glaze", "sauce", "1 cup", "2 c. flour", "", "_", ".", ",", "-"]
 
 

@@ -19,8 +19,8 @@ from ..config import CheckpointConfig
 from .layout import OPTIMIZER, SHARDS
 from .manager import Checkpoint, CheckpointManager, write_final
 from .shards import read_shards, write_shards
-from .store import finish_removals
 from .state import ResumeError, Stateful
+from .store import finish_removals
 
 
 @dataclass
