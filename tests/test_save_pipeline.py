@@ -290,3 +290,32 @@ def test_the_checkpoints_model_is_what_save_pretrained_writes_digested_on_the_wa
     weights = tmp_path / "ours" / "model.safetensors"
     assert knows_digest(weights) and recall_digest(weights) == {"size": weights.stat().st_size,
                                                                 DIGEST: file_digest(weights)}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE exists on Linux only")
+def test_background_saves_are_written_at_idle_priority_and_synchronous_ones_are_not(tmp_path):
+    """The background writer must not preempt training threads (an intra-op team waits for its
+    slowest member); a synchronous save holds training anyway and runs at normal priority."""
+    import os
+    import threading
+
+    from chefgenius.checkpoint import store
+
+    seen: dict[bool, set[int]] = {}
+    background = [False]
+
+    def policy(directory) -> None:  # noqa: ANN001 - runs in the thread that commits the save
+        seen.setdefault(background[0], set()).add(os.sched_getscheduler(threading.get_native_id()))
+
+    store.SAVE_HOOKS.append(policy)
+    try:
+        for background[0] in (False, True):
+            cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1},
+                              checkpoint={"every_steps": 2, "async": background[0]},
+                              evaluation={"every_steps": 100, "at_epoch_end": False})
+            Trainer(cfg, tmp_path / f"run-{background[0]}", log=quiet).fit()
+    finally:
+        store.SAVE_HOOKS.remove(policy)
+    assert seen[False] == {os.SCHED_OTHER}
+    assert os.SCHED_IDLE in seen[True], seen  # final/ is written by the main thread; the checkpoints are not
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the training thread itself is untouched
