@@ -65,7 +65,13 @@ class DirectFile:
     def __init__(self, fd: int) -> None:
         import mmap
 
+        import numpy as np
+
         self._fd, self._buf, self._used, self.size = fd, mmap.mmap(-1, BLOCK), 0, 0
+        # Copies into the staging block go through numpy, which releases the GIL while it copies (a
+        # slice assignment into the mmap holds it for each 8 MiB): a background writer must not hold
+        # the GIL that training's thread needs, least of all while it waits for a core itself.
+        self._staging = np.frombuffer(self._buf, dtype=np.uint8)
 
     @classmethod
     def open(cls, path: Path) -> DirectFile | None:
@@ -82,11 +88,14 @@ class DirectFile:
         return cls(fd)
 
     def write(self, data: Any) -> int:
+        import numpy as np
+
         view = memoryview(data).cast("B")
+        source = np.frombuffer(view, dtype=np.uint8) if len(view) else None
         done = 0
         while done < len(view):
             n = min(len(view) - done, BLOCK - self._used)
-            self._buf[self._used:self._used + n] = view[done:done + n]
+            self._staging[self._used:self._used + n] = source[done:done + n]
             self._used += n
             done += n
             if self._used == BLOCK:
@@ -130,6 +139,7 @@ class DirectFile:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self._fd)
+        del self._staging  # the mmap cannot close while an array still exports its buffer
         self._buf.close()
 
 
