@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointFormatError  # re-exported
 from .layout import MAX_STATE_JSON_BYTES
+from .priority import adopt
 from .tensorfile import write_tensors
 
 FORMAT_VERSION = 1
@@ -144,7 +145,8 @@ def write_encoded(directory: Path, name: str, encoded: EncodedState) -> list[Pat
     if len(parts) == 1:
         write_tensors(paths[0], parts[0])
     elif parts:
-        with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="chefgenius-part") as pool:
+        with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="chefgenius-part",
+                                initializer=adopt) as pool:
             futures = [pool.submit(write_tensors, path, part) for path, part in zip(paths, parts)]
         for future in futures:
             future.result()  # the first failure, once every part has stopped

@@ -7,7 +7,6 @@ through one :class:`Checkpoint` handle, opened once per run after the checkpoint
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import sys
 import threading
@@ -36,6 +35,7 @@ from .layout import (
     step_of,
     tokenizer_dir,
 )
+from .priority import hurry, run_idle
 from .shards import is_sharded
 from .snapshot import TensorBuffers, take_snapshot, write_snapshot
 from .state import ResumeError, Stateful, load_training_state, write_rank_state, write_training_state
@@ -310,11 +310,13 @@ class CheckpointManager:
             check_abandoned()
 
         def commit_alone() -> tuple[Any, float]:
+            run_idle()
             started = time.perf_counter()
             commit_checkpoint(self.root, step, write, before_commit=check_abandoned)
             return self._apply_retention(), time.perf_counter() - started
 
         def write_piece() -> tuple[Any, float]:
+            run_idle()
             started = time.perf_counter()
             write(tmp)
             run_save_hooks(tmp)
@@ -322,8 +324,7 @@ class CheckpointManager:
             return hash_files(tmp, files_of_rank(tmp, self.rank)), time.perf_counter() - started
 
         if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint",
-                                              initializer=_background_priority)
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint")
         self._pending = _PendingSave(step, self._writer.submit(write_piece if group else commit_alone), abandon, tmp,
                                      blocked_s=time.perf_counter() - t0)
 
@@ -365,6 +366,7 @@ class CheckpointManager:
         pending, self._pending = self._pending, None
         if pending is None:
             return None
+        hurry()  # the writer ran at idle priority while training went on; now training waits for it
         if pending.tmp is not None:
             return self._commit_group(pending)
         try:
@@ -541,19 +543,3 @@ def export_directory(out: Path, write: Callable[[Path], None], *, force: bool) -
     return out
 
 
-
-def _background_priority() -> None:
-    """Run the background writer (and the threads it starts, which inherit it) under ``SCHED_IDLE``:
-    it gets a core only when training leaves one free. At normal priority on the 2-core machine,
-    where training keeps both cores busy, every preemption of a training thread stalled the whole
-    intra-op team, and asynchronous saves cost more than synchronous ones (every 4 steps of a 153M
-    GPT-2: 1.36-1.47x the end-only run against 1.14-1.23x; SCHED_IDLE: 1.18x). It cannot starve a
-    save: a save that comes due, a stop or the end waits for it, and while training waits the
-    writer has the cores. Where the policy does not exist (not Linux) the writer runs as before."""
-    policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None or not hasattr(os, "sched_setscheduler"):
-        return
-    try:
-        os.sched_setscheduler(threading.get_native_id(), policy, os.sched_param(0))
-    except OSError:  # a sandbox that forbids it: normal priority, as before
-        pass

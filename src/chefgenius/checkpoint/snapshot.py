@@ -22,6 +22,7 @@ from ..fileio import digest_and_sync, knows_digest
 from .format import EncodedState, encode_state, write_encoded
 from .hf_weights import direct_weights
 from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
+from .priority import adopt
 from .rng import capture_rng
 
 
@@ -153,7 +154,8 @@ def write_snapshot(directory: Path, snapshot: StateSnapshot, *, model: Any, toke
         jobs.append(lambda: _write_hf(directory, snapshot, model, tokenizer))
     jobs += [lambda n=name, e=encoded: write_encoded(directory, n, e) for name, encoded in snapshot.pieces.items()]
     jobs.append(lambda: write_rank_pieces(directory, snapshot.rank_pieces, rank))
-    with ThreadPoolExecutor(max_workers=min(len(jobs), 4), thread_name_prefix="chefgenius-write") as pool:
+    with ThreadPoolExecutor(max_workers=min(len(jobs), 4), thread_name_prefix="chefgenius-write",
+                            initializer=adopt) as pool:
         futures = [pool.submit(job) for job in jobs]
     for future in futures:
         future.result()  # the first failure, in a fixed order
