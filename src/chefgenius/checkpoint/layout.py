@@ -1,7 +1,8 @@
 """Every file and directory name inside a checkpoint or a run's ``checkpoints/``; nothing else spells them.
 
 A checkpoint is ``checkpoints/step-NNNNNNN/`` holding one entry per named piece (``model/`` and
-``tokenizer/`` in Hugging Face format, the others as ``NAME.json`` + ``NAME.safetensors``),
+``tokenizer/`` in Hugging Face format, the others as ``NAME.json`` + ``NAME.safetensors``, or its
+``NAME-0000k-of-0000n.safetensors`` parts for a piece over ``format.PART_BYTES``),
 ``rank-NNNNN/rng.*`` per process, and ``MANIFEST.json`` written last.
 """
 
