@@ -190,24 +190,26 @@ def remember_digest(path: Path, entry: dict[str, Any]) -> None:
         _known[os.fspath(path)] = (st.st_size, st.st_mtime_ns, entry)
 
 
-def recall_digest(path: Path) -> dict[str, Any] | None:
-    """The entry remembered for ``path`` if the file is unchanged since (same size and mtime), else None."""
-    with _known_lock:
-        known = _known.pop(os.fspath(path), None)
+def _still_valid(path: Path, known: tuple[int, int, dict[str, Any]] | None) -> dict[str, Any] | None:
     if known is None:
         return None
     st = os.stat(path)
     return known[2] if (st.st_size, st.st_mtime_ns) == known[:2] else None
 
 
+def recall_digest(path: Path) -> dict[str, Any] | None:
+    """The entry remembered for ``path`` if the file is unchanged since (same size and mtime), else None;
+    forgotten once recalled."""
+    with _known_lock:
+        known = _known.pop(os.fspath(path), None)
+    return _still_valid(path, known)
+
+
 def knows_digest(path: Path) -> bool:
     """Whether :func:`recall_digest` would give the entry of ``path`` (written and fsynced by us, unchanged)."""
     with _known_lock:
         known = _known.get(os.fspath(path))
-    if known is None:
-        return False
-    st = os.stat(path)
-    return (st.st_size, st.st_mtime_ns) == known[:2]
+    return _still_valid(path, known) is not None
 
 
 def digest_and_sync(path: Path) -> dict[str, Any]:

@@ -109,20 +109,26 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def balanced(items: list[Any], count: int, size: Callable[[Any], int]) -> list[list[Any]]:
+    """``items`` in ``count`` groups of similar total ``size``, largest first onto the lightest group;
+    equal sizes keep their order, so the same items always give the same groups."""
+    groups: list[list[Any]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for item in sorted(items, key=lambda x: -size(x)):
+        i = loads.index(min(loads))
+        groups[i].append(item)
+        loads[i] += size(item)
+    return groups
+
+
 def split_parts(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """The tensors of one piece in parts of similar size, largest first onto the lightest part; the
-    same tensors give the same parts on every machine (a background save writes the files a
-    synchronous one would)."""
+    """The tensors of one piece in parts of similar size; the same tensors give the same parts on
+    every machine (a background save writes the files a synchronous one would)."""
     count = min(MAX_PARTS, sum(_nbytes(t) for t in tensors.values()) // PART_BYTES)
     if count < 2:
         return [tensors]
-    parts: list[dict[str, torch.Tensor]] = [{} for _ in range(count)]
-    loads = [0] * count
-    for key in sorted(tensors, key=lambda k: (-_nbytes(tensors[k]), k)):
-        i = loads.index(min(loads))
-        parts[i][key] = tensors[key]
-        loads[i] += _nbytes(tensors[key])
-    return parts
+    groups = balanced(sorted(tensors), count, lambda k: _nbytes(tensors[k]))
+    return [{k: tensors[k] for k in group} for group in groups]
 
 
 def part_name(name: str, index: int, count: int) -> str:

@@ -541,5 +541,3 @@ def export_directory(out: Path, write: Callable[[Path], None], *, force: bool) -
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..fileio import digest_and_sync, knows_digest
-from .format import EncodedState, encode_state, write_encoded
+from .format import EncodedState, balanced, encode_state, write_encoded
 from .hf_weights import direct_weights
 from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
 from .priority import adopt
@@ -65,12 +65,7 @@ class TensorBuffers:
         if workers > 1 and sum(b.numel() * b.element_size() for b, _ in queued) >= self.PARALLEL_MIN_BYTES:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chefgenius-snapshot")
-            shares: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(workers)]
-            loads = [0] * workers
-            for pair in sorted(queued, key=lambda bt: -bt[0].numel() * bt[0].element_size()):
-                i = loads.index(min(loads))  # largest first onto the least loaded thread
-                shares[i].append(pair)
-                loads[i] += pair[0].numel() * pair[0].element_size()
+            shares = balanced(queued, workers, lambda bt: bt[0].numel() * bt[0].element_size())
             list(self._pool.map(_copy_all, shares))  # tensor copies release the GIL
         else:
             _copy_all(queued)
