@@ -107,6 +107,8 @@ def save_floor(d: Path, files: dict[str, dict[str, torch.Tensor]], pool: ThreadP
 def save_floor_direct(d: Path, files: dict[str, dict[str, torch.Tensor]], pool: ThreadPoolExecutor) -> None:
     import mmap
 
+    import numpy as np
+
     d.mkdir()
     block = 8 << 20
 
@@ -114,14 +116,15 @@ def save_floor_direct(d: Path, files: dict[str, dict[str, torch.Tensor]], pool: 
         name, tensors = item
         fd = os.open(d / f"{name}.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
         buf, used, size = mmap.mmap(-1, block), 0, 0
+        staging = np.frombuffer(buf, dtype=np.uint8)  # numpy copies release the GIL, as chefgenius's do
         try:
             for t in tensors.values():
-                raw = memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
                 size += len(raw)
                 done = 0
                 while done < len(raw):
                     n = min(len(raw) - done, block - used)
-                    buf[used:used + n] = raw[done:done + n]
+                    staging[used:used + n] = raw[done:done + n]
                     used, done = used + n, done + n
                     if used == block:
                         os.write(fd, buf)
@@ -132,6 +135,7 @@ def save_floor_direct(d: Path, files: dict[str, dict[str, torch.Tensor]], pool: 
             os.fsync(fd)
         finally:
             os.close(fd)
+            del staging
             buf.close()
 
     list(pool.map(one, files.items()))
@@ -179,14 +183,10 @@ def state_tensors(model, opt) -> list[torch.Tensor]:
 
 
 def balanced_shares(pairs: list[tuple[torch.Tensor, torch.Tensor]], workers: int) -> list[list]:
-    """Largest first onto the least loaded thread, by bytes (as chefgenius's snapshot does)."""
-    shares: list[list] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for pair in sorted(pairs, key=lambda bt: -bt[0].numel() * bt[0].element_size()):
-        i = loads.index(min(loads))
-        shares[i].append(pair)
-        loads[i] += pair[0].numel() * pair[0].element_size()
-    return shares
+    """Largest first onto the least loaded thread, by bytes (chefgenius's snapshot does the same)."""
+    from chefgenius.checkpoint.format import balanced
+
+    return balanced(pairs, workers, lambda bt: bt[0].numel() * bt[0].element_size())
 
 
 def state_bytes(model, opt) -> int:
@@ -288,19 +288,14 @@ def contenders(root: Path, model, opt, tok) -> dict[str, object]:
         fn()
         return time.perf_counter() - t0
 
-    def floor(rep):
-        d = root / f"floor-{rep}"
-        s = timed(lambda: save_floor(d, files, pool))
-        size = dir_bytes(d)
-        shutil.rmtree(d)
-        return {"floor": s}, size
-
-    def floor_direct(rep):
-        d = root / f"floor-direct-{rep}"
-        s = timed(lambda: save_floor_direct(d, files, pool))
-        size = dir_bytes(d)
-        shutil.rmtree(d)
-        return {"floor_direct": s}, size
+    def floor_of(name: str, save) -> object:
+        def run(rep):
+            d = root / f"{name}-{rep}"
+            s = timed(lambda: save(d, files, pool))
+            size = dir_bytes(d)
+            shutil.rmtree(d)
+            return {name: s}, size
+        return run
 
     def sync(rep):
         pieces["train_state"].step = rep
@@ -357,7 +352,8 @@ def contenders(root: Path, model, opt, tok) -> dict[str, object]:
         return {"copy1": timed(one),
                 "copy": timed(lambda: list(pool.map(lambda share: [b.copy_(s) for b, s in share], shares)))}, None
 
-    return {"floor": floor, "floor_direct": floor_direct, "sync": sync, "async": in_background, "dcp": dcp_save,
+    return {"floor": floor_of("floor", save_floor), "floor_direct": floor_of("floor_direct", save_floor_direct),
+            "sync": sync, "async": in_background, "dcp": dcp_save,
             "dcp_async": dcp_async,
             "hf": lambda rep: hf_save(rep, False), "hf_fsync": lambda rep: hf_save(rep, True), "copy": copies}
 
