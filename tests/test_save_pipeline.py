@@ -292,7 +292,7 @@ def test_the_checkpoints_model_is_what_save_pretrained_writes_digested_on_the_wa
                                                                 DIGEST: file_digest(weights)}
 
 
-def _manager_and_state(root):
+def _manager_and_state(root, log=lambda *a: None):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from chefgenius.checkpoint import CheckpointManager
@@ -307,7 +307,7 @@ def _manager_and_state(root):
     pieces = {"optimizer": opt, "scheduler": build_scheduler(opt, TrainingConfig(), 100),
               "sampler": ResumableSampler(list(range(1, 51)), batch_size=4, grad_accum=1, seed=0),
               "train_state": TrainState(step=1)}
-    manager = CheckpointManager(root, CheckpointConfig(keep_last=5, keep_best=0), lambda *a: None)
+    manager = CheckpointManager(root, CheckpointConfig(keep_last=5, keep_best=0), log)
     return manager, model, pieces
 
 
@@ -347,4 +347,24 @@ def test_a_background_save_is_written_at_idle_priority_until_someone_waits_for_i
     assert seen[:2] == [os.SCHED_IDLE, os.SCHED_OTHER]  # idle while nobody waited, normal once waited for
     assert seen[2:] == [os.SCHED_OTHER, os.SCHED_OTHER]  # the synchronous save, on this thread
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert [c.step for c in list_checkpoints(tmp_path / "ckpt")] == [1, 2]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE exists on Linux only")
+def test_a_refused_idle_priority_is_said_once_and_the_saves_still_commit(tmp_path, monkeypatch):
+    """A sandbox may forbid sched_setscheduler (injected here: an unprivileged Linux process may always
+    lower its priority, so the refusal cannot be produced for real on this machine)."""
+    from chefgenius.checkpoint import priority
+
+    def refuse(*a):  # noqa: ANN002, ANN202
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(priority.os, "sched_setscheduler", refuse)
+    said: list[str] = []
+    manager, model, pieces = _manager_and_state(tmp_path / "ckpt", log=lambda *a: said.append(" ".join(map(str, a))))
+    for step in (1, 2):
+        manager.save_async(step, model=model, tokenizer=None, pieces=pieces, meta={"step": step})
+        manager.wait()
+    warned = [x for x in said if "cannot run at idle priority" in x]
+    assert len(warned) == 1 and "Operation not permitted" in warned[0] and "checkpoint.async: false" in warned[0]
     assert [c.step for c in list_checkpoints(tmp_path / "ckpt")] == [1, 2]

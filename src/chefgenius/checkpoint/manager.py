@@ -163,6 +163,7 @@ class CheckpointManager:
     _pending: _PendingSave | None = None
     _buffers: TensorBuffers = field(default_factory=TensorBuffers)
     _writer: ThreadPoolExecutor | None = None
+    _said_priority: bool = False
 
     def _record(self, path: Path, step: int, mode: str, blocked_s: float, write_s: float) -> None:
         if self.rank == 0:
@@ -310,13 +311,13 @@ class CheckpointManager:
             check_abandoned()
 
         def commit_alone() -> tuple[Any, float]:
-            run_idle()
+            self._background_priority()
             started = time.perf_counter()
             commit_checkpoint(self.root, step, write, before_commit=check_abandoned)
             return self._apply_retention(), time.perf_counter() - started
 
         def write_piece() -> tuple[Any, float]:
-            run_idle()
+            self._background_priority()
             started = time.perf_counter()
             write(tmp)
             run_save_hooks(tmp)
@@ -327,6 +328,15 @@ class CheckpointManager:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-checkpoint")
         self._pending = _PendingSave(step, self._writer.submit(write_piece if group else commit_alone), abandon, tmp,
                                      blocked_s=time.perf_counter() - t0)
+
+    def _background_priority(self) -> None:
+        """The writer at idle priority; said once per run where the system refuses it."""
+        refused = run_idle()
+        if refused is not None and not self._said_priority:
+            self._said_priority = True
+            self.log(f"WARNING: checkpoint: the background writer cannot run at idle priority ({refused}); it "
+                     "runs at training's priority, and on a machine whose cores training fills, background "
+                     "saves may slow training more than synchronous ones (checkpoint.async: false)")
 
     def _announce_temporary(self, step: int) -> Path | None:
         """Rank 0 creates the save's temporary directory and names it to every rank (None: it failed)."""

@@ -20,19 +20,25 @@ _threads: set[int] = set()
 _lock = threading.Lock()
 
 
-def _set(tid: int, policy: int) -> bool:
+def _set(tid: int, policy: int) -> str | None:
+    """None when done, else why not."""
     try:
         os.sched_setscheduler(tid, policy, os.sched_param(0))
-        return True
-    except (OSError, AttributeError):  # gone, refused by a sandbox, or not Linux
-        return False
+        return None
+    except (OSError, AttributeError) as err:  # gone, refused by a sandbox, or not Linux
+        return str(err)
 
 
-def run_idle() -> None:
-    """Put the calling thread (and the threads it starts, which inherit its policy) at idle priority."""
-    if _IDLE is not None and _set(threading.get_native_id(), _IDLE):
+def run_idle() -> str | None:
+    """Put the calling thread (and the threads it starts, which inherit its policy) at idle priority;
+    returns why it could not (the writer then runs at training's priority, as before), else None."""
+    if _IDLE is None:
+        return None  # not Linux: nothing to say each save
+    refused = _set(threading.get_native_id(), _IDLE)
+    if refused is None:
         with _lock:
             _threads.add(threading.get_native_id())
+    return refused
 
 
 def adopt() -> None:
