@@ -93,6 +93,30 @@ def test_generate_is_deterministic_per_seed(tiny_run):
     assert record["repeated_ingredients"] == repeated_ingredients(record["ingredients"])
 
 
+def test_titles_use_only_the_training_titles_words(tiny_run):
+    """The words of the training titles travel with the tokenizer (final/, every checkpoint) and the
+    guard keeps generated titles to them and to the request's words."""
+    from chefgenius import title_words
+    from chefgenius.data.format import parse_recipe
+    from chefgenius.data.sources import bundled_corpus_path, read_source
+    from chefgenius.inference import load_generator
+
+    words = title_words.load(tiny_run / "final")
+    every_title = {w for r in read_source(bundled_corpus_path()) for w in title_words.words_of(r.title)}
+    assert words and set(words) <= every_title and len(words) > 0.8 * len(every_title)  # the training split's
+    assert {title_words.load(c / "tokenizer") for c in (tiny_run / "checkpoints").glob("step-*")} == {words}
+    assert title_words.of(load_generator(run=tiny_run, device="cpu").tokenizer) == words
+    outside = {}
+    for guard in ("--guard", "--no-guard"):
+        for ask in ("egg, milk", "rice, onion, saffron", "walnut, spinach, lemon"):
+            out = invoke("generate", "--run", tiny_run, "--ingredients", ask, "--max-new-tokens", "24", guard)
+            assert out.exit_code == 0, out.output
+            title = parse_recipe(out.output[out.output.index("Title:"):]).title
+            outside[guard, ask] = set(title_words.words_of(title)) - set(words) - set(title_words.words_of(ask))
+    assert not any(v for (guard, _), v in outside.items() if guard == "--guard"), outside
+    assert any(v for (guard, _), v in outside.items() if guard == "--no-guard"), outside  # this model needs it
+
+
 def test_coverage_decoding_uses_the_requested_ingredients(tiny_run):
     """A barely trained model ignores unusual requests; --coverage makes it list them, deterministically."""
     from chefgenius.coverage import coverage

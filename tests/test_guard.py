@@ -209,3 +209,40 @@ def test_no_third_sentence_opens_with_the_same_two_content_words(tok):
     assert _verdicts(tok, steps + " Add the", [" rice", " onion"]) == {" rice": True, " onion": False}
     once = "Ingredients:\n- 1 cup rice\n- 1 onion\nDirections:\n1. Add rice and onion.\n2."
     assert _verdicts(tok, once + " Add", [" rice"]) == {" rice": False}
+
+
+def test_title_words_are_the_training_titles_and_the_requests(tok):
+    """A tiny model spells titles it never saw ("Pushel", "Sandwich onar"): with the training titles'
+    words kept with the tokenizer, a title word may only be one that can still become one of them."""
+    import copy
+
+    from chefgenius import title_words
+
+    known = title_words.attach(copy.copy(tok), ["and", "bacon", "casserole", "chicken", "rice"])
+    assert _verdicts(known, "Title: Chicken", [" R", " P", " B"]) == {" R": False, " P": True, " B": False}
+    assert _verdicts(known, "Title: Chicken R", ["ice", "us"]) == {"ice": False, "us": True}
+    # a word begun may go on to a known one, not end unknown ("Ri" then the title's end)
+    assert _verdicts(known, "Title: Chicken Ri", ["ce", "\n"]) == {"ce": False, "\n": True}
+    assert _verdicts(known, "Title: Chicken Rice", ["\n", "s"]) == {"\n": False, "s": True}
+    # the request's words are titles' words too, though no training title used them
+    assert _verdicts(known, "Title: Chicken", [" S", " R"]) == {" S": True, " R": False}
+    assert _verdicts(known, "Title: Chicken", [" S", " R"], ingredients=["chicken", "soup"]) == {
+        " S": False, " R": False}
+    # the rule keeps to the title: the list and the steps may use any word
+    assert _verdicts(known, "Title: Chicken\nIngredients:\n- 1 cup", [" P", " R"]) == {" P": False, " R": False}
+    # a tokenizer that carries none (a hub model, an older run) leaves titles to the other rules
+    assert _verdicts(tok, "Title: Chicken", [" P", " R"]) == {" P": False, " R": False}
+
+
+def test_title_words_collect_and_refuse_a_corrupt_file(tmp_path):
+    from chefgenius import title_words
+    from chefgenius.errors import ModelLoadError
+
+    targets = ["Title: Mom's Chicken Pie\nIngredients:\n- 1 pushel", "Title: Chicken Rice\nIngredients:\n- rice"]
+    assert title_words.collect(targets) == ("chicken", "mom", "pie", "rice", "s")  # the titles', not the lists'
+    title_words.save(tmp_path, title_words.collect(targets))
+    assert title_words.load(tmp_path) == ("chicken", "mom", "pie", "rice", "s")
+    assert title_words.load(tmp_path / "elsewhere") is None
+    (tmp_path / title_words.FILE).write_text('{"title_words": ["Chicken", 3]}')
+    with pytest.raises(ModelLoadError, match="title_words.json is not a title-word list.*delete it"):
+        title_words.load(tmp_path)

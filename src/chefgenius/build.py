@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import transformers
 
-from . import __version__, distributed
+from . import __version__, distributed, title_words
 from .config import Config
 from .data.prepared import PreparedDataset, prepare_dataset
 from .data.sources import DataError
@@ -44,6 +44,8 @@ def build_data(cfg: Config, ckpt: Any, *, is_seq2seq: bool, rank: int, log: Call
     dropped = ", ".join(f"{reason}: {n}" for reason, n in rep.dropped.most_common())
     log(f"data: read {rep.num_read}, kept {rep.num_kept}, dropped {rep.num_dropped}"
         + (f" ({dropped})" if dropped else "") + "; details in data_report.json")
+    if given is not None and title_words.of(given) is None:  # a pretrained tokenizer learns this data's titles
+        title_words.attach(given, data.title_words())
     return data, given if given is not None else data.tokenizer()
 
 

@@ -25,6 +25,8 @@ a candidate is forbidden (its score set to -inf) when it would
   within a line is a bullet that lost its new line);
 - **leave a parenthesis unmatched**: close one its line never opened ("- 1/2 oz.) cans") or end a
   line with one open ("- 1/2 c. pork roast (I use");
+- **title the dish with a non-word**: a title word that cannot become a word of the training titles
+  (:mod:`title_words`, kept with the tokenizer) or of the request ("Pushel", "Sandwich onar");
 - **give the dish a food it will not have**: a food word of the title (recipe_checks.FOOD_WORDS) that
   none of the requested ingredients names ("Peach Cobbler" from flour, sugar, butter), when they are known;
 - **cook with what was never listed**: a food word in the directions that no ingredient line names
@@ -42,12 +44,14 @@ they only remove candidates, so a model that writes sound recipes decodes exactl
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from typing import Any
 
 import torch
 
+from . import title_words
 from .coverage import normal_word
 from .data.format import (
     _QUANTITY,
@@ -96,6 +100,9 @@ class RecipeGuard:
         self.eos = tokenizer.eos_token_id
         self.asked_foods = frozenset(food_words(" ".join(ingredients)))
         self.title_foods = (self.asked_foods | _DISH_WORDS) if ingredients else None
+        known = title_words.of(tokenizer)
+        self.title_vocab = None if known is None else \
+            tuple(sorted(set(known) | set(title_words.words_of(" ".join(ingredients)))))
         self._pieces: dict[int, str] = {}
         # Byte-level BPE decodes token by token (a piece is the same alone as in context); other
         # tokenizers (sentencepiece drops a word's leading space alone) decode each candidate in context.
@@ -124,7 +131,7 @@ class RecipeGuard:
     def _guard_row(self, generated: list[int], scores: torch.Tensor) -> None:
         written = self.tokenizer.decode(generated, skip_special_tokens=True)
         text = self.prefix_text + written
-        check = _checker(text, self.title_foods, self.asked_foods)
+        check = _checker(text, self.title_foods, self.asked_foods, self.title_vocab)
         layout = _layout(text) if self._lines else None
         if check is None and layout is None:
             return
@@ -218,9 +225,11 @@ def _fits(layout: tuple[str, tuple[str, ...]], piece: str) -> bool:
     return any(s.startswith(new) or new.startswith(s) for s in starts)
 
 
-def _checker(text: str, title_foods: frozenset[str] | None = None, asked: frozenset[str] = frozenset()):
+def _checker(text: str, title_foods: frozenset[str] | None = None, asked: frozenset[str] = frozenset(),
+             title_vocab: tuple[str, ...] | None = None):
     """A predicate over the next piece of text, for the section being written (None: nothing to check).
-    ``asked``: food words of the request, which the steps may use even where the list forgot them."""
+    ``asked``: food words of the request, which the steps may use even where the list forgot them;
+    ``title_vocab``: the sorted words a title may use (None: any)."""
     d = text.find(DIRECTIONS_LABEL)
     i = text.find(INGREDIENTS_LABEL)
     if d >= 0:
@@ -230,7 +239,7 @@ def _checker(text: str, title_foods: frozenset[str] | None = None, asked: frozen
         return _ingredients_checker(text[i + len(INGREDIENTS_LABEL):])
     t = text.find(TITLE_LABEL)
     if t >= 0:
-        return _title_checker(text[t + len(TITLE_LABEL):], title_foods)
+        return _title_checker(text[t + len(TITLE_LABEL):], title_foods, title_vocab)
     return None
 
 
@@ -245,9 +254,23 @@ def _names_a_missing_food(text: str, piece: str, allowed: frozenset[str]) -> boo
     return False
 
 
-def _title_checker(title: str, allowed: frozenset[str] | None):
+def _outside(vocab: tuple[str, ...], text: str, ended: bool) -> bool:
+    """Whether ``text`` (from the start of a word) holds a word ``vocab`` does not; its last word, unless
+    ``ended``, only has to begin one."""
+    for m in _WORD.finditer(text.lower()):
+        word = m.group(0)
+        k = bisect.bisect_left(vocab, word)  # the first known word >= this one: it, or one it begins
+        if k == len(vocab) or not vocab[k].startswith(word):
+            return True
+        if (ended or m.end() < len(text)) and vocab[k] != word:
+            return True
+    return False
+
+
+def _title_checker(title: str, allowed: frozenset[str] | None, vocab: tuple[str, ...] | None = None):
     """A title opens with a capital or a digit, has a word before its line ends, no sentence end and
-    no word twice; with the requested ingredients known, its food words are among them."""
+    no word twice; with the requested ingredients known, its food words are among them; with a title
+    vocabulary, its words are among those."""
     begun = bool(title.strip())
     partial = re.search(r"[A-Za-z]*$", title).group(0)
     before = len(_WORD.findall(title[:len(title) - len(partial)].lower()))  # words the piece cannot touch
@@ -270,6 +293,8 @@ def _title_checker(title: str, allowed: frozenset[str] | None):
         touched = before if head[:1].isalpha() else len(_WORD.findall(title.lower()))
         if any(len(words[k]) > 2 and words[k] in words[:k] for k in range(touched, len(words))):
             return True  # "Grilled Grilled Grilled"
+        if vocab is not None and _outside(vocab, partial + head, "\n" in piece):
+            return True  # "Pushel", "Sandwich onar"
         return allowed is not None and _names_a_missing_food(title, piece, allowed)
 
     return misfits

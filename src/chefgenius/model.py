@@ -27,6 +27,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from . import title_words
 from .config import Config, ModelConfig
 from .distributed import print0
 from .errors import ModelLoadError  # re-exported
@@ -83,7 +84,16 @@ def load_tokenizer(path: str | Path) -> Any:
         raise ModelLoadError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # GPT-2 has no pad token; padding is masked out anyway
+    if Path(path).is_dir():
+        title_words.attach(tok, title_words.load(Path(path)))
     return tok
+
+
+def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
+    """The tokenizer's files and the title words it carries (:mod:`title_words`), which
+    :func:`load_tokenizer` gives back."""
+    tokenizer.save_pretrained(str(directory))
+    title_words.save(Path(directory), title_words.of(tokenizer))
 
 
 def build_from_scratch(cfg: ModelConfig, tokenizer: Any, max_positions: int) -> torch.nn.Module:

@@ -504,7 +504,7 @@ def write_hf_directory(directory: Path, model: Any, tokenizer: Any, state_dict: 
     """One Hugging Face model directory: weights, config, generation config and tokenizer side by side.
 
     ``state_dict``: full weights gathered from a sharded model (saved instead of the model's own)."""
-    from ..model import unwrap
+    from ..model import save_tokenizer, unwrap
 
     gen = getattr(unwrap(model), "generation_config", None)
     if gen is not None:  # generation stops at the end-of-recipe token, whoever loads the directory
@@ -514,7 +514,7 @@ def write_hf_directory(directory: Path, model: Any, tokenizer: Any, state_dict: 
         model.save_pretrained(str(directory), state_dict=state_dict)
     else:
         model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
+    save_tokenizer(tokenizer, directory)
 
 
 def write_final(final_dir: Path, step: int, *, model: Any, tokenizer: Any, summary: dict[str, Any],

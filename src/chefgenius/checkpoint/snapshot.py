@@ -170,7 +170,9 @@ def _write_hf(directory: Path, snapshot: StateSnapshot, model: Any, tokenizer: A
             if path.is_file() and not knows_digest(path):
                 digest_and_sync(path)  # while the other pieces are still being written
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(tokenizer_dir(directory)))
+        from ..model import save_tokenizer
+
+        save_tokenizer(tokenizer, tokenizer_dir(directory))
 
 
 def write_rank_pieces(directory: Path, pieces: dict[str, EncodedState], rank: int) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import title_words
 from ..config import DataConfig, QualityConfig
 from ..errors import PrepareWriteError  # re-exported
 from ..fileio import atomic_write_text, update_from_file
@@ -59,7 +60,7 @@ from .split import is_validation
 from .token_arrays import EncodeJob, EncoderMismatch, TextColumn
 from .tokenize import tokenizer_digest
 
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2  # 2: the training titles' words beside the tokenizer
 TOKENIZER_SAMPLE = 200_000  # train recipes (in content-hash order) a from-scratch tokenizer learns from
 EVAL_TEXTS = 1000  # validation prompts and references kept as text for `chefgenius eval`
 CHUNK_ROWS = 5_000
@@ -170,6 +171,9 @@ class PreparedDataset:
         from ..model import load_tokenizer
 
         return load_tokenizer(self.path / "tokenizer")
+
+    def title_words(self) -> tuple[str, ...] | None:
+        return title_words.load(self.path / "tokenizer")
 
     def eval_texts(self, side: str = "val") -> list[dict[str, Any]]:
         """Prompt ingredients and reference target of the first validation (or train) recipes."""
@@ -557,7 +561,12 @@ def _write_store(tmp: Path, orders: dict[str, np.ndarray], readers: dict[str, Te
             texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
                       "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
             (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
-    job.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    from ..model import save_tokenizer
+
+    save_tokenizer(job.tokenizer, tmp / "tokenizer")
+    # the words of the training titles, kept with the tokenizer (as many recipes as it learns from)
+    title_words.save(tmp / "tokenizer", title_words.collect(readers["target"](int(i))
+                                                            for i in orders["train"][:TOKENIZER_SAMPLE]))
     meta = {**{k: v for k, v in meta.items() if k != "report"}, "arrays": arrays, "report": meta["report"],
             "created": time.time()}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
