@@ -58,7 +58,7 @@ def main() -> None:
         texts_out += [{"mode": name, "ingredients": p, "text": t, "loops": check_recipe(t).loops,
                        "duplicate_lines": check_recipe(t).duplicate_lines} for p, t in zip(prompts, texts)]
         asked = [[x.strip() for x in p.split(",")] for p in prompts]
-        row = {"mode": name, **cook_metrics(texts),
+        row = {"mode": name, **cook_metrics(texts), "title_nonword_rate": _nonword_rate(tok, prompts, texts),
                "ingredient_recall": statistics.mean(coverage(a, t).recall for a, t in zip(asked, texts)),
                "structure_score": statistics.mean(map(structure_score, texts)), "seconds_per_recipe": seconds}
         if args.val:
@@ -74,6 +74,7 @@ def main() -> None:
         f" --max-new-tokens {args.max_new_tokens}" if args.max_new_tokens != 256 else "") + (
         f" --name {args.name}" if args.name != "recipe_quality" else "")
     keys = ["duplicate_line_rate", "repeated_ingredient_rate", "looping_directions_rate", "title_fit_rate",
+            "title_nonword_rate",
             "extra_items", "ingredient_recall",
             "structure_score", "seconds_per_recipe"]
     val_keys = ["val_bleu", "val_rougeL", "val_ingredient_recall", "val_duplicate_line_rate",
@@ -85,6 +86,18 @@ def main() -> None:
              "|---|" + "---:|" * len(keys + val_keys)]
     lines += ["| " + r["mode"] + " | " + " | ".join(f"{r[k]:.3f}" for k in keys + val_keys) + " |" for r in rows]
     write_result(args.name, lines, {"command": command, "rows": rows, "prompts": prompts})
+
+
+def _nonword_rate(tok, prompts: list[str], texts: list[str]) -> float:
+    """Share of titles with a word neither the training titles (title_words.json) nor the request use."""
+    from chefgenius import title_words
+    from chefgenius.data.format import parse_recipe
+
+    known = set(title_words.of(tok) or ())
+    if not known:
+        return float("nan")
+    return statistics.mean(bool(set(title_words.words_of(parse_recipe(t).title)) - known
+                                - set(title_words.words_of(p))) for p, t in zip(prompts, texts))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,14 @@ def test_a_new_line_may_open_with_an_earlier_lines_quantity_unit_and_all(tok):
     assert _verdicts(tok, "Ingredients:\n- 1 c. sugar\n- 1 c.", [" milk", " s"]) == {" milk": False, " s": True}
 
 
+def test_a_line_of_the_list_says_a_pair_of_words_once(tok):
+    """ "- 1 (4 oz.) pkg. zucchini, drained spinach, drained spinach" (a held-out recipe before this rule)."""
+    written = "Ingredients:\n- 1 pkg. cut spinach, fresh cut"
+    assert _verdicts(tok, written, [" spinach", " lemon"]) == {" spinach": True, " lemon": False}
+    # a word alone may come again in the line
+    assert _verdicts(tok, "Ingredients:\n- 1 c. spinach, chopped lemon and", [" spinach"]) == {" spinach": False}
+
+
 def test_parentheses_close_only_what_their_line_opened_and_close_before_it_ends(tok):
     assert _verdicts(tok, "Ingredients:\n- 1 (8 oz.) can soup\n- 1/2 oz", [")", "."]) == {")": True, ".": False}
     assert _verdicts(tok, "Ingredients:\n- 1 (8 oz", [")"]) == {")": False}

@@ -20,7 +20,8 @@ a candidate is forbidden (its score set to -inf) when it would
 - **repeat itself within a sentence**: a pair of content words twice in one sentence ("soup mix and
   soup mix"), a food word a third time ("cocoa, cocoa, margarine, cocoa"), a food word right after
   itself across punctuation or small words ("Add rice, rice." "rice to rice": recipe_checks.food_twice_in_a_row)
-  or any word of three letters or more right after itself ("chopped chopped", in the list too);
+  or any word of three letters or more right after itself ("chopped chopped", in the list too); in a
+  line of the list, a pair of content words twice ("zucchini, drained spinach, drained spinach");
 - **open a second ingredient inside a line**: "- 1/2 c. self- 1/2 c. butter" (a dash then a space
   within a line is a bullet that lost its new line);
 - **leave a parenthesis unmatched**: close one its line never opened ("- 1/2 oz.) cans") or end a
@@ -322,6 +323,8 @@ def _ingredients_checker(block: str):
             return line.rstrip().endswith("-") or not ingredient_name(line) or ingredient_key(line) in names
         if _doubles_a_word(current, piece):
             return True
+        if _repeats_a_pair(current, piece):
+            return True  # "- 1 pkg. zucchini, drained spinach, drained spinach"
         new = _norm(current + piece)
         if new and ingredient_name(new) and any(line.startswith(new) and len(new) > q for line, q in earlier):
             return True
@@ -336,6 +339,13 @@ def _doubles_a_word(text: str, piece: str) -> bool:
     """Whether ``piece`` writes a word of three letters or more right after itself ("chopped chopped")."""
     words = re.findall(r"[A-Za-z]+|[^A-Za-z\s]", (re.search(r"\S*\s*\S*\s*$", text).group(0) + piece).lower())
     return any(len(b) > 2 and a == b for a, b in zip(words, words[1:]))
+
+
+def _repeats_a_pair(text: str, piece: str) -> bool:
+    """Whether ``piece`` makes ``text`` say a pair of content words a second time."""
+    before, after = _content_words(text), _content_words(text + piece)
+    counts_before = Counter(zip(before, before[1:]))
+    return any(n > 1 and n > counts_before[p] for p, n in Counter(zip(after, after[1:])).items())
 
 
 def _mostly_one_word(words: list[str]) -> bool:
