@@ -263,6 +263,10 @@ def test_a_run_whose_optimizer_is_saved_in_parts_resumes_exactly(tmp_path, monke
     ckpt = list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].path
     assert len(list(ckpt.glob("optimizer-*-of-*.safetensors"))) >= 2 and not (ckpt / "optimizer.safetensors").exists()
     assert verify_checkpoint(ckpt) is None
+    from chefgenius.checkpoint.inspect import inspect_checkpoint
+
+    pieces = inspect_checkpoint(ckpt)["pieces"]  # `ckpt inspect` shows the parts, not an empty optimizer.json
+    assert "optimizer.json" not in pieces and sum(p.startswith("optimizer-") for p in pieces) >= 2
     assert_identical_runs(tmp_path / "straight", tmp_path / "resumed")
 
 

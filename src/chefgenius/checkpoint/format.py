@@ -198,7 +198,7 @@ def load_state(directory: Path, name: str, *, with_tensors: bool = True) -> Any:
     if "state" not in doc:
         raise CheckpointFormatError(f"{json_path} holds no 'state' (damaged or foreign)")
     tensors: dict[str, torch.Tensor | None] = {}
-    st_paths = _tensor_files(directory, name, doc, json_path)
+    st_paths = tensor_files(directory, name, doc, json_path)
     for st_path in st_paths:
         try:
             if with_tensors:
@@ -224,7 +224,7 @@ def load_state(directory: Path, name: str, *, with_tensors: bool = True) -> Any:
                                     "(damaged or foreign)") from None
 
 
-def _tensor_files(directory: Path, name: str, doc: dict, json_path: Path) -> list[Path]:
+def tensor_files(directory: Path, name: str, doc: dict, json_path: Path) -> list[Path]:
     """The safetensors files of a piece: its parts as ``NAME.json`` lists them, or ``NAME.safetensors``."""
     listed = doc.get("tensor_files")
     if listed is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from .format import CheckpointFormatError, load_state
+from .format import CheckpointFormatError, load_state, tensor_files
 from .layout import MANIFEST, META, RNG, SAMPLER, TRAIN_STATE
 from .manager import checkpoint_problem
 from .store import list_checkpoints, read_manifest
@@ -84,7 +84,8 @@ def inspect_checkpoint(ckpt: Path) -> dict[str, Any]:
     for st in sorted(ckpt.rglob("*.safetensors")):
         out["pieces"][st.relative_to(ckpt).as_posix()] = _tensor_summary(st)
     for js in sorted(ckpt.glob("*.json")):
-        has_tensors = (ckpt / f"{js.stem}.safetensors").exists() or any(ckpt.glob(f"{js.stem}-*-of-*.safetensors"))
+        doc = json.loads(js.read_text())
+        has_tensors = bool(tensor_files(ckpt, js.stem, doc if isinstance(doc, dict) else {}, js))  # as the loader
         if js.name not in (MANIFEST, f"{META}.json") and not has_tensors:
             out["pieces"].setdefault(js.name, {"tensors": 0, "bytes": 0})
     rng = {}
