@@ -3,8 +3,9 @@
 Taking a snapshot is the only part of an asynchronous save that blocks training: every tensor is
 copied into CPU buffers that are reused from one save to the next (laid out as the files they will
 be written as, when the state is on the CPU; pinned when it lives on a GPU, so the copies do not
-stall the host), and every other value is rebuilt as fresh JSON data. Nothing in a snapshot refers to live training state, so a background thread can write it
-while the next steps change the model and optimizer in place.
+stall the host), and every other value is rebuilt as fresh JSON data. Nothing in a snapshot refers
+to live training state, so a background thread can write it while the next steps change the model
+and optimizer in place.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
 from .priority import adopt
 from .rng import capture_rng
 from .tensorfile import file_layout
+
+Metadata = dict[str, str] | None  # a safetensors file's __metadata__
 
 
 class TensorBuffers:
@@ -64,7 +67,7 @@ class TensorBuffers:
             self._queued.append((buf, tensor))
         return buf
 
-    def place(self, files: list[tuple[dict[str, torch.Tensor], dict[str, str] | None]]) -> list[dict[str, torch.Tensor]]:
+    def place(self, files: list[tuple[dict[str, torch.Tensor], Metadata]]) -> list[dict[str, torch.Tensor]]:
         """Queue each file's CPU tensors to be copied into that file's image (its metadata as given);
         returns the copies, file by file. Images of layouts no longer saved are let go."""
         images: dict[bytes, FileImage] = {}
@@ -182,7 +185,7 @@ def take_snapshot(*, model: Any, pieces: dict[str, Any], meta: dict[str, Any] | 
 def _copy_into(buffers: TensorBuffers, model: Any, states: list[EncodedState]) -> dict[str, torch.Tensor] | None:
     """Point every encoded piece, and the model's state (returned), at copies in ``buffers``: in the
     images of their files where the state is on the CPU, else in buffers of their own."""
-    files: list[tuple[dict[str, torch.Tensor], dict[str, str] | None]] = []
+    files: list[tuple[dict[str, torch.Tensor], Metadata]] = []
     owners: list[EncodedState] = []
     for state in states:
         if not all(t.device.type == "cpu" for t in state.tensors.values()):
