@@ -48,7 +48,7 @@ class TensorBuffers:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
-        self._images: dict[bytes, FileImage] = {}
+        self._images: dict[bytes, list[FileImage]] = {}  # by layout (the header says it all)
         self._queued: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._copied_from_cuda = False
         self._pool: ThreadPoolExecutor | None = None
@@ -70,18 +70,17 @@ class TensorBuffers:
     def place(self, files: list[tuple[dict[str, torch.Tensor], Metadata]]) -> list[dict[str, torch.Tensor]]:
         """Queue each file's CPU tensors to be copied into that file's image (its metadata as given);
         returns the copies, file by file. Images of layouts no longer saved are let go."""
-        images: dict[bytes, FileImage] = {}
+        spare, self._images = self._images, {}
         placed = []
         for tensors, metadata in files:
             layout = file_layout(tensors, metadata)
-            image = images.get(layout.prefix) or self._images.get(layout.prefix)
-            if image is None:
-                image = FileImage(layout, {k: t.dtype for k, t in tensors.items()},
-                                  {k: tuple(t.shape) for k, t in tensors.items()})
-            images[layout.prefix] = image
+            # An image serves one file per snapshot, even where two files have the same layout.
+            free = spare.get(layout.prefix)
+            image = free.pop() if free else FileImage(layout, {k: t.dtype for k, t in tensors.items()},
+                                                      {k: tuple(t.shape) for k, t in tensors.items()})
+            self._images.setdefault(layout.prefix, []).append(image)
             self._queued += [(image.views[k], t.detach()) for k, t in tensors.items()]
             placed.append(dict(image.views))
-        self._images = images
         return placed
 
     def finish(self) -> Any:
