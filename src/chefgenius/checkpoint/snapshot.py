@@ -193,19 +193,17 @@ def _copy_into(buffers: TensorBuffers, model: Any, states: list[EncodedState]) -
             parts = split_parts(state.tensors)  # as write_encoded will split them
             files += [(part, None) for part in parts]
             owners += [state] * len(parts)
-    sources, frozen, weights = ({}, set(), None) if model is None else (*_model_sources(model), None)
-    if model is not None:
-        weights = _weights_file(model, sources, frozen)
-        if weights is not None:
-            files.append((weights, {"format": "pt"}))  # the metadata save_pretrained gives its files
+    sources, frozen = _model_sources(model) if model is not None else ({}, set())
+    weights = _weights_file(model, sources, frozen) if model is not None else None
+    if weights is not None:
+        files.append((weights, {"format": "pt"}))  # the metadata save_pretrained gives its files
     placed = buffers.place(files)
     for owner, views in zip(owners, placed):
         owner.tensors.update(views)
     if model is None:
         return None
-    copies: dict[int, torch.Tensor] = {}
-    if weights is not None:
-        copies = {id(weights[k]): view for k, view in placed[-1].items()}
+    # One copy per tensor object: tied names share theirs, as they share one tensor in the model.
+    copies = {id(weights[k]): view for k, view in placed[len(owners)].items()} if weights is not None else {}
     model_state = {}
     for name, t in sources.items():
         if name in frozen:
