@@ -254,3 +254,18 @@ def test_title_words_collect_and_refuse_a_corrupt_file(tmp_path):
     (tmp_path / title_words.FILE).write_text('{"title_words": ["Chicken", 3]}')
     with pytest.raises(ModelLoadError, match="title_words.json is not a title-word list.*delete it"):
         title_words.load(tmp_path)
+
+
+def test_the_steps_may_name_a_listed_food_by_its_kind_and_cream_as_a_verb(tok):
+    from chefgenius.guard import _names_a_missing_food
+    from chefgenius.recipe_checks import listed_foods
+
+    listed = listed_foods("- 1 lb. ground chuck\n- 1/2 c. butter\n- 1 c. sugar")
+    assert not _names_a_missing_food("1. Brown the", " meat", listed)
+    assert _names_a_missing_food("1. Brown the", " chicken", listed)
+    assert not _names_a_missing_food("Directions:\n2. ", "Cream", listed)  # the verb, at a step's start
+    assert not _names_a_missing_food("2. Cream", " butter", listed)
+    assert _names_a_missing_food("2. Cream", " cheese", listed)  # "Cream cheese": the food, never listed
+    assert _names_a_missing_food("3. Add the", " cream", listed)
+    written = "Ingredients:\n- 1 lb. ground chuck\n- 2 cups rice\nDirections:\n1. Brown the"
+    assert _verdicts(tok, written, [" rice", " chicken"]) == {" rice": False, " chicken": True}

@@ -102,3 +102,17 @@ def test_the_corpus_itself_rarely_trips_the_checks():
     m = cook_metrics(texts)
     assert m["duplicate_line_rate"] <= 0.02 and m["looping_directions_rate"] <= 0.05, m
     assert m["repeated_ingredient_rate"] <= 0.08, m  # a topping's sugar, a glaze's butter
+
+
+def test_generic_words_and_the_verb_cream_are_not_extra_items():
+    """The steps may call what the list names specifically by its kind ("the meat" after ground beef,
+    "cheese" after Cheddar), and "cream" as a verb names no ingredient; "Add the cream" still does."""
+    text = format_target("Cheesy Beef", ["1 lb. ground beef", "1 cup grated Cheddar", "1/2 cup butter", "1 cup sugar"],
+                         ["Brown the meat.", "Cream butter and sugar.", "Cream together until light.",
+                          "Sprinkle with cheese."])
+    c = check_recipe(text)
+    assert c.extra_items == [] and c.title_fits
+    cream = format_target("Beef", ["1 lb. ground beef"], ["Brown the beef.", "Add the cream. Stir in cream cheese."])
+    assert check_recipe(cream).extra_items == ["cream", "cheese"]
+    nothing_meaty = format_target("Rice", ["1 cup rice"], ["Cook the rice.", "Add the meat."])
+    assert check_recipe(nothing_meaty).extra_items == ["meat"]
