@@ -159,9 +159,10 @@ class Checkpointer:
         else:  # training waits for a save that outlasts the interval (when_busy=wait)
             cost = first["blocked_s"] + max(0.0, first["write_s"] - interval) * (self.cfg.when_busy == "wait")
         size = f"{first['bytes'] / 1e9:.2f} GB" if first["bytes"] >= 1e9 else f"{first['bytes'] / 1e6:.0f} MB"
+        lasts = round(first["write_s"] / per_step)
         self.log(f"checkpoint: a save writes {size} in {first['write_s']:.2f} s "
                  f"({first['mb_per_s']:.0f} MB/s) and blocked training {first['blocked_s']:.2f} s; a step takes "
-                 f"{per_step:.3f} s, so a save lasts about {first['write_s'] / per_step:.0f} steps; saving every "
+                 f"{per_step:.3f} s, so a save lasts about {lasts} step{'' if lasts == 1 else 's'}; saving every "
                  f"{self.cfg.every_steps} steps slows training by about {100 * cost / interval:.0f}%")
 
     @property
