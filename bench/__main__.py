@@ -1,8 +1,12 @@
-"""``python -m bench [--quick]``: every benchmark, one after another; then ``bench/RESULTS.md`` (+ JSON).
+"""``python -m bench [--quick] [--device cuda]``: every benchmark, one after another; then
+``bench/RESULTS.md`` (+ JSON).
 
 Run it on an idle machine: two trainings at once on 2 cores make every figure meaningless.
 ``--quick`` is a smoke test (about a minute, run by CI): every benchmark path once with few steps,
 no timing claims, results written to a temporary directory and left out of RESULTS.md.
+``--device cuda``: the GPU rows (training throughput in bf16 against the Hugging Face Trainer and a
+bare loop on identical batches, with MFU and the cost of strict determinism; GPT-2 tiny and ~160M),
+joined into ``bench/RESULTS_CUDA.md``. Checkpoint rows on a GPU come from ``scripts/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ FULL = [
     ["startup.py", "--repeats", "3"],
     ["distributed_scale.py", "--steps", "60", "--repeats", "5"],
 ]
+CUDA = [
+    ["throughput.py", "--device", "cuda", "--precision", "bf16", "--steps", "80", "--repeats", "5"],
+    ["throughput.py", "--device", "cuda", "--precision", "bf16", "--preset", "large", "--steps", "60",
+     "--repeats", "5"],
+]
 QUICK = [
     ["throughput.py", "--quick"],
     ["checkpoint_save.py", "--quick"],
@@ -39,12 +48,20 @@ QUICK = [
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv[1:]
+    argv = sys.argv[1:]
+    quick = "--quick" in argv
+    cuda = argv[argv.index("--device") + 1] == "cuda" if "--device" in argv[:-1] else False
+    unknown = [a for a in argv if a not in ("--quick", "--device", "cuda", "cpu")]
+    if unknown:
+        raise SystemExit(f"unknown arguments {' '.join(unknown)}: use python -m bench [--quick] [--device cpu|cuda]")
+    if cuda and quick:
+        raise SystemExit("--quick runs the CPU smoke test; for a short GPU check use scripts/gpu_check.sh")
+    suite = QUICK if quick else CUDA if cuda else FULL
     failed = []
     run_id = uuid.uuid4().hex
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "BENCH_RUN_ID": run_id, **({"BENCH_RESULTS_DIR": tmp} if quick else {})}
-        for script, *args in QUICK if quick else FULL:
+        for script, *args in suite:
             print(f"== {script} {' '.join(args)}", flush=True)
             if subprocess.run([sys.executable, str(HERE / script), *args], env=env).returncode != 0:
                 failed.append(script)
@@ -55,7 +72,10 @@ def main() -> None:
         from common import MixedResults, collect
 
         try:
-            print(f"wrote {collect('python -m bench', run_id, sorted({s for s, *_ in FULL}))}", flush=True)
+            command = "python -m bench" + (" --device cuda" if cuda else "")
+            written = collect(command, run_id, sorted({s for s, *_ in suite}),
+                              name="RESULTS_CUDA" if cuda else "RESULTS", join_others=not cuda)
+            print(f"wrote {written}", flush=True)
         except MixedResults as e:
             raise SystemExit(str(e)) from None
 

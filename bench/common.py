@@ -129,7 +129,7 @@ class MixedResults(Exception):
     """RESULTS.md would join figures of different code, or ones this run did not produce."""
 
 
-def collect(command: str, run_id: str, scripts: list[str]) -> Path:
+def collect(command: str, run_id: str, scripts: list[str], name: str = "RESULTS", join_others: bool = True) -> Path:
     """Join the sections ``command`` (run ``run_id``, which ran ``scripts``) produced into ``RESULTS.md``.
 
     Refused (:class:`MixedResults`) when a script produced no section, a section was measured on a
@@ -150,7 +150,7 @@ def collect(command: str, run_id: str, scripts: list[str]) -> Path:
         raise MixedResults(f"refusing to write RESULTS.md: {'; '.join(problems)} (one clean commit is needed: "
                            "commit the tree and run `python -m bench` again)")
     (at,) = commits
-    others = {n: d for n, d in found.items() if n not in ours and (out / f"{n}.md").is_file()}
+    others = {n: d for n, d in found.items() if n not in ours and (out / f"{n}.md").is_file()} if join_others else {}
     joined = {**ours, **{n: d for n, d in others.items() if d.get("commit") == at}}
     left_out = sorted(f"{n} ({d.get('commit') or 'no commit recorded'})" for n, d in others.items() if n not in joined)
     names = [n for n in ORDER if n in joined] + sorted(n for n in joined if n not in ORDER)
@@ -169,9 +169,9 @@ def collect(command: str, run_id: str, scripts: list[str]) -> Path:
         section = (out / f"{n}.md").read_text().strip().splitlines()
         section[0] = "#" + section[0] if section[0].startswith("# ") else section[0]
         body += [*section, ""]
-    target = out.parent / "RESULTS.md"
+    target = out.parent / f"{name}.md"
     target.write_text("\n".join(head + body))
-    (out.parent / "RESULTS.json").write_text(json.dumps(
+    (out.parent / f"{name}.json").write_text(json.dumps(
         {**info, "command": command, "commit": at, "left_out": left_out,
          "results": {n: joined[n] for n in names}}, indent=2) + "\n")
     return target

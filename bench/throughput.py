@@ -36,6 +36,10 @@ from common import write_result
 
 WARM = 10
 DEVICE = "cpu"
+PRECISION = "fp32"
+FASTEST = "chefgenius, determinism=default (fastest CUDA kernels)"
+# Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), for MFU; --peak-tflops overrides.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}
 
 
 def mark() -> float:
@@ -44,14 +48,15 @@ def mark() -> float:
     return time.perf_counter()
 
 
-def raw_config(family: str, preset: str, steps: int, group_by_length: bool) -> dict:
+def raw_config(family: str, preset: str, steps: int, group_by_length: bool, determinism: str | None = None) -> dict:
     return {
         "data": {"max_prompt_tokens": 48, "max_target_tokens": 192, "val_fraction": 0.1},
-        "model": {"from_scratch": family, "preset": preset, "vocab_size": 8000 if preset == "base" else 1000,
+        "model": {"from_scratch": family, "preset": preset, "vocab_size": 8000 if preset in ("base", "large") else 1000,
                   "dropout": 0.0},
         "training": {"seed": 1, "max_steps": steps, "batch_size": 8, "grad_accum": 1, "learning_rate": 1e-3,
                      "warmup_steps": 5, "schedule": "cosine", "weight_decay": 0.01, "max_grad_norm": 1.0,
-                     "group_by_length": group_by_length, "num_threads": 1, "device": DEVICE},
+                     "group_by_length": group_by_length, "num_threads": 1, "device": DEVICE,
+                     "precision": PRECISION, **({"determinism": determinism} if determinism else {})},
         "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": [], "max_batches": 1},
         "checkpoint": {"every_steps": 100_000},
         "logging": {"every_steps": 100_000, "progress_bar": False},
@@ -119,7 +124,8 @@ def run_bare(cfg_raw: dict) -> float:
     params = [p for g in opt.param_groups for p in g["params"]]
     t0 = n = 0
     for step, batch in enumerate(batches, 1):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         opt.step()
@@ -140,6 +146,24 @@ def chefgenius_batches(cfg, data) -> list[list[int]]:
     sampler = ResumableSampler(data.train.lengths(), batch_size=tc.batch_size, grad_accum=1, seed=tc.seed,
                                shuffle=True, group_by_length=tc.group_by_length)
     return [list(sampler.next_step()[0]) for _ in range(tc.max_steps)]
+
+
+def percent(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def flops_per_target_token(cfg, data, model) -> float:  # noqa: ANN001
+    """Training FLOPs of a GPT-2 per target token on chefgenius's timed batches: 6N per real token plus
+    12·L·d·T for attention (PaLM, appendix B), over the unpadded tokens, since padding is not useful
+    work; N counts every parameter (the tied embedding once: it is the LM head's matmul)."""
+    batches = chefgenius_batches(cfg, data)[WARM:]
+    examples = [data.train.example(i) for b in batches for i in b]
+    lengths = [len(x) for x, _ in examples]
+    targets = sum(int((y[1:] != -100).sum()) for _, y in examples)
+    n = sum(p.numel() for p in model.parameters())
+    layers, width = model.config.n_layer, model.config.n_embd
+    per_real_token = 6 * n + 12 * layers * width * sum(x * x for x in lengths) / sum(lengths)
+    return per_real_token * sum(lengths) / targets
 
 
 def counting_collator(tok, seq2seq: bool, counted: dict[str, int]):  # noqa: ANN001, ANN201
@@ -188,7 +212,7 @@ def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool 
             if state.global_step in (WARM, tc.max_steps):
                 marks[state.global_step] = (mark(), counted["tokens"])
 
-    args = hf_arguments(tc, work / "hf", use_cpu=DEVICE == "cpu",
+    args = hf_arguments(tc, work / "hf", use_cpu=DEVICE == "cpu", bf16=PRECISION == "bf16",
                         train_sampling_strategy="group_by_length" if group_by_length else "random")
     batches = chefgenius_batches(cfg, data) if same_batches else None
 
@@ -213,16 +237,20 @@ def main() -> None:
     ap.add_argument("--family", default="gpt2", choices=["gpt2", "t5"])
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: autocast over fp32 weights for every contender (chefgenius training.precision, "
+                         "HF bf16=True, torch.autocast in the bare loop)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense peak for MFU (default: known GPUs, bf16)")
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, PRECISION
+    DEVICE, PRECISION = args.device, args.precision
     if args.quick:
         args.steps, args.repeats = WARM + 6, 1
     torch.set_num_threads(1)
 
-    def cfg(grouped: bool) -> dict:
-        return raw_config(args.family, args.preset, args.steps, grouped)
+    def cfg(grouped: bool, determinism: str | None = None) -> dict:
+        return raw_config(args.family, args.preset, args.steps, grouped, determinism)
 
     contenders = {
         "bare PyTorch loop (same batches as chefgenius)": lambda w: run_bare(cfg(True)),
@@ -232,6 +260,8 @@ def main() -> None:
         "chefgenius, random batches": lambda w: run_chefgenius(cfg(False), w),
         "HF Trainer (defaults: random batches)": lambda w: run_hf(cfg(False), w, False),
     }
+    if DEVICE == "cuda":  # chefgenius is strict on CUDA by default (bit-identical resume): what that costs
+        contenders[FASTEST] = lambda w: run_chefgenius(cfg(True, "default"), w)
     results: dict[str, list[float]] = {k: [] for k in contenders}
     params = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,40 +272,65 @@ def main() -> None:
             for i, (name, fn) in enumerate(order):
                 work = Path(tmp) / f"r{rep}-{i}"
                 work.mkdir()
+                # chefgenius turns deterministic algorithms on where it is strict (CUDA) and never off:
+                # every contender starts from torch's default, the fastest kernels
+                torch.use_deterministic_algorithms(False)
                 results[name].append(fn(work))
                 print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
         c, data = prepared(cfg(True))
-        params = sum(p.numel() for p in fresh_model(c, data.tokenizer()).parameters())
+        model = fresh_model(c, data.tokenizer())
+        params = sum(p.numel() for p in model.parameters())
+        flops = flops_per_target_token(c, data, model) if args.family == "gpt2" else None
     med = {k: statistics.median(v) for k, v in results.items()}
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else ""
+    peak = args.peak_tflops or (next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+                                if args.precision == "bf16" else None)
+    same = ("bare PyTorch loop (same batches as chefgenius)", "chefgenius (defaults: length-grouped)",
+            "HF Trainer, chefgenius's batches", FASTEST)
     hf_default, hf_same = med["HF Trainer (defaults: random batches)"], med["HF Trainer, chefgenius's batches"]
     bare = med["bare PyTorch loop (same batches as chefgenius)"]
     rows = [{"contender": k, "median_tokens_per_s": round(v), "min": round(min(results[k])),
              "max": round(max(results[k])), "vs_hf_defaults": round(v / hf_default, 3),
              "vs_hf_same_batches": round(v / hf_same, 3), "vs_bare": round(v / bare, 3),
+             "spread": round((max(results[k]) - min(results[k])) / v, 3),
+             "mfu": round(v * flops / (peak * 1e12), 4) if peak and flops and k in same else None,
              "all": [round(x) for x in results[k]]} for k, v in med.items()]
     command = (f"python bench/throughput.py --steps {args.steps} --repeats {args.repeats} --family {args.family} "
-               f"--preset {args.preset} --device {args.device}")
+               f"--preset {args.preset} --device {args.device}"
+               + (f" --precision {args.precision}" if args.precision != "fp32" else "")
+               + (f" --peak-tflops {args.peak_tflops}" if args.peak_tflops else ""))
     name = "GPT-2" if args.family == "gpt2" else "T5"
-    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
-    lines = [f"# Training throughput, {name} {args.preset}" + (" (CUDA)" if args.device == "cuda" else ""), "",
-             f"`{command}`; {name} {args.preset} from scratch ({params / 1e6:.1f}M parameters), batch 8, fp32, "
-             f"{where}; target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}.", "",
-             "| contender | tokens/s | min | max | vs HF defaults | vs HF, same batches | vs bare loop |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_hf_defaults']} | "
-              f"{r['vs_hf_same_batches']} | {r['vs_bare']} |" for r in rows]
+    where = device_name if args.device == "cuda" else "CPU, 1 thread"
+    precision = "bf16 autocast" if args.precision == "bf16" else "fp32"
+    mfu_note = (f"; MFU against a dense bf16 peak of {peak:g} TFLOPS, {flops / 1e6:.1f} MFLOPs per target token "
+                "(6N + 12·L·d·T over the unpadded tokens of the identical batches)" if peak and flops else "")
+    lines = [f"# Training throughput, {name} {args.preset}" + (" (CUDA)" if args.device == "cuda" else "")
+             + (", bf16" if args.precision == "bf16" else ""), "",
+             f"`{command}`; {name} {args.preset} from scratch ({params / 1e6:.1f}M parameters), batch 8, {precision}, "
+             f"{where}; target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}, contenders in a "
+             f"shuffled order each repeat; spread = (max - min) / median{mfu_note}.", "",
+             "| contender | tokens/s | min | max | spread | vs HF defaults | vs HF, same batches | vs bare loop "
+             "| MFU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['spread']} | "
+              f"{r['vs_hf_defaults']} | {r['vs_hf_same_batches']} | {r['vs_bare']} | "
+              f"{percent(r['mfu'])} |" for r in rows]
     cg = med["chefgenius (defaults: length-grouped)"]
     lines += ["", f"Like for like: chefgenius {cg / hf_same:.3f}x the HF Trainer on identical batches (target >= 1.0), "
               f"random against random {med['chefgenius, random batches'] / hf_default:.3f}x; "
               f"{cg / bare:.3f}x the bare loop (target >= 0.95)."
               + (" **chefgenius beats its bare-loop floor by more than 3%: the floor is wrong.**" if cg > 1.03 * bare
                  else "")]
-    plain = (args.family, args.preset, args.device) == ("gpt2", "tiny", "cpu")
+    if FASTEST in med:
+        lines += [f"Determinism: chefgenius strict (its CUDA default: deterministic kernels, bit-identical resume) "
+                  f"runs at {cg / med[FASTEST]:.3f}x the speed of determinism=default (fastest kernels)."]
+    plain = (args.family, args.preset, args.device, args.precision) == ("gpt2", "tiny", "cpu", "fp32")
     result = "throughput" if plain else f"throughput_{args.family}_{args.preset}" + (
-        "_cuda" if args.device == "cuda" else "")
+        "_cuda" if args.device == "cuda" else "") + ("_bf16" if args.precision == "bf16" else "")
     write_result(result, lines, {"command": command, "family": args.family, "preset": args.preset,
-                                 "device": where, "parameters": params, "steps": args.steps, "repeats": args.repeats,
-                                 "quick": args.quick, "rows": rows})
+                                 "device": where, "precision": args.precision, "parameters": params,
+                                 "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
+                                 "peak_tflops": peak, "flops_per_target_token": flops, "rows": rows})
 
 
 if __name__ == "__main__":

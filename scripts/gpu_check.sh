@@ -5,13 +5,16 @@
 #
 # For a GPU machine with no network whose Python already has torch and transformers: the project is
 # used from this checkout (PYTHONPATH), and what else it needs (pydantic, typer...) is installed from
-# the wheels in DIR into OUT/deps, never from the network. Stages, each bounded in time (about 9
+# the wheels in DIR into OUT/deps, never from the network. Stages, each bounded in time (about 12
 # minutes in all on one H200):
 #   env      what the machine is (torch, CUDA, GPU)
 #   suite    the test suite on CUDA, without the multi-process tests (pytest -v: failures are named)
 #   probe    exact resume at ~160M parameters: GPT-2 large, bf16, asynchronous checkpoints, SIGKILL
 #            after the step-20 checkpoint, final weights compared bit for bit with an uninterrupted run
-#   bench    the GPU throughput rows (chefgenius, Hugging Face Trainer, bare loop; bench/throughput.py)
+#   bench    the GPU throughput rows in bf16 (chefgenius strict and default, Hugging Face Trainer, bare
+#            loop, identical batches, MFU; bench/throughput.py), sections in OUT/bench-results
+#   ckpt     checkpoints every 10 steps at ~160M (bf16, batch 16, 60 steps): end-only, async, synchronous
+#            (bench/async_checkpoint.py; issue 20's GPU row)
 #   refuse   more processes than GPUs (--nproc N+1) ends at once in one line, before any process starts
 # --cpu runs the same logic with small sizes on a CPU (CI runs it); there the suite stage is left to
 # CI's own pytest run and the refusal is of --device cuda where no GPU is visible.
@@ -54,7 +57,8 @@ detail() {  # the line of a stage's log worth keeping in the summary
     case "$1" in
         suite) grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/suite.log" | tail -6 | sed 's/^/\n    /' | tr -d '\n' ;;
         probe) grep -E '^\{' "$OUT/probe.log" | tail -1 | sed 's/^/: /' ;;
-        bench) grep -E '^\| ' "$OUT/bench.log" | tail -5 | sed 's/^/\n    /' | tr -d '\n' ;;
+        bench) grep -E '^\| |^Like for like|^Determinism' "$OUT/bench.log" | tail -9 | sed 's/^/\n    /' | tr -d '\n' ;;
+        ckpt) grep -E '^\| |^A step takes' "$OUT/ckpt.log" | tail -4 | sed 's/^/\n    /' | tr -d '\n' ;;
         refuse) grep -E '^error: ' "$OUT/refuse.log" | head -1 | sed 's/^/: /' ;;
     esac
 }
@@ -74,7 +78,11 @@ if [ "$MODE" = gpu ]; then
     stage suite 300 "$PY" -m pytest -v -p no:cacheprovider -n 6 --dist loadfile "$ROOT/tests" \
         --ignore="$ROOT/tests/test_distributed.py" --ignore="$ROOT/tests/test_distributed_ranks.py"
     stage probe 170 "$PY" "$ROOT/scripts/resume_probe.py" --workdir "$OUT/probe-run"
-    stage bench 120 "$PY" "$ROOT/bench/throughput.py" --device cuda --preset base --steps 60 --repeats 1
+    export BENCH_RESULTS_DIR="$OUT/bench-results"  # the sections come back with OUT
+    stage bench 150 "$PY" "$ROOT/bench/throughput.py" --device cuda --precision bf16 --preset base --steps 60 \
+        --repeats 1
+    stage ckpt 200 "$PY" "$ROOT/bench/async_checkpoint.py" --device cuda --precision bf16 --preset large \
+        --batch-size 16 --steps 60 --every 10 --repeats 1
     N=$(( $("$PY" -c "import torch; print(torch.cuda.device_count())") + 1 ))
     REFUSE=(--nproc "$N")
     WANT="processes on this machine need $N GPUs"
