@@ -42,6 +42,17 @@ def test_one_commit_is_joined_and_older_sections_are_named_as_left_out(results):
         "throughput", "padding", "recipe_quality"}
 
 
+def test_the_gpu_collection_holds_only_its_own_sections_and_leaves_results_md_alone(results):
+    _section(results, "throughput_gpt2_tiny_cuda_bf16", "throughput.py", "abc1234", "gpu1")
+    _section(results, "padding", "padding.py", "abc1234", None)  # a CPU section of the same commit
+    target = common.collect("python -m bench --device cuda", "gpu1", ["throughput.py"], name="RESULTS_CUDA",
+                            join_others=False)
+    assert target.name == "RESULTS_CUDA.md" and "figures of abc1234" in target.read_text()
+    assert set(json.loads((results.parent / "RESULTS_CUDA.json").read_text())["results"]) == {
+        "throughput_gpt2_tiny_cuda_bf16"}
+    assert not (results.parent / "RESULTS.md").exists()
+
+
 @pytest.mark.parametrize(("commits", "scripts", "message"), [
     (("abc1234", "def5678"), ["throughput.py", "padding.py"], "sections measured at abc1234, def5678"),
     (("abc1234+dirty", "abc1234+dirty"), ["throughput.py", "padding.py"], "sections measured at abc1234+dirty"),
