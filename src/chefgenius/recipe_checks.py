@@ -56,7 +56,7 @@ _DISH_WORDS = frozenset({"bread", "meat", "cream", "sour"})
 # Generic words the steps use for what the list names specifically ("brown the meat" after "1 lb.
 # ground chuck", "sprinkle with cheese" after "grated Cheddar"): covered, not extra. On the 1k sample
 # "meat" and "cream" were the two commonest extra items, most of them not extra at all.
-_COVERED_BY = {
+_COVERED_BY_TEXT = {
     "meat": "beef pork chicken ham sausage turkey veal lamb steak bacon chorizo salami pepperoni prosciutto duck "
             "hamburger hamburg chuck sirloin roast venison meatball",
     "cheese": "cheddar mozzarella parmesan feta ricotta swiss velveeta",
@@ -67,6 +67,7 @@ _COVERED_BY = {
     "noodle": "pasta spaghetti macaroni",
     "pasta": "noodle spaghetti macaroni",
 }
+_COVERED_BY = {g: frozenset(normal_word(w) for w in specific.split()) for g, specific in _COVERED_BY_TEXT.items()}
 # "Cream butter and sugar", "cream together": the verb, which names no ingredient.
 _CREAM_VERB = re.compile(r"\bcream(?=\s+(?:together|the|until|well|first|butter|margarine|oleo|shortening|sugars?)\b)"
                          r"|(?:^|(?<=[.!?;:]\s)|(?<=\d\.\s))cream\b(?!\s+(?:cheese|of|soup|sauce)\b)", re.I)
@@ -193,7 +194,7 @@ def listed_foods(ingredients: str) -> frozenset[str]:
     """The food words an ingredient list names, with the generic words it covers ("meat" for ground
     chuck): what the steps may cook with."""
     words = set(_words(ingredients))
-    covered = {g for g, specific in _COVERED_BY.items() if words & {normal_word(w) for w in specific.split()}}
+    covered = {g for g, specific in _COVERED_BY.items() if words & specific}
     return frozenset({w for w in words if w in FOOD_WORDS} | covered)
 
 
