@@ -49,6 +49,7 @@ def main() -> None:
     modes = {"greedy, unguarded": (0.0, False), "greedy, guarded (default)": (0.0, True),
              "coverage, unguarded": (COVERAGE_STRENGTH, False), "coverage, guarded": (COVERAGE_STRENGTH, True)}
     rows, texts_out = [], []
+    generations: dict[str, list[dict]] = {}
     for name, (strength, guard) in modes.items():
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, coverage=strength, guard=guard)
         t0 = time.perf_counter()
@@ -63,8 +64,10 @@ def main() -> None:
                "structure_score": statistics.mean(map(structure_score, texts)), "seconds_per_recipe": seconds}
         if args.val:
             ev = evaluate_run(args.run, num_samples=args.val, coverage_strength=strength, guard=guard, progress=False)
-            row.update({f"val_{k}": ev[k] for k in ("bleu", "rougeL", "ingredient_recall", "duplicate_line_rate",
-                                                     "repeated_ingredient_rate", "looping_directions_rate")})
+            generations[name] = ev["generations"]
+            row.update({f"val_{k}": ev[k] for k in ("bleu", "bleu_ci95", "rougeL", "ingredient_recall",
+                                                     "duplicate_line_rate", "repeated_ingredient_rate",
+                                                     "looping_directions_rate")})
         rows.append(row)
         print(json.dumps(row), flush=True)
     (results_dir() / f"{args.name}_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts_out))
@@ -77,7 +80,7 @@ def main() -> None:
             "title_nonword_rate",
             "extra_items", "ingredient_recall",
             "structure_score", "seconds_per_recipe"]
-    val_keys = ["val_bleu", "val_rougeL", "val_ingredient_recall", "val_duplicate_line_rate",
+    val_keys = ["val_bleu", "val_bleu_ci95", "val_rougeL", "val_ingredient_recall", "val_duplicate_line_rate",
                 "val_repeated_ingredient_rate", "val_looping_directions_rate"] if args.val else []
     lines = ["# Recipe quality (what a cook sees)", "",
              f"`{command}`; {len(prompts)} held-out ingredient lists ({args.prompts.name}, from no corpus)"
@@ -85,7 +88,29 @@ def main() -> None:
              + ".", "", "| decoding | " + " | ".join(keys + val_keys) + " |",
              "|---|" + "---:|" * len(keys + val_keys)]
     lines += ["| " + r["mode"] + " | " + " | ".join(f"{r[k]:.3f}" for k in keys + val_keys) + " |" for r in rows]
-    write_result(args.name, lines, {"command": command, "rows": rows, "prompts": prompts})
+    effect = _guard_effect(generations) if args.val else {}
+    if effect:
+        lines += ["", "The guard's effect on validation BLEU, paired bootstrap over the same prompts (1,000 "
+                  "resamples; guarded minus unguarded, 95% interval): "
+                  + "; ".join(f"{k} {v['difference']:+.2f} ({v['low']:+.2f} to {v['high']:+.2f})"
+                              for k, v in effect.items()) + "."]
+    write_result(args.name, lines, {"command": command, "rows": rows, "prompts": prompts,
+                                    "guard_effect_on_val_bleu": effect})
+
+
+def _guard_effect(generations: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Guarded minus unguarded validation BLEU per decoding, on the same prompts and references."""
+    from chefgenius.metrics import paired_bleu
+
+    pairs = {"greedy": ("greedy, unguarded", "greedy, guarded (default)"),
+             "coverage": ("coverage, unguarded", "coverage, guarded")}
+    out = {}
+    for key, (off, on) in pairs.items():
+        if off in generations and on in generations:
+            refs = [g["reference"] for g in generations[off]]
+            out[key] = paired_bleu([g["generated"] for g in generations[off]],
+                                   [g["generated"] for g in generations[on]], refs)
+    return out
 
 
 def _nonword_rate(tok, prompts: list[str], texts: list[str]) -> float:

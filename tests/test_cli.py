@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from chefgenius.cli import app
+from chefgenius.metrics import bleu
 
 from .conftest import SHARED_DATA, tiny_config
 
@@ -193,6 +194,11 @@ def test_eval_and_report(tiny_run):
     recall = sum(c["recall"] for c in result["coverage"]) / 2
     assert result["ingredient_recall"] == pytest.approx(recall, abs=1e-3)  # per-sample recalls are rounded
     assert [s["ingredients"] for s in result["samples"]] == [c["ingredients"] for c in result["coverage"]]
+    # Every generation is kept with its reference, and BLEU recomputed from them is the reported one.
+    gens = result["generations"]
+    assert gens[:5] == result["samples"] and all(g["reference"] for g in gens)
+    assert bleu([g["generated"] for g in gens], [g["reference"] for g in gens]) == pytest.approx(result["bleu"])
+    assert result["bleu_ci95"] >= 0.0
     rep = invoke("report", tiny_run)
     html = (tiny_run / "report" / "index.html").read_text()
     assert rep.exit_code == 0 and f"{result['eval_loss']:.4f}" in html

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chefgenius.data.format import structure_score
-from chefgenius.metrics import bleu, distinct_n, repeated_ngram_rate, rouge, text_metrics
+from chefgenius.metrics import bleu, bleu_ci95, distinct_n, paired_bleu, repeated_ngram_rate, rouge, text_metrics
 
 GOOD = "Title: Egg Toast\nIngredients:\n- 2 eggs\n- 1 slice bread\nDirections:\n1. Fry the eggs.\n2. Toast the bread."
 
@@ -33,3 +33,27 @@ def test_bleu_and_rouge_bounds_and_identity():
 def test_text_metrics_aggregates_means():
     m = text_metrics([["egg"], ["rice"]], [GOOD, "junk"], [GOOD, GOOD])
     assert m["structure_score"] == pytest.approx(0.5) and m["ingredient_recall"] == pytest.approx(0.5)
+
+
+REFS = [f"mix {w} with sugar and bake the {w} for ten minutes" for w in
+        ("flour", "oats", "rice", "apples", "pears", "nuts", "dates", "figs", "plums", "beans")]
+HALF = [r if i % 2 else "boil water" for i, r in enumerate(REFS)]  # half perfect, half junk
+
+
+def test_bleu_interval_is_zero_without_variation_and_shrinks_with_more_prompts():
+    assert bleu_ci95(REFS, REFS) == 0.0  # every resample is a perfect corpus
+    small, large = bleu_ci95(HALF, REFS), bleu_ci95(HALF * 8, REFS * 8)
+    assert 0.0 < large < small
+
+
+def test_paired_bleu_difference_sign_and_interval():
+    same = paired_bleu(HALF, HALF, REFS)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
+    better = [r if i % 2 else r.replace("ten", "five") for i, r in enumerate(REFS)]  # strictly closer than HALF
+    up = paired_bleu(HALF, better, REFS)
+    assert up["difference"] == pytest.approx(bleu(better, REFS) - bleu(HALF, REFS))
+    assert 0.0 < up["low"] <= up["difference"] <= up["high"]
+    down = paired_bleu(better, HALF, REFS)
+    assert down["difference"] == pytest.approx(-up["difference"]) and down["high"] < 0.0
+    with pytest.raises(ValueError, match="same"):
+        paired_bleu(HALF, HALF[:3], REFS)

@@ -65,8 +65,11 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
             result.update(text_metrics(prompts, hyps, refs))
         # Every sample's ingredient coverage (which requested ingredients were used), five full texts.
         result["coverage"] = [{"ingredients": p, **coverage(p, h).to_dict()} for p, h in zip(prompts, hyps)]
-        result["samples"] = [{"ingredients": p, "generated": h, "reference": r}
-                             for p, h, r in zip(prompts, hyps, refs)][:5]
+        # Every generation with its reference, so two evaluations can be compared prompt by prompt
+        # (metrics.paired_bleu); ``samples``: the first five, for reading.
+        result["generations"] = [{"ingredients": p, "generated": h, "reference": r}
+                                 for p, h, r in zip(prompts, hyps, refs)]
+        result["samples"] = result["generations"][:5]
         run.eval_file.write_text(json.dumps(result, indent=2))
     return result
 

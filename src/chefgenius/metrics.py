@@ -39,6 +39,45 @@ def bleu(hypotheses: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
+def bleu_ci95(hypotheses: list[str], references: list[str], n_bootstrap: int = 1000) -> float:
+    """Half-width of corpus BLEU's 95% bootstrap interval (sacrebleu's own resampling, fixed seed).
+
+    Fifty recipes are a small corpus: two evaluations whose BLEU differs by less than this may differ
+    only by which prompts were drawn.
+    """
+    from sacrebleu.metrics import BLEU
+
+    if len(hypotheses) < 2:
+        return 0.0
+    return float(BLEU().corpus_score(hypotheses, [references], n_bootstrap=n_bootstrap)._ci)
+
+
+def paired_bleu(baseline: list[str], system: list[str], references: list[str], n_bootstrap: int = 1000,
+                seed: int = 0) -> dict[str, float]:
+    """BLEU(system) - BLEU(baseline) on the same prompts, with its 95% paired-bootstrap interval.
+
+    Both outputs are resampled with the same prompt indices, so the prompts' own difficulty cancels:
+    far narrower than comparing two separate intervals. Uses sacrebleu's per-sentence statistics,
+    so each resample's BLEU is exactly what ``bleu`` gives on that resample.
+    """
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    if not (len(baseline) == len(system) == len(references)) or not references:
+        raise ValueError("paired_bleu needs two outputs for the same, non-empty list of references")
+    metric = BLEU()
+    a = np.asarray(metric._extract_corpus_statistics(baseline, [references]), dtype=np.float64)
+    b = np.asarray(metric._extract_corpus_statistics(system, [references]), dtype=np.float64)
+
+    def score(stats: np.ndarray) -> float:
+        return float(metric._compute_score_from_stats(stats.sum(0)).score)
+
+    idx = np.random.default_rng(seed).integers(0, len(references), size=(n_bootstrap, len(references)))
+    diffs = np.array([score(b[i]) - score(a[i]) for i in idx])
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"difference": score(b) - score(a), "low": float(low), "high": float(high)}
+
+
 def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
@@ -54,7 +93,7 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 
 # What ``chefgenius eval`` and the report show, in this order.
 METRIC_KEYS: tuple[str, ...] = (
-    "eval_loss", "eval_perplexity", "bleu", "rouge1", "rouge2", "rougeL", "ingredient_recall",
+    "eval_loss", "eval_perplexity", "bleu", "bleu_ci95", "rouge1", "rouge2", "rougeL", "ingredient_recall",
     "ingredient_recall_list", "ingredient_recall_directions", "ingredient_precision", "structure_score",
     "distinct_2", "repeated_4gram_rate", "duplicate_line_rate", "repeated_ingredient_rate",
     "looping_directions_rate", "title_fit_rate",
@@ -64,7 +103,8 @@ METRIC_KEYS: tuple[str, ...] = (
 
 def text_metrics(prompts: list[list[str]], hypotheses: list[str], references: list[str]) -> dict[str, float]:
     n = max(1, len(hypotheses))
-    out = {"bleu": bleu(hypotheses, references), **rouge(hypotheses, references)}
+    out = {"bleu": bleu(hypotheses, references), "bleu_ci95": bleu_ci95(hypotheses, references),
+           **rouge(hypotheses, references)}
     out.update(coverage_metrics(prompts, hypotheses))
     out["structure_score"] = sum(map(structure_score, hypotheses)) / n
     out["distinct_2"] = sum(distinct_n(h, 2) for h in hypotheses) / n
