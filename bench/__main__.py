@@ -24,6 +24,7 @@ FULL = [
     ["throughput.py", "--steps", "60", "--repeats", "5", "--preset", "base"],
     ["throughput.py", "--steps", "60", "--repeats", "5", "--family", "t5"],
     ["throughput_pair.py", "--family", "t5", "--repeats", "8"],
+    ["throughput_pair.py", "--family", "t5", "--repeats", "8", "--against", "hf"],
     ["checkpoint_save.py", "--preset", "large", "--repeats", "5"],
     ["async_checkpoint.py", "--preset", "large", "--steps", "24", "--every", "4", "--batch-size", "1",
      "--repeats", "2"],
@@ -41,6 +42,7 @@ CUDA = [
 QUICK = [
     ["throughput.py", "--quick"],
     ["throughput_pair.py", "--quick"],
+    ["throughput_pair.py", "--quick", "--against", "hf"],
     ["checkpoint_save.py", "--quick"],
     ["async_checkpoint.py", "--preset", "tiny", "--steps", "8", "--every", "2", "--repeats", "1"],
     ["io_interference.py", "--gib", "0.25", "--repeats", "1"],
