@@ -117,6 +117,14 @@ def test_a_step_ends_only_after_a_sentence_of_its_own(tok):
     assert _verdicts(tok, steps + "2. Add rice.", ["\n", eos]) == {"\n": False, eos: False}
 
 
+def test_a_step_opens_with_a_capital_or_a_number(tok):
+    steps = "Ingredients:\n- rice\n- 2 eggs\nDirections:\n1. Boil water.\n2."
+    verdicts = _verdicts(tok, steps, [" rice", " Add", " 2", " add"])
+    assert verdicts == {" rice": True, " Add": False, " 2": False, " add": True}
+    # inside a step, lower case goes on as before
+    assert _verdicts(tok, steps + " Add", [" rice", " eggs"]) == {" rice": False, " eggs": False}
+
+
 def test_a_new_line_of_the_directions_starts_with_the_next_step_number(tok):
     steps = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n2. Add rice.\n"
     assert _verdicts(tok, steps, ["3", " of", "A"]) == {"3": False, " of": True, "A": True}

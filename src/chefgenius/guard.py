@@ -415,7 +415,11 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
             return True
         return any(n > 2 and n > foods_before[w] for w, n in _food_counts(after).items())
 
+    opens_a_step = bool(re.fullmatch(r"\d+\.\s*", line))  # "3." written, nothing of the step yet
+
     def breaks(piece: str) -> bool:
+        if opens_a_step and re.match(r"\s*[a-z]", piece):
+            return True  # a step opens with a capital, not with a lower-case list ("1. chicken, rice, onion")
         if "\n" in piece and ends_unfinished(piece):
             return True
         if repeats_within_the_sentence(piece):
