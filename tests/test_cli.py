@@ -199,6 +199,21 @@ def test_eval_and_report(tiny_run):
     assert gens[:5] == result["samples"] and all(g["reference"] for g in gens)
     assert bleu([g["generated"] for g in gens], [g["reference"] for g in gens]) == pytest.approx(result["bleu"])
     assert result["bleu_ci95"] >= 0.0
+    # --against: the difference to an earlier evaluation of the same prompts, read before eval.json is rewritten
+    r = invoke("eval", "--run", tiny_run, "--num-samples", "2", "--max-new-tokens", "30", "--no-guard",
+               "--against", tiny_run / "eval.json")
+    assert r.exit_code == 0, r.output
+    unguarded = json.loads((tiny_run / "eval.json").read_text())
+    a = unguarded["against"]
+    assert a["bleu_difference"] == pytest.approx(unguarded["bleu"] - result["bleu"])
+    assert a["bleu_low"] <= a["bleu_difference"] <= a["bleu_high"] and "BLEU against" in r.output
+    (tiny_run / "guarded.json").write_text(json.dumps(result))
+    other = invoke("eval", "--run", tiny_run, "--num-samples", "1", "--against", tiny_run / "guarded.json")
+    assert other.exit_code == 2 and "other prompts" in other.output
+    (tiny_run / "old.json").write_text(json.dumps({"bleu": 1.0}))
+    old = invoke("eval", "--run", tiny_run, "--num-samples", "2", "--against", tiny_run / "old.json")
+    assert old.exit_code == 2 and "holds no generations" in old.output
+    assert json.loads((tiny_run / "eval.json").read_text()) == unguarded  # refused before anything was written
     rep = invoke("report", tiny_run)
     html = (tiny_run / "report" / "index.html").read_text()
     assert rep.exit_code == 0 and f"{result['eval_loss']:.4f}" in html

@@ -294,6 +294,9 @@ def eval_(
         min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
     guard: Annotated[bool, typer.Option(help="Forbid repeated ingredient lines and sentences and out-of-order "
                      "step numbers while decoding (guard.py).")] = True,
+    against: Annotated[Optional[Path], typer.Option(
+        help="An earlier eval.json on the same prompts: print the BLEU difference with its paired 95% "
+             "interval.")] = None,
 ) -> None:
     """Loss, perplexity and text metrics (BLEU, ROUGE, ingredient coverage, structure, repetition)."""
     from rich.console import Console
@@ -307,7 +310,7 @@ def eval_(
     GenerationSettings(preset=preset).generate_kwargs(1)  # validates the preset before the model loads
     result = evaluate_run(run, checkpoint=checkpoint, split=split, num_samples=num_samples, preset=preset,
                           max_new_tokens=max_new_tokens, device=device,
-                          coverage_strength=coverage_strength if coverage else 0.0, guard=guard)
+                          coverage_strength=coverage_strength if coverage else 0.0, guard=guard, against=against)
     table = Table(title=f"{result['model']} on {split} ({result['recipes']} recipes, "
                         f"{result['num_samples']} generated, {preset}{', coverage' if coverage else ''}"
                         f"{'' if guard else ', no guard'})")
@@ -317,6 +320,10 @@ def eval_(
         if key in result:
             table.add_row(key, f"{result[key]:.4f}")
     Console().print(table)
+    if "against" in result:
+        a = result["against"]
+        typer.echo(f"BLEU against {a['file']}: {a['bleu_difference']:+.2f} (95% paired bootstrap interval "
+                   f"{a['bleu_low']:+.2f} to {a['bleu_high']:+.2f}; an interval holding 0 is no difference)")
     typer.echo(f"wrote {run / 'eval.json'}")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .coverage import coverage
-from .metrics import METRIC_KEYS, text_metrics
+from .metrics import METRIC_KEYS, paired_bleu, text_metrics
 
 __all__ = ["METRIC_KEYS", "evaluate_run"]
 
@@ -17,8 +17,14 @@ __all__ = ["METRIC_KEYS", "evaluate_run"]
 
 def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = "val", num_samples: int = 20,
                  preset: str = "greedy", max_new_tokens: int | None = None, device: str = "cpu",
-                 progress: bool = True, coverage_strength: float = 0.0, guard: bool = True) -> dict[str, Any]:
-    """Loss/perplexity on a split and text metrics on ``num_samples`` generations; writes eval.json."""
+                 progress: bool = True, coverage_strength: float = 0.0, guard: bool = True,
+                 against: Path | None = None) -> dict[str, Any]:
+    """Loss/perplexity on a split and text metrics on ``num_samples`` generations; writes eval.json.
+
+    ``against``: an earlier eval.json on the same prompts; the BLEU difference to it, with its paired
+    bootstrap interval, goes into the result as ``against``. Read before anything is written, so it
+    may be this run's own eval.json.
+    """
     import torch
 
     from .checkpoint import checkpoint_problem
@@ -30,6 +36,7 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
     from .model import load_for_inference
     from .rundir import RunDirectory
 
+    baseline = _baseline_generations(against) if against is not None else None
     run = RunDirectory(run_dir)
     if not run.path.is_dir():
         raise ConfigError(f"run directory {run.path} does not exist")
@@ -51,6 +58,9 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
         if num_samples > len(texts):
             print(f"note: {num_samples} samples asked, the prepared dataset keeps {len(texts)} {split} prompts as "
                   "text; generating for those", file=sys.stderr)
+        if baseline is not None and [g["reference"] for g in baseline] != [t["target"] for t in texts[:num_samples]]:
+            raise ConfigError(f"--against {against} was evaluated on other prompts ({len(baseline)} recipes); "
+                              "compare evaluations made with the same --split and --num-samples on the same data")
         result: dict[str, Any] = {"run": str(run_dir), "model": str(source), "split": split, "recipes": len(tokens)}
         result.update(validation_loss(model, tokens, pad_id=tokenizer.pad_token_id, is_seq2seq=seq2seq,
                                       batch_size=cfg.training.batch_size))
@@ -70,8 +80,31 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
         result["generations"] = [{"ingredients": p, "generated": h, "reference": r}
                                  for p, h, r in zip(prompts, hyps, refs)]
         result["samples"] = result["generations"][:5]
+        if baseline is not None and hyps:
+            paired = paired_bleu([g["generated"] for g in baseline], hyps, refs)
+            result["against"] = {"file": str(against), **{f"bleu_{k}": v for k, v in paired.items()}}
         run.eval_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _baseline_generations(path: Path) -> list[dict[str, str]]:
+    """The generations of an earlier eval.json, checked: one line saying what is wrong otherwise."""
+    from .config import ConfigError
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--against {path} does not exist; pass an eval.json written by chefgenius eval") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"--against {path} is not readable JSON ({err}); pass an eval.json written by "
+                          "chefgenius eval") from None
+    gens = data.get("generations") if isinstance(data, dict) else None
+    if not isinstance(gens, list) or not all(
+            isinstance(g, dict) and isinstance(g.get("generated"), str) and isinstance(g.get("reference"), str)
+            for g in gens):
+        raise ConfigError(f"--against {path} holds no generations (written by an older chefgenius?); "
+                          "evaluate that model again, then compare")
+    return gens
 
 
 def _generate(model: Any, tokenizer: Any, seq2seq: bool, samples: list[dict[str, Any]], settings: Any,
