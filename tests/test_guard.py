@@ -125,6 +125,14 @@ def test_a_step_opens_with_a_capital_or_a_number(tok):
     assert _verdicts(tok, steps + " Add", [" rice", " eggs"]) == {" rice": False, " eggs": False}
 
 
+def test_no_word_a_third_time_in_one_sentence(tok):
+    listed = "Ingredients:\n- 2 cups water\n- 1 c. sugar\n- 2 c. flour\n- 1 tsp. salt\n- 1 pkg. yeast\n- 1 c. milk\n"
+    steps = listed + "Directions:\n1. Mix sugar, water, flour, salt, yeast, milk and water"
+    assert _verdicts(tok, steps + ",", [" water", " sugar"]) == {" water": True, " sugar": False}
+    # a new sentence counts afresh
+    assert _verdicts(tok, steps + ". Add", [" water", " sugar"]) == {" water": False, " sugar": False}
+
+
 def test_a_new_line_of_the_directions_starts_with_the_next_step_number(tok):
     steps = "Ingredients:\n- rice\nDirections:\n1. Boil water.\n2. Add rice.\n"
     assert _verdicts(tok, steps, ["3", " of", "A"]) == {"3": False, " of": True, "A": True}
