@@ -213,6 +213,13 @@ def test_eval_and_report(tiny_run):
     (tiny_run / "old.json").write_text(json.dumps({"bleu": 1.0}))
     old = invoke("eval", "--run", tiny_run, "--num-samples", "2", "--against", tiny_run / "old.json")
     assert old.exit_code == 2 and "holds no generations" in old.output
+    (tiny_run / "cut.json").write_text(json.dumps(unguarded)[:100])  # a file cut short
+    cut = invoke("eval", "--run", tiny_run, "--num-samples", "2", "--against", tiny_run / "cut.json")
+    assert cut.exit_code == 2 and "not readable JSON" in cut.output
+    missing = invoke("eval", "--run", tiny_run, "--num-samples", "2", "--against", tiny_run / "absent.json")
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    none = invoke("eval", "--run", tiny_run, "--num-samples", "0", "--against", tiny_run / "guarded.json")
+    assert none.exit_code == 2 and "--num-samples 0" in none.output
     assert json.loads((tiny_run / "eval.json").read_text()) == unguarded  # refused before anything was written
     rep = invoke("report", tiny_run)
     html = (tiny_run / "report" / "index.html").read_text()

@@ -36,6 +36,9 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
     from .model import load_for_inference
     from .rundir import RunDirectory
 
+    if against is not None and num_samples == 0:
+        raise ConfigError(f"--against {against} compares generations, and --num-samples 0 makes none; "
+                          "pass the earlier evaluation's --num-samples")
     baseline = _baseline_generations(against) if against is not None else None
     run = RunDirectory(run_dir)
     if not run.path.is_dir():
