@@ -49,8 +49,8 @@ def main() -> None:
                 return tp.run_chefgenius(raw, work)
             return tp.run_bare(raw) if args.against == "bare" else tp.run_hf(raw, work, True, same_batches=True)
 
-        for name in runs:  # warm-up: a process's first training pays for lazy imports and allocations
-            run(name, Path(tmp) / f"warm-{len(name)}")
+        for i, name in enumerate(runs):  # warm-up: a process's first training pays for lazy imports and allocations
+            run(name, Path(tmp) / f"warm-{i}")
         for rep in range(args.repeats):
             order = list(runs)
             random.Random(rep).shuffle(order)
