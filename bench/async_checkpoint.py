@@ -123,7 +123,9 @@ def main() -> None:
     # CPU (this machine): <= 1.10x whenever N steps take >= 1.5x a save; one H200 (issue 20): <= 1.5x saving
     # every 10 steps (2.47x before), <= 1.05x every 50
     target = 1.10 if args.device == "cpu" else 1.5 if args.every <= 10 else 1.05
-    verdict = ("does not apply" if not interval_ok else "met" if rows[1]["vs_end_only"] <= target else "NOT met")
+    # The GPU targets hold whatever the interval (issue 46): only the CPU target has the 1.5-saves condition.
+    met = rows[1]["vs_end_only"] <= target
+    verdict = "does not apply" if not interval_ok and args.device == "cpu" else "met" if met else "NOT met"
     lines = ["# Checkpointing during a run", "",
              f"`{command}`; GPT-2 {args.preset} ({params / 1e6:.1f}M parameters) + AdamW, batch {args.batch_size}, "
              f"{where}, {args.steps} steps timed from step 1 to the end of `fit` "
@@ -136,7 +138,7 @@ def main() -> None:
               f"{r['write_per_save_s'] if r['write_per_save_s'] is not None else '-'} |" for r in rows]
     lines += ["", f"A step takes {step:.2f} s, so {args.every} steps take {args.every * step:.1f} s against "
               f"{save:.1f} s per synchronous save ({args.every * step / max(save, 1e-9):.2f}x; the async target "
-              f"needs >= 1.5x: {'met' if interval_ok else 'NOT met, so the target does not apply'}). "
+              f"needs >= 1.5x on CPU: {'met' if interval_ok else 'NOT met'}). "
               f"Target: every {args.every} steps asynchronously <= {target:.2f}x only at the end: "
               f"{rows[1]['vs_end_only']}x ({verdict})."]
     name = ("async_checkpoint" if args.preset == "large" else f"async_checkpoint_{args.preset}") + (

@@ -1,10 +1,12 @@
 """Exact-resume probe at a real size: an uninterrupted run against one SIGKILLed after a checkpoint.
 
     python scripts/resume_probe.py --workdir /tmp/probe [--preset large] [--precision bf16] [--steps 60]
+    python scripts/resume_probe.py --workdir /tmp/probe2 --nproc 2 --sharding fsdp   # 2 GPUs
 
 Both runs are ``chefgenius train`` processes with the same config (GPT-2 from scratch, asynchronous
 checkpoints every ``--every`` steps, the device the config resolves: CUDA when present). The second
-is SIGKILLed as soon as the checkpoint of step ``--kill-after`` is committed, then the same command
+is SIGKILLed (its whole process group: torchrun and every worker, with ``--nproc``) as soon as the
+checkpoint of step ``--kill-after`` is committed, then the same command
 runs it to the end. Prints one JSON line: whether the final weights are ``torch.equal`` tensor by
 tensor and every logged loss is equal, the parameter count, tokens/s of the uninterrupted run, and
 the guarantee the run announced. Exit status 0 only when both are identical.
@@ -32,7 +34,8 @@ from chefgenius.checkpoint import list_checkpoints
 def probe_config(args: argparse.Namespace) -> dict:
     return {
         "data": {"max_prompt_tokens": 48, "max_target_tokens": 192, "val_fraction": 0.1},
-        "model": {"from_scratch": "gpt2", "preset": args.preset, "vocab_size": args.vocab, "dropout": 0.1},
+        "model": {"from_scratch": "gpt2", "preset": args.preset, "vocab_size": args.vocab, "dropout": 0.1,
+                  "sharding": args.sharding},
         "training": {"max_steps": args.steps, "batch_size": args.batch_size, "grad_accum": 1, "warmup_steps": 5,
                      "precision": args.precision, "device": args.device, "learning_rate": 3e-4},
         "evaluation": {"every_steps": None, "max_batches": 2, "prompts": [], "early_stopping_patience": None},
@@ -41,8 +44,12 @@ def probe_config(args: argparse.Namespace) -> dict:
     }
 
 
+NPROC: list[str] = []  # ["--nproc", "N"] for a multi-process probe
+
+
 def command(cfg: Path, run: Path) -> list[str]:
-    return [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg), "-o", str(run), "--no-sample", "--no-report"]
+    return [sys.executable, "-m", "chefgenius", "train", "-c", str(cfg), "-o", str(run), "--no-sample", "--no-report",
+            *NPROC]
 
 
 def finish(cfg: Path, run: Path) -> str:
@@ -84,7 +91,11 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--kill-after", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--nproc", type=int, default=1, help="processes (one per GPU on CUDA), through train --nproc")
+    ap.add_argument("--sharding", default="ddp", choices=["ddp", "fsdp"], help="with --nproc > 1")
     args = ap.parse_args()
+    if args.nproc > 1:
+        NPROC[:] = ["--nproc", str(args.nproc)]
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     os.environ.setdefault("CHEFGENIUS_CACHE", str(args.workdir / "cache"))
@@ -104,7 +115,8 @@ def main() -> int:
         "identical_weights": a.keys() == b.keys() and not differing, "tensors": len(a),
         "differing": differing[:5], "identical_losses": la == lb and len(la) == args.steps,
         "parameters": sum(t.numel() for t in a.values()), "preset": args.preset, "precision": args.precision,
-        "steps": args.steps, "killed_after_checkpoint": args.kill_after, "straight_run_s": round(straight_s, 1),
+        "steps": args.steps, "nproc": args.nproc, "sharding": args.sharding,
+        "killed_after_checkpoint": args.kill_after, "straight_run_s": round(straight_s, 1),
         "median_tokens_per_s": round(speeds[len(speeds) // 2]) if speeds else None,
         "guarantee": next((x.strip() for x in log.splitlines() if "exact resume:" in x), None),
     }

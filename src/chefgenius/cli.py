@@ -140,17 +140,20 @@ def _print_sample(trainer: Any, final_dir: Path) -> None:
     typer.echo(f"\nsample recipe for: {prompt}\n\n{render_recipe(parse_recipe(text))}")
 
 
-def _check_gpus_for(device: str, nproc: int) -> None:
-    """Refuse more processes than visible GPUs before launching; torch is imported only where a GPU
-    may be (an explicit ``cuda`` device, or ``auto`` on a machine with NVIDIA device nodes), so that a
-    CPU launch does not pay for importing torch twice."""
-    if device == "cpu" or (device == "auto" and sys.platform.startswith("linux")
-                           and not Path("/dev/nvidiactl").exists() and not Path("/dev/nvidia0").exists()):
-        return
-    from .distributed import check_local_devices
-    from .runtime import resolve_device
+NVIDIA_DEVICE_NODES = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"))
 
-    check_local_devices(resolve_device(device), nproc)
+
+def _check_gpus_for(device: str, nproc: int) -> None:
+    """Refuse a layout with no GPU for each of ``nproc`` processes before launching (the same rule every
+    rank applies at start, :func:`runtime.rank_device`); torch is imported only where a GPU may be (an
+    explicit ``cuda`` device, or ``auto`` on a machine with NVIDIA device nodes), so that a CPU launch
+    does not pay for importing torch twice."""
+    if device == "cpu" or (device == "auto" and sys.platform.startswith("linux")
+                           and not any(node.exists() for node in NVIDIA_DEVICE_NODES)):
+        return
+    from .runtime import rank_device
+
+    rank_device(device, nproc, 0, nproc)
 
 
 def _launch_torchrun(nproc: int, max_restarts: int) -> None:

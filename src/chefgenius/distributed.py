@@ -29,6 +29,10 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -77,16 +81,17 @@ def die_with_launcher() -> None:
         os._exit(1)
 
 
-def check_local_devices(device: torch.device, local: int | None = None) -> None:
-    """Refuse more processes on this machine than visible GPUs, in one line (NCCL fails or hangs instead).
-
-    ``local`` defaults to torchrun's LOCAL_WORLD_SIZE; ``train --nproc`` asks before launching anything.
+def check_local_devices(device: torch.device, local: int) -> None:
+    """Refuse, in one line, ``local`` processes on this machine on the configured ``device`` where they
+    cannot each have a GPU of their own (NCCL fails or hangs instead): a pinned ``cuda:K`` for several
+    processes, or more processes than visible GPUs. ``device`` is what the user asked for, before
+    :func:`runtime.rank_device` gives each process ``cuda:LOCAL_RANK``; ``train --nproc`` asks before
+    launching anything, every rank again at start.
     """
     if device.type != "cuda":
         return
     from .config import ConfigError
 
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local is None else local
     visible = torch.cuda.device_count()
     if local > 1 and device.index is not None:
         raise ConfigError(f"training.device={device} puts all {local} processes on one GPU; use "
@@ -97,7 +102,8 @@ def check_local_devices(device: torch.device, local: int | None = None) -> None:
 
 
 def init(device: torch.device, timeout_s: float = 300.0) -> None:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA); idempotent.
+    """Join the process group torchrun describes (gloo on CPU, NCCL on CUDA bound to this rank's
+    ``device``, from :func:`runtime.rank_device`); idempotent.
 
     ``timeout_s`` bounds every collective: a rank whose peer died mid-run fails after it instead of
     waiting (torch's default is 30 minutes), and torchrun then ends the job.
@@ -105,7 +111,6 @@ def init(device: torch.device, timeout_s: float = 300.0) -> None:
     if world_size() <= 1 or is_initialized():
         return
     die_with_launcher()
-    check_local_devices(device)
     dist = _dist()
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}

@@ -11,6 +11,7 @@ from .data.format import TITLE_LABEL, format_prompt, structure_score, title_pref
 from .data.tokenize import encode_example
 from .errors import GenerationError  # re-exported
 from .model import max_positions
+from .runtime import forked_rng
 
 PRESETS: dict[str, dict[str, Any]] = {
     "greedy": {"do_sample": False, "num_beams": 1},
@@ -199,7 +200,7 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
         if processors is not None:
             extra["logits_processor"] = processors
         # Sampling draws from the global RNG; fork it so that generating never shifts a training run.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with forked_rng(device):
             torch.manual_seed(settings.seed)
             if is_seq2seq:
                 input_ids = torch.tensor([src], device=device)

@@ -11,6 +11,7 @@ import torch
 
 from .config import ConfigError, build_config
 from .rundir import RunDirectory
+from .runtime import resolve_device
 
 DEFAULT_MAX_PROMPT_TOKENS = 64
 
@@ -35,12 +36,6 @@ def _run_config_of(path: Path) -> RunDirectory | None:
     return None
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_generator(*, run: Path | None = None, model: str | None = None, device: str = "auto") -> Generator:
     """Exactly one of ``run`` (its final/ model) and ``model`` (a directory or hub id)."""
     from .checkpoint.layout import checkpoint_name_hint
@@ -48,6 +43,7 @@ def load_generator(*, run: Path | None = None, model: str | None = None, device:
 
     if (run is None) == (model is None):
         raise ConfigError("pass exactly one of --run DIR and --model PATH")
+    dev = resolve_device(device)  # before loading anything: a device that is not here is a one-line error
     max_prompt_tokens = DEFAULT_MAX_PROMPT_TOKENS
     if run is not None:
         rd = RunDirectory(run)
@@ -64,4 +60,4 @@ def load_generator(*, run: Path | None = None, model: str | None = None, device:
         if owner is not None:
             max_prompt_tokens = build_config(owner.read_config()).data.max_prompt_tokens
     m, tok, seq2seq = load_for_inference(path)
-    return Generator(m.to(resolve_device(device)), tok, seq2seq, max_prompt_tokens, str(path))
+    return Generator(m.to(dev), tok, seq2seq, max_prompt_tokens, str(path))

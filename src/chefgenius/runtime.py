@@ -13,6 +13,7 @@ from .config import ConfigError, TrainingConfig
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N) stands for here; one-line error where it is not."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -56,13 +57,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_device(name: str, world_size: int, local_rank: int, local_world_size: int) -> torch.device:
+    """The device this process trains on: with several processes, ``cuda`` (or ``auto`` on a GPU
+    machine) means ``cuda:LOCAL_RANK``, one GPU per process on each machine.
+
+    The layout is checked against what the user configured, before the index is added: ``cuda:K``
+    pinned for several local processes is refused, and so are more local processes than GPUs.
+    """
+    from .distributed import check_local_devices
+
+    device = resolve_device(name)
+    if world_size <= 1:
+        return device
+    check_local_devices(device, local_world_size)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
 def setup_runtime(cfg: TrainingConfig, rank: int, world_size: int) -> torch.device:
     """The device, the process group (torchrun), threads and determinism, and seeds (``seed + rank``)."""
     from . import distributed
 
-    device = resolve_device(cfg.device)
-    if world_size > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", distributed.local_rank())
+    device = rank_device(cfg.device, world_size, distributed.local_rank(), distributed.local_world_size())
     distributed.init(device, cfg.dist_timeout_s)
     apply_runtime(cfg, device)
     seed_everything(cfg.seed + rank)
@@ -74,3 +91,9 @@ def autocast_for(device: torch.device, precision: str) -> AbstractContextManager
     if precision in ("bf16", "fp16"):
         return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return nullcontext()
+
+
+def forked_rng(device: torch.device) -> AbstractContextManager:
+    """The global RNGs forked for drawing outside training (sampling a recipe): the CPU generator and,
+    on a GPU, that device's only (forking every visible GPU would initialise them all)."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

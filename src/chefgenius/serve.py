@@ -251,6 +251,7 @@ def completion(server: Server, req: CompletionRequest, emit: Any | None = None) 
     import torch
 
     from .model import max_positions
+    from .runtime import forked_rng
 
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if len(prompts) != 1 or not prompts[0].strip():
@@ -274,7 +275,7 @@ def completion(server: Server, req: CompletionRequest, emit: Any | None = None) 
         kwargs["streamer"] = _streamer(g.tokenizer, emit, server.timeout_s)
     g.model.eval()
     x = torch.tensor([ids], device=device)
-    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.no_grad(), forked_rng(device):
         torch.manual_seed(req.seed)
         out = g.model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs)
     new = out[0] if g.is_seq2seq else out[0, len(ids):]
