@@ -24,8 +24,8 @@ def _isolated_cache(tmp_path_factory):
 # The files that start many processes, longest first. With --dist loadfile --no-loadscope-reorder the
 # workers take files in collection order, so the longest do not start last and both workers end
 # together (longest-first scheduling); the rest keep pytest's order.
-_LONGEST_FIRST = ("test_distributed.py", "test_distributed_ranks.py", "test_model.py", "test_kill.py",
-                  "test_prepared.py", "test_async_save.py", "test_hostile.py", "test_resume.py")
+_LONGEST_FIRST = ("test_slurm.py", "test_distributed.py", "test_distributed_ranks.py", "test_model.py",
+                  "test_kill.py", "test_prepared.py", "test_async_save.py", "test_hostile.py", "test_resume.py")
 
 
 def pytest_collection_modifyitems(items) -> None:

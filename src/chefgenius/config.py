@@ -169,7 +169,10 @@ class CheckpointConfig(_Strict):
 
 class LoggingConfig(_Strict):
     every_steps: int = Field(10, ge=1, description="Write a metrics.jsonl entry every N optimizer steps.")
-    progress_bar: bool = Field(True, description="Live progress bar on stderr.")
+    progress_bar: bool = Field(True, description="Progress on stderr: a live bar in a terminal, a plain line every "
+                               "progress_every_s seconds when stderr is a file (sbatch, nohup).")
+    progress_every_s: float = Field(30.0, gt=0, description="Seconds between progress lines when stderr is not a "
+                                    "terminal.")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files to the run dir.")
     wandb: bool = Field(False, description="Also log to Weights & Biases (extra 'wandb').")
     wandb_project: str = Field("chefgenius", description="W&B project name.")

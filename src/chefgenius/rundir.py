@@ -9,6 +9,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,11 +114,17 @@ class RunDirectory:
 
     # ----- lock -----------------------------------------------------------------------------------
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, wait_s: float | None = None) -> Iterator[None]:
         """Exclusive lock for the whole run; the OS releases it when the process dies, even by SIGKILL.
 
         In a multi-process run rank 0 holds it for the job; the other ranks take no lock. Not
         re-entrant: one owner takes it (the Trainer, or a command that reads the run).
+
+        A holder that is on its way out does not refuse the run: a process of the same Slurm job (a
+        requeued job starts while the previous allocation's processes still exit) or one that is
+        dying (killed, or orphaned by its launcher, as torchrun workers are when the launcher is
+        SIGKILLed) is waited for, up to ``wait_s`` seconds (``CHEFGENIUS_LOCK_WAIT_S``, default 60),
+        saying so. Any other holder refuses the run at once.
         """
         if rank() != 0:
             yield
@@ -123,17 +133,75 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            _take_lock(fd, self.path, _lock_wait_s() if wait_s is None else wait_s)
+        except BaseException:
             os.close(fd)
-            raise RunLockedError(f"{self.path} is in use by another chefgenius process (pid {holder}); wait for "
-                                 "it to finish or stop it, or choose another --output-dir") from None
+            raise
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {os.environ.get('SLURM_JOB_ID', '-')}\n".encode(), 0)
             yield
         finally:
-            os.close(fd)  # closing releases the flock; the pid text is left, harmless
+            os.close(fd)  # closing releases the flock; the holder's text is left, harmless
 
 
+def _lock_wait_s() -> float:
+    return float(os.environ.get("CHEFGENIUS_LOCK_WAIT_S") or 60)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _take_lock(fd: int, path: Path, wait_s: float) -> None:
+    if _try_lock(fd):
+        return
+    text = os.pread(fd, 256, 0).decode(errors="replace").split()
+    pid, host, job = (text + ["unknown", "-", "-"])[:3] if text else ("unknown", "-", "-")
+    why = _leaving(pid, host, job)
+    if why is not None:
+        print(f"{path} is still locked by pid {pid} ({why}); waiting up to {wait_s:.0f}s for it to exit",
+              file=sys.stderr, flush=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if _try_lock(fd):
+                return
+        raise RunLockedError(f"{path} is still in use by pid {pid} ({why}) after {wait_s:.0f}s; stop it, or set "
+                             "CHEFGENIUS_LOCK_WAIT_S to wait longer")
+    raise RunLockedError(f"{path} is in use by another chefgenius process (pid {pid}); wait for "
+                         "it to finish or stop it, or choose another --output-dir")
+
+
+def _leaving(pid: str, host: str, job: str) -> str | None:
+    """Why the lock's holder is expected to exit soon, or None (a live run of its own)."""
+    if job != "-" and job == os.environ.get("SLURM_JOB_ID"):
+        return f"an earlier allocation of Slurm job {job}"
+    if host not in ("-", socket.gethostname()) or not pid.isdigit():
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if ":" in line)
+    except (OSError, IndexError):
+        return "gone"  # it exited between the two looks: the lock is about to be free
+    state, flags = stat[0], int(stat[6])
+    pending = int(status.get("SigPnd", "0").strip() or "0", 16) | int(status.get("ShdPnd", "0").strip() or "0", 16)
+    # PF_EXITING (0x4): in the kernel's exit path, where a large process spends a while freeing its
+    # memory before its files (and so the lock) are closed.
+    if state in ("Z", "X") or flags & 0x4 or pending & (1 << (signal.SIGKILL - 1)):
+        return "exiting"
+    if status.get("PPid", "").strip() == "1" and "TORCHELASTIC" in _environ_names(pid):
+        return "a torchrun worker whose launcher is gone"
+    return None
+
+
+def _environ_names(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

@@ -14,7 +14,6 @@ run directory.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -33,10 +32,11 @@ from .distributed import print0, rank, world_size
 from .model import build_model, config_is_seq2seq
 from .optim import build_optimization
 from .parallel import parallelize
+from .progress import make_progress
 from .resume import grad_accum_for, resume_changes
 from .rundir import RunDirectory, RunDirError
 from .runtime import autocast_for, resume_guarantee, setup_runtime
-from .signals import StopRequest
+from .signals import StopRequest, scheduler_job
 from .step import TrainStep
 from .tracking import MetricsWriter, NullMetrics
 from .train_state import TrainState
@@ -192,6 +192,10 @@ class Trainer:
         writer = MetricsWriter(self.run.metrics, self.run.tensorboard, self.cfg.logging, self.cfg.to_dict())
         if self.resumed_from is not None:
             writer.log({"event": "resume", "step": self.state.step, "checkpoint": self.resumed_from.path.name})
+        job = scheduler_job()
+        if job:
+            self.log("slurm: " + ", ".join(f"{k} {v}" for k, v in job.items()))
+            writer.log({"event": "start", "step": self.state.step, **job})
         return writer
 
     def _is_done(self) -> bool:
@@ -200,15 +204,13 @@ class Trainer:
     def _train(self, writer: MetricsWriter | NullMetrics) -> None:
         """The loop under a progress bar; returns with every save committed, or raises having
         abandoned the pending save (a second Ctrl-C) or settled it (any other error)."""
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True,
-                   file=sys.stderr, disable=not self.cfg.logging.progress_bar or self.rank != 0)
+        progress = make_progress(self.total_steps, self.state.step, enabled=self.cfg.logging.progress_bar and
+                                 self.rank == 0, every_s=self.cfg.logging.progress_every_s)
         log = self.log
-        if not bar.disable and log is print0:
-            self.log = lambda *args: bar.write(" ".join(map(str, args)))  # keep the bar intact below messages
+        if progress is not None and log is print0:
+            self.log = lambda *args: progress.write(" ".join(map(str, args)))  # messages above a live bar
         try:
-            self._loop(writer, bar)
+            self._loop(writer, progress)
             self.checkpointer.finish()
             for figures in self.checkpointer.drain_figures():
                 writer.log(figures)
@@ -219,10 +221,11 @@ class Trainer:
             self.checkpointer.after_error()
             raise
         finally:
-            bar.close()
+            if progress is not None:
+                progress.close()
             self.log = log
 
-    def _loop(self, writer: MetricsWriter | NullMetrics, bar: Any) -> None:
+    def _loop(self, writer: MetricsWriter | NullMetrics, progress: Any) -> None:
         st, log_every = self.state, self.cfg.logging.every_steps
         window_t, window_tokens = time.perf_counter(), 0
         while not self._is_done() and not self.stop.requested:
@@ -246,8 +249,8 @@ class Trainer:
                                               is_done=self._is_done()):
                 metrics, is_new_best = self.validator.validate(st)
                 writer.log({"step": st.step, "epoch": epoch, **metrics})
-            bar.update(1)
-            bar.set_postfix(epoch=f"{epoch:.2f}", loss=f"{out.loss:.3f}")
+            if progress is not None:
+                progress.advance(out.loss, epoch, out.num_tokens)
             if self.checkpointer.should_save(st.step, is_new_best=is_new_best, is_done=self._is_done()):
                 self.checkpointer.save(st.step, val_loss=self.validator.loss_at(st.step), force=self._is_done())
             for figures in self.checkpointer.drain_figures():

@@ -2,8 +2,9 @@
 (torchrun's workers too). Through the library's save hook it can
 
 - hold every checkpoint save open for CHEFGENIUS_TEST_SAVE_PAUSE_S seconds, and
-- hold the save of one step (CHEFGENIUS_TEST_HOLD_SAVE="STEP:GATE_DIR") until the test releases it:
-  the hook creates GATE_DIR/held when that save is written, then waits for GATE_DIR/release.
+- hold the save of a step (CHEFGENIUS_TEST_HOLD_SAVE="STEP:GATE_DIR", several separated by commas) until
+  the test releases it: the hook creates GATE_DIR/held when that save is written, then waits for
+  GATE_DIR/release.
 """
 
 import os
@@ -19,13 +20,15 @@ if _pause or _hold:
     if _pause:
         store.SAVE_HOOKS.append(lambda directory: time.sleep(_pause))
     if _hold:
-        _step, _gate = _hold.split(":", 1)
+        _gates = {f"step-{int(step):07d}": Path(gate) for step, gate in
+                  (item.split(":", 1) for item in _hold.split(","))}
 
         def _held(directory: Path) -> None:
-            if f"step-{int(_step):07d}" not in directory.name:
+            gate = next((g for name, g in _gates.items() if name in directory.name), None)
+            if gate is None:
                 return
-            (Path(_gate) / "held").touch()
-            while not (Path(_gate) / "release").exists():
+            (gate / "held").touch()
+            while not (gate / "release").exists():
                 time.sleep(0.01)
 
         store.SAVE_HOOKS.append(_held)
