@@ -6,9 +6,12 @@
 Every contender trains the same model (GPT-2 or T5, built from config, same seed) on the same prepared
 RecipeNLG-style data (the bundled corpus), batch size 8, one micro-batch per step, fp32, AdamW
 with the same hyper-parameters, clipping 1.0, one thread, on the same device. Measured: target tokens
-per second of the training loop from step 10 to the last step (start-up and warm-up excluded), data
-loading and collation included; on CUDA each mark waits for the device (``torch.cuda.synchronize``).
-Contenders run one after another, never at once, in a shuffled order each repeat.
+per second over the same window of steps for every contender: steps ``WARM + 1`` to ``max_steps - 1``
+(start-up and warm-up excluded, and the last step, where chefgenius evaluates and saves), data loading
+and collation included; the tokens are those of the batches those steps trained on, counted exactly
+(:class:`Window`; tests/test_bench_count.py). On CUDA each mark waits for the device
+(``torch.cuda.synchronize``). Contenders run one after another, never at once, in an order shuffled
+each repeat from a seed drawn for the run and recorded in the result (``--order-seed`` replays one).
 
 - bare loop: the floor; batches are collated before timing, then forward/backward/clip/step.
 - chefgenius: ``Trainer.fit`` with evaluation and checkpoints out of the timed window.
@@ -29,6 +32,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +44,23 @@ PRECISION = "fp32"
 FASTEST = "chefgenius, determinism=default (fastest CUDA kernels)"
 # Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), for MFU; --peak-tflops overrides.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10": 125.0}
+
+
+@dataclass
+class Window:
+    """What a contender trained in the timed window: target tokens and seconds."""
+
+    tokens: int
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def last_timed_step(max_steps: int) -> int:
+    """The window is steps WARM+1 .. max_steps-1: chefgenius's last step evaluates and saves."""
+    return max_steps - 1
 
 
 def mark() -> float:
@@ -67,7 +88,7 @@ def target_tokens(labels: torch.Tensor, seq2seq: bool) -> int:
     return int((labels[:, 0 if seq2seq else 1:] != -100).sum())
 
 
-def run_chefgenius(cfg_raw: dict, work: Path) -> float:
+def run_chefgenius(cfg_raw: dict, work: Path) -> Window:
     from chefgenius.config import build_config
     from chefgenius.trainer import Trainer
 
@@ -75,13 +96,13 @@ def run_chefgenius(cfg_raw: dict, work: Path) -> float:
 
     def on_step(t: Trainer) -> None:
         # The last step ends with the final evaluation and checkpoint: stop the clock one step before.
-        if t.state.step in (WARM, t.total_steps - 1):
+        if t.state.step in (WARM, last_timed_step(t.total_steps)):
             marks[t.state.step] = (mark(), t.state.num_tokens)
 
     trainer = Trainer(build_config(cfg_raw), work / "cg", log=lambda *a: None, on_step=on_step, resume="never")
     trainer.fit()
-    (t0, n0), (t1, n1) = marks[WARM], marks[trainer.total_steps - 1]
-    return (n1 - n0) / (t1 - t0)
+    (t0, n0), (t1, n1) = marks[WARM], marks[last_timed_step(trainer.total_steps)]
+    return Window(n1 - n0, t1 - t0)
 
 
 def prepared(cfg_raw: dict):
@@ -104,8 +125,9 @@ def fresh_model(cfg, tokenizer) -> torch.nn.Module:
     return build_from_scratch(cfg.model, tokenizer, cfg.data.max_prompt_tokens + cfg.data.max_target_tokens + 8)
 
 
-def run_bare(cfg_raw: dict) -> float:
-    """Batches built up front from chefgenius's own sampler order: the loop does only the math."""
+def run_bare(cfg_raw: dict) -> Window:
+    """Batches built up front from chefgenius's own sampler order, their token counts too: the loop does
+    only the math (no per-step host read of the labels, which would synchronise a GPU every step)."""
     from chefgenius.data.loader import ResumableSampler, collate
     from chefgenius.optim import build_optimizer, build_scheduler
 
@@ -115,14 +137,17 @@ def run_bare(cfg_raw: dict) -> float:
     sampler = ResumableSampler(data.train.lengths(), batch_size=tc.batch_size, grad_accum=1, seed=tc.seed,
                                shuffle=True, group_by_length=tc.group_by_length)
     dev = torch.device(DEVICE)
-    batches = [{k: v.to(dev) for k, v in collate([data.train.example(i) for i in sampler.next_step()[0]],
-                                                 tok.pad_token_id).items()} for _ in range(tc.max_steps)]
+    host = [collate([data.train.example(i) for i in sampler.next_step()[0]], tok.pad_token_id)
+            for _ in range(tc.max_steps)]
+    counts = [target_tokens(b["labels"], cfg.model.from_scratch == "t5") for b in host]
+    batches = [{k: v.to(dev) for k, v in b.items()} for b in host]
+    last = last_timed_step(tc.max_steps)
     model = fresh_model(cfg, tok).to(dev)
     model.train()
     opt = build_optimizer(model, tc, dev)
     sched = build_scheduler(opt, tc, tc.max_steps)
     params = [p for g in opt.param_groups for p in g["params"]]
-    t0 = n = 0
+    t0 = t1 = 0.0
     for step, batch in enumerate(batches, 1):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -133,9 +158,9 @@ def run_bare(cfg_raw: dict) -> float:
         opt.zero_grad(set_to_none=True)
         if step == WARM:
             t0 = mark()
-        elif step > WARM:
-            n += target_tokens(batch["labels"], cfg.model.from_scratch == "t5")
-    return n / (mark() - t0)
+        elif step == last:
+            t1 = mark()
+    return Window(sum(counts[WARM:last]), t1 - t0)  # batch k trains step k + 1
 
 
 def chefgenius_batches(cfg, data) -> list[list[int]]:
@@ -166,9 +191,11 @@ def flops_per_target_token(cfg, data, model) -> float:  # noqa: ANN001
     return per_real_token * sum(lengths) / targets
 
 
-def counting_collator(tok, seq2seq: bool, counted: dict[str, int]):  # noqa: ANN001, ANN201
+def counting_collator(tok, seq2seq: bool, counted: dict):  # noqa: ANN001, ANN201
     """The Trainer's collator: chefgenius's padding, counting target tokens into ``counted`` ("last": the
-    batch just collated, which the Trainer's loader fetches one step ahead)."""
+    batch just collated, which the Trainer's loader fetches one step ahead; "batches": every batch's
+    count in the order collated, so batch k is what step k + 1 trained on, however far ahead the
+    loader fetches)."""
     from chefgenius.data.loader import collate
 
     def collator(features: list[dict]) -> dict[str, torch.Tensor]:
@@ -176,6 +203,7 @@ def counting_collator(tok, seq2seq: bool, counted: dict[str, int]):  # noqa: ANN
                         tok.pad_token_id)
         counted["last"] = target_tokens(batch["labels"], seq2seq)
         counted["tokens"] += counted["last"]
+        counted.setdefault("batches", []).append(counted["last"])
         return batch
 
     return collator
@@ -193,7 +221,7 @@ def hf_arguments(tc, output_dir: Path, **extra):  # noqa: ANN001, ANN201
         remove_unused_columns=False, disable_tqdm=True, **extra)
 
 
-def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool = False) -> float:
+def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool = False) -> Window:
     """``same_batches``: the Trainer's data loader is handed chefgenius's exact batches (sampler overridden)."""
     from transformers import Trainer, TrainerCallback
 
@@ -202,15 +230,15 @@ def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool 
     tc = cfg.training
     rows = [{"input_ids": x.tolist(), "labels": y.tolist()} for x, y in map(data.train.example,
                                                                            range(len(data.train)))]
-    counted = {"tokens": 0, "last": 0}
+    counted: dict = {"tokens": 0, "last": 0, "batches": []}
     collator = counting_collator(tok, cfg.model.from_scratch == "t5", counted)
-
-    marks: dict[int, tuple[float, int]] = {}
+    last = last_timed_step(tc.max_steps)
+    marks: dict[int, float] = {}
 
     class Marks(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            if state.global_step in (WARM, tc.max_steps):
-                marks[state.global_step] = (mark(), counted["tokens"])
+            if state.global_step in (WARM, last):
+                marks[state.global_step] = mark()
 
     args = hf_arguments(tc, work / "hf", use_cpu=DEVICE == "cpu", bf16=PRECISION == "bf16",
                         train_sampling_strategy="group_by_length" if group_by_length else "random")
@@ -225,9 +253,9 @@ def run_hf(cfg_raw: dict, work: Path, group_by_length: bool, same_batches: bool 
     trainer = (SameBatches if same_batches else Trainer)(model=fresh_model(cfg, tok), args=args, train_dataset=rows,
                                                          data_collator=collator, callbacks=[Marks()])
     trainer.train()
-    (t0, n0), (t1, n1) = marks[WARM], marks[tc.max_steps]
-    # The collator runs one batch ahead of the step that uses it; both marks are shifted alike.
-    return (n1 - n0) / (t1 - t0)
+    # By batch, not by the running total at each mark: accelerate's loader collates one batch ahead of
+    # the step that uses it, except after the last one, so totals at two marks miss a batch (issue 46).
+    return Window(sum(counted["batches"][WARM:last]), marks[last] - marks[WARM])
 
 
 def main() -> None:
@@ -242,7 +270,9 @@ def main() -> None:
                          "HF bf16=True, torch.autocast in the bare loop)")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense peak for MFU (default: known GPUs, bf16)")
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
+    ap.add_argument("--order-seed", type=int, help="the seed of the contenders' order (default: drawn, recorded)")
     args = ap.parse_args()
+    order_seed = args.order_seed if args.order_seed is not None else random.SystemRandom().randrange(2**31)
     global DEVICE, PRECISION
     DEVICE, PRECISION = args.device, args.precision
     if args.quick:
@@ -268,14 +298,14 @@ def main() -> None:
         os.environ["CHEFGENIUS_CACHE"] = str(Path(tmp) / "cache")
         for rep in range(args.repeats):
             order = list(contenders.items())
-            random.Random(rep).shuffle(order)  # no contender always runs first (cold caches) or last
+            random.Random(order_seed * 1000 + rep).shuffle(order)  # no contender always first (cold caches) or last
             for i, (name, fn) in enumerate(order):
                 work = Path(tmp) / f"r{rep}-{i}"
                 work.mkdir()
                 # chefgenius turns deterministic algorithms on where it is strict (CUDA) and never off:
                 # every contender starts from torch's default, the fastest kernels
                 torch.use_deterministic_algorithms(False)
-                results[name].append(fn(work))
+                results[name].append(fn(work).per_s)
                 print(f"{name}: {results[name][-1]:.0f} tokens/s", flush=True)
         c, data = prepared(cfg(True))
         model = fresh_model(c, data.tokenizer())
@@ -307,8 +337,9 @@ def main() -> None:
     lines = [f"# Training throughput, {name} {args.preset}" + (" (CUDA)" if args.device == "cuda" else "")
              + (", bf16" if args.precision == "bf16" else ""), "",
              f"`{command}`; {name} {args.preset} from scratch ({params / 1e6:.1f}M parameters), batch 8, {precision}, "
-             f"{where}; target tokens/s from step {WARM} to {args.steps}, median of {args.repeats}, contenders in a "
-             f"shuffled order each repeat; spread = (max - min) / median{mfu_note}.", "",
+             f"{where}; target tokens/s over steps {WARM + 1}-{last_timed_step(args.steps)} (the same batches' "
+             f"tokens for every contender, counted by batch), median of {args.repeats}, contenders in an order "
+             f"shuffled each repeat (seed {order_seed}); spread = (max - min) / median{mfu_note}.", "",
              "| contender | tokens/s | min | max | spread | vs HF defaults | vs HF, same batches | vs bare loop "
              "| MFU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -330,7 +361,8 @@ def main() -> None:
     write_result(result, lines, {"command": command, "family": args.family, "preset": args.preset,
                                  "device": where, "precision": args.precision, "parameters": params,
                                  "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
-                                 "peak_tflops": peak, "flops_per_target_token": flops, "rows": rows})
+                                 "peak_tflops": peak, "flops_per_target_token": flops, "order_seed": order_seed,
+                                 "timed_steps": [WARM + 1, last_timed_step(args.steps)], "rows": rows})
 
 
 if __name__ == "__main__":

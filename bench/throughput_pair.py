@@ -46,8 +46,9 @@ def main() -> None:
         def run(name: str, work: Path) -> float:
             work.mkdir()
             if name == "chefgenius":
-                return tp.run_chefgenius(raw, work)
-            return tp.run_bare(raw) if args.against == "bare" else tp.run_hf(raw, work, True, same_batches=True)
+                return tp.run_chefgenius(raw, work).per_s
+            window = tp.run_bare(raw) if args.against == "bare" else tp.run_hf(raw, work, True, same_batches=True)
+            return window.per_s
 
         for i, name in enumerate(runs):  # warm-up: a process's first training pays for lazy imports and allocations
             run(name, Path(tmp) / f"warm-{i}")

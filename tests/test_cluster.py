@@ -20,7 +20,7 @@ from chefgenius.progress import BarProgress, LineProgress, make_progress
 from chefgenius.rundir import RunDirectory, RunLockedError
 from chefgenius.trainer import Trainer
 
-from .conftest import quiet, tiny_config
+from .conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
