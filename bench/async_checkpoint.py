@@ -45,7 +45,7 @@ def raw_config(preset: str, steps: int, every: int, background: bool, batch: int
 
 def run(raw: dict, work: Path) -> tuple[float, int, list[dict], float]:
     from chefgenius.config import build_config
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.trainer import Trainer
 
     marks: dict[int, float] = {}
 

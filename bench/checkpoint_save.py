@@ -164,8 +164,8 @@ def tokenizer():
 def chefgenius_pieces(opt):
     from chefgenius.config import TrainingConfig
     from chefgenius.data.loader import ResumableSampler
-    from chefgenius.optim import build_scheduler
-    from chefgenius.train_state import TrainState
+    from chefgenius.training.optim import build_scheduler
+    from chefgenius.training.train_state import TrainState
 
     return {"optimizer": opt, "scheduler": build_scheduler(opt, TrainingConfig(), 1000),
             "sampler": ResumableSampler(list(range(1, 1001)), batch_size=8, grad_accum=1, seed=0),

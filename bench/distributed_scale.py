@@ -10,7 +10,7 @@ global batch (16), random batches and seed:
   bench/hf_ddp_worker.py).
 "ordered" is the rank-order sum that keeps a resume bit-exact with any number of processes; with
 exactly 2 it runs the same all-reduce as "tree all-reduce" (one addition per element: equal bits), so
-the two rows differ only by noise; before 7b9b49c it gathered and cost 8% (README "Measured").
+the two rows differ only by noise; before 7b9b49c it gathered and cost 8% (docs/benchmarks.md).
 Throughput is target tokens per second of the training loop: the median of its 10-step windows after
 the first (which holds warm-up), so process start-up is not counted; for chefgenius the windows are
 logged in metrics.jsonl, for the Trainer a callback marks every 10th step on each rank (a window: every

@@ -32,7 +32,7 @@ _WRITER = """
 import os, sys
 sys.path.insert(0, {src!r})
 from pathlib import Path
-from chefgenius.fileio import DirectFile
+from chefgenius.durable.files import DirectFile
 block = os.urandom(8 << 20)
 path = Path(sys.argv[1])
 f = DirectFile.open(path)

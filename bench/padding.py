@@ -25,7 +25,7 @@ from common import ROOT, write_result
 def lengths_of(path: str | None) -> np.ndarray:
     from chefgenius.config import build_config
     from chefgenius.data.prepared import prepare_dataset
-    from chefgenius.data.tokenize import default_cache_dir
+    from chefgenius.data.tokenization import default_cache_dir
 
     cfg = build_config({"data": {"path": path, "max_prompt_tokens": 48, "max_target_tokens": 192,
                                  "val_fraction": 0.1},

@@ -64,7 +64,7 @@ def config(data_path: str | None, max_steps: int) -> dict:
 def first_step_seconds(cfg_path: Path, run: Path, env: dict[str, str], after: int, extra: list[str]) -> float:
     """Process start to the first logged optimizer step after ``after`` (a killed run is fine)."""
     metrics = run / "metrics.jsonl"
-    from chefgenius.tracking import read_jsonl, truncate_after
+    from chefgenius.durable.jsonl import read_jsonl, truncate_after
 
     truncate_after(metrics, after)  # what a resume does first: an earlier resume's steps are not this one's
     cmd = [sys.executable, "-m", "chefgenius.cli", "train", "-c", str(cfg_path), "-o", str(run), "--no-sample", *extra]

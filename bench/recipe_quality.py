@@ -35,12 +35,12 @@ def main() -> None:
     import torch
 
     from chefgenius.cli import COVERAGE_STRENGTH
-    from chefgenius.coverage import coverage
-    from chefgenius.data.format import structure_score
-    from chefgenius.evaluate import evaluate_run
-    from chefgenius.generate import GenerationSettings, generate_texts
-    from chefgenius.inference import load_generator
-    from chefgenius.recipe_checks import check_recipe, cook_metrics
+    from chefgenius.data.recipe_format import structure_score
+    from chefgenius.evaluation.evaluate import evaluate_run
+    from chefgenius.generation.decode import GenerationSettings, generate_texts
+    from chefgenius.generation.ingredient_coverage import coverage
+    from chefgenius.generation.loading import load_generator
+    from chefgenius.generation.recipe_checks import check_recipe, cook_metrics
 
     torch.set_num_threads(2)
     g = load_generator(run=args.run, device="cpu")
@@ -100,7 +100,7 @@ def main() -> None:
 
 def _guard_effect(generations: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     """Guarded minus unguarded validation BLEU per decoding, on the same prompts and references."""
-    from chefgenius.metrics import paired_bleu
+    from chefgenius.evaluation.text_metrics import paired_bleu
 
     pairs = {"greedy": ("greedy, unguarded", "greedy, guarded (default)"),
              "coverage": ("coverage, unguarded", "coverage, guarded")}
@@ -115,8 +115,8 @@ def _guard_effect(generations: dict[str, list[dict]]) -> dict[str, dict[str, flo
 
 def _nonword_rate(tok, prompts: list[str], texts: list[str]) -> float:
     """Share of titles with a word neither the training titles (title_words.json) nor the request use."""
-    from chefgenius import title_words
-    from chefgenius.data.format import parse_recipe
+    from chefgenius.data import title_words
+    from chefgenius.data.recipe_format import parse_recipe
 
     known = set(title_words.of(tok) or ())
     if not known:

@@ -34,8 +34,8 @@ def main() -> None:
     import httpx
     import torch
 
-    from chefgenius.rundir import RunDirectory
-    from chefgenius.serve import Server, Sources, start_in_thread
+    from chefgenius.checkpoint.run_directory import RunDirectory
+    from chefgenius.serving.app import Server, Sources, start_in_thread
 
     torch.set_num_threads(2)
     rd = RunDirectory(args.run)

@@ -130,7 +130,7 @@ def main() -> None:
         from chefgenius.checkpoint.layout import checkpoint_dir
         from chefgenius.config import load_config
         from chefgenius.data.prepared import prepare_dataset
-        from chefgenius.data.tokenize import default_cache_dir
+        from chefgenius.data.tokenization import default_cache_dir
 
         c = load_config(cfg, [])
         data = prepare_dataset(c.data, is_seq2seq=False, tokenizer=None, vocab_size=c.model.vocab_size,

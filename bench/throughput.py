@@ -90,7 +90,7 @@ def target_tokens(labels: torch.Tensor, seq2seq: bool) -> int:
 
 def run_chefgenius(cfg_raw: dict, work: Path) -> Window:
     from chefgenius.config import build_config
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.trainer import Trainer
 
     marks: dict[int, tuple[float, int]] = {}
 
@@ -108,7 +108,7 @@ def run_chefgenius(cfg_raw: dict, work: Path) -> Window:
 def prepared(cfg_raw: dict):
     from chefgenius.config import build_config
     from chefgenius.data.prepared import prepare_dataset
-    from chefgenius.data.tokenize import default_cache_dir
+    from chefgenius.data.tokenization import default_cache_dir
 
     cfg = build_config(cfg_raw)
     data = prepare_dataset(cfg.data, is_seq2seq=cfg.model.from_scratch == "t5", tokenizer=None,
@@ -118,8 +118,8 @@ def prepared(cfg_raw: dict):
 
 
 def fresh_model(cfg, tokenizer) -> torch.nn.Module:
-    from chefgenius.model import build_from_scratch
-    from chefgenius.runtime import seed_everything
+    from chefgenius.models.builders import build_from_scratch
+    from chefgenius.runtime.devices import seed_everything
 
     seed_everything(cfg.training.seed)
     return build_from_scratch(cfg.model, tokenizer, cfg.data.max_prompt_tokens + cfg.data.max_target_tokens + 8)
@@ -129,7 +129,7 @@ def run_bare(cfg_raw: dict) -> Window:
     """Batches built up front from chefgenius's own sampler order, their token counts too: the loop does
     only the math (no per-step host read of the labels, which would synchronise a GPU every step)."""
     from chefgenius.data.loader import ResumableSampler, collate
-    from chefgenius.optim import build_optimizer, build_scheduler
+    from chefgenius.training.optim import build_optimizer, build_scheduler
 
     cfg, data = prepared(cfg_raw)
     tok = data.tokenizer()

@@ -28,9 +28,20 @@ _LONGEST_FIRST = ("test_slurm.py", "test_distributed.py", "test_distributed_rank
                   "test_kill.py", "test_prepared.py", "test_async_save.py", "test_hostile.py", "test_resume.py")
 
 
+# Files whose tests start real processes (training CLIs, torchrun, kills, Slurm jobs, a browser, the
+# benchmark's peers) or train many full runs in-process (resume, model variants): marked ``slow``, so
+# that ``pytest -m "not slow"`` is the inner loop's fast subset (under a minute on 2 cores).
+_SLOW_FILES = frozenset({"test_slurm.py", "test_distributed.py", "test_distributed_ranks.py", "test_kill.py",
+                         "test_async_save.py", "test_hostile.py", "test_prepared.py", "test_bench_count.py",
+                         "test_gpu_check.py", "test_serve.py", "test_model.py", "test_resume.py"})
+
+
 def pytest_collection_modifyitems(items) -> None:
     rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    for item in items:
+        if item.path.name in _SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_config(**sections) -> Config:

@@ -13,11 +13,11 @@ import torch
 
 from chefgenius.config import DataConfig
 from chefgenius.data.clean import CleanReport, clean_recipes
-from chefgenius.data.format import recipe_to_example
 from chefgenius.data.loader import TokenizedData
+from chefgenius.data.recipe_format import recipe_to_example
 from chefgenius.data.sources import DataError, Recipe, read_source
 from chefgenius.data.split import fingerprint, split_recipes
-from chefgenius.data.tokenize import encode_example
+from chefgenius.data.tokenization import encode_example
 
 
 @dataclass

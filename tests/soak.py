@@ -1,6 +1,6 @@
 """Kill-and-resume driver: SIGKILL a real ``chefgenius train`` at chosen moments, re-run, repeat.
 
-Used by the fault-injection tests and by ``scripts/soak_resume.py``. :func:`slow_saves` makes the
+Used by the fault-injection tests and by ``tests/soak_resume.py``. :func:`slow_saves` makes the
 launched processes hold every checkpoint save open (tests/hooks/sitecustomize.py), so that kills
 land while a save is in flight.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chefgenius.checkpoint.layout import TMP_PREFIX
-from chefgenius.rundir import RunDirectory
+from chefgenius.checkpoint.run_directory import RunDirectory
 
 
 @dataclass

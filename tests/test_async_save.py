@@ -16,8 +16,9 @@ import torch
 from chefgenius.checkpoint import list_checkpoints, load_state, verify_checkpoint
 from chefgenius.checkpoint.layout import TMP_PREFIX
 from chefgenius.checkpoint.snapshot import TensorBuffers, take_snapshot, write_snapshot
-from chefgenius.model import build_from_scratch, train_tokenizer
-from chefgenius.trainer import Trainer
+from chefgenius.data.tokenizer import train_tokenizer
+from chefgenius.models.builders import build_from_scratch
+from chefgenius.training.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config, write_config
 from .soak import held_save, last_logged_step, train_command

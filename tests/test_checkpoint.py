@@ -20,7 +20,7 @@ from chefgenius.checkpoint import (
     verify_checkpoint,
 )
 from chefgenius.checkpoint.store import CheckpointInfo, commit_checkpoint, select_retained, write_manifest
-from chefgenius.trainer import Trainer
+from chefgenius.training.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
 

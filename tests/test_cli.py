@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from chefgenius.cli import app
-from chefgenius.metrics import bleu
+from chefgenius.evaluation.text_metrics import bleu
 
 from .conftest import SHARED_DATA, tiny_config
 
@@ -65,7 +65,7 @@ def test_final_is_one_hugging_face_directory(tiny_run):
 def test_old_final_layout_with_model_and_tokenizer_subdirs_still_loads(tiny_run, tmp_path):
     import shutil
 
-    from chefgenius.model import load_for_inference
+    from chefgenius.models.builders import load_for_inference
 
     old = tmp_path / "old_final"
     (old / "model").mkdir(parents=True)
@@ -88,7 +88,7 @@ def test_generate_is_deterministic_per_seed(tiny_run):
     assert set(record) == {"title", "ingredients", "directions", "complete", "used", "unused", "unused_in_directions",
                            "ingredient_recall", "duplicate_lines", "repeated_ingredients", "looping", "title_fits",
                            "title_misfits", "extra_items"}
-    from chefgenius.recipe_checks import duplicate_ingredient_lines, repeated_ingredients
+    from chefgenius.generation.recipe_checks import duplicate_ingredient_lines, repeated_ingredients
 
     assert record["duplicate_lines"] == duplicate_ingredient_lines(record["ingredients"])
     assert record["repeated_ingredients"] == repeated_ingredients(record["ingredients"])
@@ -97,10 +97,10 @@ def test_generate_is_deterministic_per_seed(tiny_run):
 def test_titles_use_only_the_training_titles_words(tiny_run):
     """The words of the training titles travel with the tokenizer (final/, every checkpoint) and the
     guard keeps generated titles to them and to the request's words."""
-    from chefgenius import title_words
-    from chefgenius.data.format import parse_recipe
+    from chefgenius.data import title_words
+    from chefgenius.data.recipe_format import parse_recipe
     from chefgenius.data.sources import bundled_corpus_path, read_source
-    from chefgenius.inference import load_generator
+    from chefgenius.generation.loading import load_generator
 
     words = title_words.load(tiny_run / "final")
     every_title = {w for r in read_source(bundled_corpus_path()) for w in title_words.words_of(r.title)}
@@ -120,7 +120,7 @@ def test_titles_use_only_the_training_titles_words(tiny_run):
 
 def test_coverage_decoding_uses_the_requested_ingredients(tiny_run):
     """A barely trained model ignores unusual requests; --coverage makes it list them, deterministically."""
-    from chefgenius.coverage import coverage
+    from chefgenius.generation.ingredient_coverage import coverage
 
     ask = "egg, walnut, spinach, lemon"
     args = ("generate", "--run", tiny_run, "--ingredients", ask, "--json", "--max-new-tokens", "60", "--title", "Eggs")
@@ -301,7 +301,7 @@ def test_tensorboard_logging_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.trainer import Trainer
 
     from .conftest import quiet
 
@@ -320,7 +320,7 @@ def test_tensorboard_logging_writes_event_files(tmp_path):
 def test_full_disk_while_logging_is_one_line_exit_1(tmp_path, monkeypatch):
     import errno
 
-    from chefgenius import tracking
+    from chefgenius.training import metrics_log as tracking
 
     def full(self, entry):
         raise OSError(errno.ENOSPC, "No space left on device", str(self.path))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from chefgenius.checkpoint import list_checkpoints, verify_checkpoint
-from chefgenius.progress import BarProgress, LineProgress, make_progress
-from chefgenius.rundir import RunDirectory, RunLockedError
-from chefgenius.trainer import Trainer
+from chefgenius.checkpoint.run_directory import RunDirectory, RunLockedError
+from chefgenius.training.progress import BarProgress, LineProgress, make_progress
+from chefgenius.training.trainer import Trainer
 
 from .conftest import tiny_config
 
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_time_limit_warning_stops_after_the_step_with_a_checkpoint(tmp_path, signum):
     cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 100})
     said = []
+    before = signal.getsignal(signum)
 
     def warn_at_step_3(trainer: Trainer) -> None:
         if trainer.state.step == 3:
@@ -40,13 +41,31 @@ def test_the_time_limit_warning_stops_after_the_step_with_a_checkpoint(tmp_path,
     assert [c.step for c in ckpts] == [result.step] and result.step >= 3
     assert verify_checkpoint(ckpts[0].path) is None
     assert any("time-limit warning" in line for line in said)
-    assert signal.getsignal(signum) is signal.SIG_DFL  # handlers restored after training
+    assert signal.getsignal(signum) is before  # handlers restored after training
+
+
+def test_a_warning_during_start_up_stops_after_the_first_step(tmp_path):
+    from chefgenius.training.signals import listen_early
+
+    cfg = tiny_config(training={"num_epochs": 1}, checkpoint={"every_steps": 100})
+    before = [signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)]
+    listen_early()  # what `chefgenius train` does before its imports
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # the warning arrives while the model still loads
+        said = []
+        result = Trainer(cfg, tmp_path / "run", log=lambda *a: said.append(" ".join(a))).fit()
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGUSR2, before[1])
+    assert result.status == "interrupted" and result.stop_signal == signal.SIGUSR1 and result.step == 1
+    assert [c.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [1]
+    assert any("while starting: stopping after the first step" in line for line in said)
 
 
 def test_progress_in_a_file_is_plain_lines_with_step_loss_speed_and_eta(monkeypatch):
     out = io.StringIO()
     clock = iter([0.0, 1.0, 1.5, 31.0, 40.0])
-    monkeypatch.setattr("chefgenius.progress.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("chefgenius.training.progress.time.perf_counter", lambda: next(clock))
     progress = make_progress(4, 0, enabled=True, every_s=30, file=out)
     assert isinstance(progress, LineProgress)
     for loss in (2.5, 2.25, 2.0, 1.75):
@@ -72,7 +91,7 @@ def test_progress_in_a_terminal_is_a_bar_and_off_is_nothing():
 HOLDER = """
 import os, sys, time
 from pathlib import Path
-from chefgenius.rundir import RunDirectory
+from chefgenius.checkpoint.run_directory import RunDirectory
 with RunDirectory(sys.argv[1]).lock():
     Path(sys.argv[2]).touch()
     while not Path(sys.argv[3]).exists():

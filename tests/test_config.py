@@ -75,7 +75,7 @@ def test_config_presets_are_the_generation_presets():
     from typing import get_args
 
     from chefgenius.config import GenerationPreset
-    from chefgenius.generate import PRESETS
+    from chefgenius.generation.decode import PRESETS
 
     assert set(get_args(GenerationPreset)) == set(PRESETS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chefgenius.coverage import PANTRY, coverage, coverage_metrics, name_words, normal_word
+from chefgenius.generation.ingredient_coverage import PANTRY, coverage, coverage_metrics, name_words, normal_word
 
 RECIPE = """Title: Chicken Rice
 Ingredients:
@@ -65,8 +65,8 @@ def test_empty_requests_and_texts():
 
 
 def test_copy_weight_upweights_prompt_tokens_only_and_resumes_exactly(tmp_path):
-    from chefgenius.losses import copy_weights
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.losses import copy_weights
+    from chefgenius.training.trainer import Trainer
 
     from .conftest import quiet, tiny_config
     from .test_resume import assert_identical_runs, run_with_stops
@@ -96,7 +96,7 @@ def test_copy_weight_upweights_prompt_tokens_only_and_resumes_exactly(tmp_path):
 
 def test_copy_weights_equal_their_per_row_definition_on_random_batches():
     """The vectorised weights (no per-row loop, no device sync) against the definition, row by row."""
-    from chefgenius.losses import copy_weights
+    from chefgenius.training.losses import copy_weights
 
     def by_row(batch, is_seq2seq, weight, skip):
         labels = batch["labels"]
@@ -129,8 +129,8 @@ def test_copy_weights_equal_their_per_row_definition_on_random_batches():
 def test_coverage_keeps_the_recipe_that_lists_what_it_uses():
     """Among decodings with the same recall, the one whose ingredient list names the requested
     ingredients wins over one that only cooks with them ("rice" in a step, never listed)."""
-    from chefgenius.data.format import format_target
-    from chefgenius.generate import _most_covering
+    from chefgenius.data.recipe_format import format_target
+    from chefgenius.generation.decode import _most_covering
 
     asked = ["chicken", "rice", "onion"]
     unlisted = format_target("Chicken Sandwich", ["4 slices bread", "1 cup chicken"],

@@ -16,11 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from chefgenius import cli, distributed, parallel, runtime
+from chefgenius import cli
 from chefgenius.checkpoint import rng as rng_mod
 from chefgenius.checkpoint import snapshot, tensorfile
 from chefgenius.config import ConfigError
-from chefgenius.optim import build_optimization
+from chefgenius.runtime import devices as runtime
+from chefgenius.runtime import distributed, parallel
+from chefgenius.training.optim import build_optimization
 from tests.conftest import tiny_config
 from tests.fake_cuda import install, torchrun_env
 
@@ -340,7 +342,7 @@ def test_the_tensor_writer_refuses_gpu_tensors(tmp_path):
 # ----- loading for generation and the launcher's check -------------------------------------------------------
 
 def test_generation_refuses_a_missing_gpu_before_loading_anything(monkeypatch, tmp_path):
-    from chefgenius.inference import load_generator
+    from chefgenius.generation.loading import load_generator
 
     install(monkeypatch, 0)
     with pytest.raises(ConfigError, match="no CUDA device is visible"):

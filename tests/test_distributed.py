@@ -65,7 +65,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(ref2, tmp_p
     cfg2, run2 = ref2
     one = tmp_path / "one"
     from chefgenius.config import load_config
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.trainer import Trainer
 
     Trainer(load_config(make_config(tmp_path, "one", grad_accum=2), []), one, log=lambda *a: None).fit()
     # Same samples per micro-batch, gradients summed g0 + g1 either way, loss divided by the global
@@ -174,7 +174,7 @@ def test_a_world_size_that_cannot_keep_the_global_batch_is_refused(ref2):
     from chefgenius.checkpoint.manager import open_checkpoint
     from chefgenius.checkpoint.state import ResumeError
     from chefgenius.config import load_config
-    from chefgenius.resume import grad_accum_for
+    from chefgenius.training.resume import grad_accum_for
 
     cfg, ref = ref2
     meta = open_checkpoint(ref / "checkpoints" / "step-0000016").meta

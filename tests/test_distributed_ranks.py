@@ -69,7 +69,7 @@ def one_process(workdir) -> Path:
     """In this process: 1 process with twice the accumulation, bit-identical to 2-process DDP
     (test_distributed.py proves it), so the DDP reference without a job of its own."""
     from chefgenius.config import load_config
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.trainer import Trainer
 
     run = workdir / "one"
     Trainer(load_config(make_config(workdir, "one", grad_accum=2), []), run, log=lambda *a: None).fit()

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from chefgenius.data.format import structure_score
-from chefgenius.metrics import bleu, bleu_ci95, distinct_n, paired_bleu, repeated_ngram_rate, rouge, text_metrics
+from chefgenius.data.recipe_format import structure_score
+from chefgenius.evaluation.text_metrics import (
+    bleu,
+    bleu_ci95,
+    distinct_n,
+    paired_bleu,
+    repeated_ngram_rate,
+    rouge,
+    text_metrics,
+)
 
 GOOD = "Title: Egg Toast\nIngredients:\n- 2 eggs\n- 1 slice bread\nDirections:\n1. Fry the eggs.\n2. Toast the bread."
 

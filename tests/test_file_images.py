@@ -10,7 +10,7 @@ import torch
 
 from chefgenius.checkpoint import tensorfile
 from chefgenius.checkpoint.snapshot import TensorBuffers, take_snapshot, write_snapshot
-from chefgenius.fileio import DirectFile, replace_durably
+from chefgenius.durable.files import DirectFile, replace_durably
 
 
 class _Holder:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from chefgenius.data.format import format_target, ingredient_name, parse_recipe, recipe_to_example
+from chefgenius.data.recipe_format import format_target, ingredient_name, parse_recipe, recipe_to_example
 from chefgenius.data.sources import Recipe
-from chefgenius.model import train_tokenizer
+from chefgenius.data.tokenizer import train_tokenizer
 
 R = Recipe("Lemon Rice", ("1 cup rice", "2 cups water", "1 lemon, juiced"),
            ("Rinse the rice.", "Boil the water with 2. 5 g salt.", "Add the lemon juice and serve."))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chefgenius.guard import RecipeGuard
+from chefgenius.generation.guard import RecipeGuard
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +13,7 @@ def tok():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GPT2TokenizerFast
 
-    from chefgenius.data.format import format_target
+    from chefgenius.data.recipe_format import format_target
     from chefgenius.data.sources import bundled_corpus_path, read_source
 
     texts = [format_target(r.title, r.ingredients, r.directions) for r in read_source(bundled_corpus_path())]
@@ -240,7 +240,7 @@ def test_title_words_are_the_training_titles_and_the_requests(tok):
     words kept with the tokenizer, a title word may only be one that can still become one of them."""
     import copy
 
-    from chefgenius import title_words
+    from chefgenius.data import title_words
 
     known = title_words.attach(copy.copy(tok), ["and", "bacon", "casserole", "chicken", "rice"])
     assert _verdicts(known, "Title: Chicken", [" R", " P", " B"]) == {" R": False, " P": True, " B": False}
@@ -259,7 +259,7 @@ def test_title_words_are_the_training_titles_and_the_requests(tok):
 
 
 def test_title_words_collect_and_refuse_a_corrupt_file(tmp_path):
-    from chefgenius import title_words
+    from chefgenius.data import title_words
     from chefgenius.errors import ModelLoadError
 
     targets = ["Title: Mom's Chicken Pie\nIngredients:\n- 1 pushel", "Title: Chicken Rice\nIngredients:\n- rice"]
@@ -273,8 +273,8 @@ def test_title_words_collect_and_refuse_a_corrupt_file(tmp_path):
 
 
 def test_the_steps_may_name_a_listed_food_by_its_kind_and_cream_as_a_verb(tok):
-    from chefgenius.guard import _names_a_missing_food
-    from chefgenius.recipe_checks import listed_foods
+    from chefgenius.generation.guard import _names_a_missing_food
+    from chefgenius.generation.recipe_checks import listed_foods
 
     listed = listed_foods("- 1 lb. ground chuck\n- 1/2 c. butter\n- 1 c. sugar")
     assert not _names_a_missing_food("1. Brown the", " meat", listed)

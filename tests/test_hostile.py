@@ -20,8 +20,8 @@ from chefgenius.checkpoint import ResumeError, list_checkpoints, verify_checkpoi
 from chefgenius.checkpoint.manager import checkpoint_problem
 from chefgenius.checkpoint.store import write_manifest
 from chefgenius.cli import app
-from chefgenius.model import ModelLoadError
-from chefgenius.trainer import Trainer
+from chefgenius.models.builders import ModelLoadError
+from chefgenius.training.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, resize_fs, tiny_config, write_config
 from .soak import last_logged_step, train_command

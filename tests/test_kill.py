@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from chefgenius.checkpoint import list_checkpoints, verify_checkpoint
-from chefgenius.trainer import Trainer
+from chefgenius.training.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
 from .soak import kill_and_resume, last_logged_step, slow_saves, train_command
@@ -36,7 +36,7 @@ def test_random_kills_mid_step_and_during_a_checkpoint_write(tmp_path):
     result = kill_and_resume(_write_config(cfg, tmp_path / "c.yaml"), tmp_path / "run", num_kills=3, seed=2,
                              during_save_every=2, env=env)
     assert result.kills == 3 and result.exit_code == 0, result.log
-    assert result.kills_during_save == 1  # scripts/soak_resume.py runs the long version (100 kills)
+    assert result.kills_during_save == 1  # tests/soak_resume.py runs the long version (100 kills)
     assert_same_weights(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert ckpts and all(verify_checkpoint(c.path) is None for c in ckpts)

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from chefgenius.cli import app
-from chefgenius.trainer import Trainer
+from chefgenius.training.trainer import Trainer
 
 from .conftest import quiet, tiny_config
 

@@ -17,10 +17,10 @@ from transformers import PreTrainedTokenizerFast
 from chefgenius.config import QualityConfig, build_config
 from chefgenius.data import clean, encoders, prepared, sources
 from chefgenius.data.clean import CleanReport, clean_one, content_hash, normalise_text
-from chefgenius.data.format import recipe_to_example
 from chefgenius.data.prepared import prepare_dataset
+from chefgenius.data.recipe_format import recipe_to_example
 from chefgenius.data.sources import Recipe, arrow_csv_rows, read_rows, read_source
-from chefgenius.model import train_tokenizer
+from chefgenius.data.tokenizer import train_tokenizer
 
 from .conftest import SHARED_DATA
 

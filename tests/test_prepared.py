@@ -16,12 +16,12 @@ import torch
 from chefgenius.config import build_config
 from chefgenius.data import prepared as prepared_mod
 from chefgenius.data import sources
-from chefgenius.data.format import recipe_to_example
 from chefgenius.data.loader import ResumableSampler, make_batch
 from chefgenius.data.prepared import prepare_dataset
+from chefgenius.data.recipe_format import recipe_to_example
 from chefgenius.data.sources import bundled_corpus_path
-from chefgenius.data.tokenize import tokenizer_digest
-from chefgenius.model import train_tokenizer
+from chefgenius.data.tokenization import tokenizer_digest
+from chefgenius.data.tokenizer import train_tokenizer
 
 from .conftest import SHARED_DATA, quiet
 from .reference_data import prepare_recipes, tokenize_recipes

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chefgenius.data.format import format_target
-from chefgenius.recipe_checks import (
+from chefgenius.data.recipe_format import format_target
+from chefgenius.generation.recipe_checks import (
     check_recipe,
     cook_metrics,
     direction_loops,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chefgenius.checkpoint import ResumeError, list_checkpoints
-from chefgenius.trainer import Trainer
+from chefgenius.training.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
 
@@ -140,7 +140,7 @@ def test_optimizer_state_for_other_parameters_is_refused(tmp_path):
 
 
 def test_checkpoint_holds_every_piece_of_state(tmp_path):
-    from chefgenius.checkpoint.inspect import inspect_checkpoint
+    from chefgenius.checkpoint.inspection import inspect_checkpoint
 
     cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1, "precision": "fp16"})
     Trainer(cfg, tmp_path, log=quiet).fit()

@@ -6,7 +6,7 @@ import pytest
 
 from chefgenius.checkpoint import ResumeError
 from chefgenius.config import Config, load_config
-from chefgenius.resume import check_changes
+from chefgenius.training.resume import check_changes
 
 VERSIONS = {"torch": "2.13.0", "transformers": "5.24.0"}
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 from chefgenius.checkpoint import list_checkpoints, verify_checkpoint
 from chefgenius.checkpoint.layout import MANIFEST
 from chefgenius.checkpoint.tensorfile import write_tensors
-from chefgenius.fileio import DIGEST, file_digest, recall_digest
-from chefgenius.trainer import Trainer
+from chefgenius.durable.files import DIGEST, file_digest, recall_digest
+from chefgenius.training.trainer import Trainer
 
 from .conftest import quiet, tiny_config
 
@@ -158,7 +158,7 @@ def test_direct_writes_hold_exactly_the_bytes_written(tmp_path, sizes):
     """O_DIRECT writes go out in aligned blocks; the file is still exactly what was written, any size."""
     import os
 
-    from chefgenius.fileio import DirectFile, replace_durably
+    from chefgenius.durable.files import DirectFile, replace_durably
 
     g = torch.Generator().manual_seed(len(sizes))
     chunks = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g).numpy().tobytes() for n in sizes]
@@ -177,7 +177,7 @@ def test_a_direct_write_the_filesystem_refuses_goes_on_buffered(tmp_path, monkey
     import errno
     import os
 
-    from chefgenius import fileio
+    from chefgenius.durable import files as fileio
 
     if not getattr(os, "O_DIRECT", 0):
         pytest.skip("no O_DIRECT on this platform")
@@ -263,7 +263,7 @@ def test_a_run_whose_optimizer_is_saved_in_parts_resumes_exactly(tmp_path, monke
     ckpt = list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].path
     assert len(list(ckpt.glob("optimizer-*-of-*.safetensors"))) >= 2 and not (ckpt / "optimizer.safetensors").exists()
     assert verify_checkpoint(ckpt) is None
-    from chefgenius.checkpoint.inspect import inspect_checkpoint
+    from chefgenius.checkpoint.inspection import inspect_checkpoint
 
     pieces = inspect_checkpoint(ckpt)["pieces"]  # `ckpt inspect` shows the parts, not an empty optimizer.json
     assert "optimizer.json" not in pieces and sum(p.startswith("optimizer-") for p in pieces) >= 2
@@ -277,7 +277,7 @@ def test_the_checkpoints_model_is_what_save_pretrained_writes_digested_on_the_wa
     from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
     from chefgenius.checkpoint.hf_weights import direct_weights
-    from chefgenius.fileio import knows_digest
+    from chefgenius.durable.files import knows_digest
 
     torch.manual_seed(0)
     model = (GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2))
@@ -302,8 +302,8 @@ def _manager_and_state(root, log=lambda *a: None):
     from chefgenius.checkpoint import CheckpointManager
     from chefgenius.config import CheckpointConfig, TrainingConfig
     from chefgenius.data.loader import ResumableSampler
-    from chefgenius.optim import build_scheduler
-    from chefgenius.train_state import TrainState
+    from chefgenius.training.optim import build_scheduler
+    from chefgenius.training.train_state import TrainState
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2))

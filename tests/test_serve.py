@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("fastapi", reason="chefgenius serve needs the 'serve' extra (fastapi, uvicorn)")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from chefgenius.generate import GenerationSettings, generate_texts, recipe_record  # noqa: E402
-from chefgenius.serve import MAX_INGREDIENTS, Server, Sources, create_app  # noqa: E402
+from chefgenius.generation.decode import GenerationSettings, generate_texts, recipe_record  # noqa: E402  
+from chefgenius.serving.app import MAX_INGREDIENTS, Server, Sources, create_app  # noqa: E402  
 
 from .conftest import quiet, tiny_config  # noqa: E402
 
@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from chefgenius.trainer import Trainer
+    from chefgenius.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("serve")
     cfg = tiny_config(training={"max_steps": 8, "grad_accum": 1}, checkpoint={"every_steps": 4, "keep_last": 5})
@@ -131,7 +131,7 @@ def test_malformed_json_and_overlong_prompts_are_refused(client):
 def test_a_stream_dropped_unread_gives_its_queue_slot_back(server):
     import gc
 
-    from chefgenius.serve import CompletionRequest, completion
+    from chefgenius.serving.app import CompletionRequest, completion
 
     before = server._waiting
     stream = server.stream(lambda emit: completion(server, CompletionRequest(prompt="Title:", max_tokens=2), emit))
@@ -159,7 +159,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian package 'chromium')")
 def test_the_page_in_a_real_browser_streams_a_recipe_and_marks_the_ingredients(server, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from chefgenius.serve import start_in_thread
+    from chefgenius.serving.app import start_in_thread
 
     # Pace the tiny model (it would finish in a few ms) so that a loaded machine's browser still reads
     # the stream in pieces: what is tested is that the page shows them as they come, not the timing.

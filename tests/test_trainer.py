@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chefgenius.optim import lr_factor, param_groups
-from chefgenius.trainer import Trainer
+from chefgenius.training.optim import lr_factor, param_groups
+from chefgenius.training.trainer import Trainer
 
 from .conftest import quiet, tiny_config
 

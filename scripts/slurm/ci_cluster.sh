@@ -10,9 +10,15 @@ set -euo pipefail
 CONF_DIR=/etc/slurm
 SPOOL=/var/spool/slurm
 
-if [ "${1:-}" = --stop ]; then
+stop_daemons() {  # and wait until they are gone, so that a restart does not find them still exiting
     pkill -x slurmctld || true
     pkill -x slurmd || true
+    for _ in $(seq 150); do pgrep -x 'slurmctld|slurmd' >/dev/null || return 0; sleep 0.2; done
+    pkill -9 -x slurmctld || true
+    pkill -9 -x slurmd || true
+}
+if [ "${1:-}" = --stop ]; then
+    stop_daemons
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -61,6 +67,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
 JobRequeue=1
 KillWait=30
 MinJobAge=300
@@ -74,21 +81,19 @@ CONF
 )
 if [ ! -f "$CONF_DIR/slurm.conf" ] || [ "$(cat "$CONF_DIR/slurm.conf")" != "$WANT" ]; then
     printf '%s\n' "$WANT" > "$CONF_DIR/slurm.conf"
-    pkill -x slurmctld || true
-    pkill -x slurmd || true
-    sleep 1
+    stop_daemons
 fi
 rm -f "$CONF_DIR/cgroup.conf"
 
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
-for _ in $(seq 300); do
-    state=$(sinfo -h -n "$NODE" -o %T 2>/dev/null || true)
+for _ in $(seq 120); do
+    state=$(timeout 5 sinfo -h -n "$NODE" -o %T 2>/dev/null || true)
     case "$state" in
         idle|mixed|allocated) echo "slurm: ready ($NODE, $CPUS CPUs, $(sinfo --version))"; exit 0 ;;
         down*|drain*) scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;;
     esac
-    sleep 0.2
+    sleep 0.5
 done
-echo "slurm: the node did not become idle within 60 s (sinfo: ${state:-no answer}); see /var/log/slurm/" >&2
+echo "slurm: the node did not become idle within a minute (sinfo: ${state:-no answer}); see /var/log/slurm/" >&2
 exit 1

@@ -1,5 +1,5 @@
 """``python -m chefgenius`` (what ``torchrun -m chefgenius train ...`` runs in each process)."""
 
-from .cli import main
+from chefgenius.cli import main
 
 main()

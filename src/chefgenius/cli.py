@@ -12,8 +12,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .config import ConfigError
-from .errors import (
+from chefgenius.config import ConfigError
+from chefgenius.errors import (
     CheckpointFormatError,
     CheckpointWriteError,
     DataError,
@@ -24,7 +24,7 @@ from .errors import (
     RunDirError,
 )
 
-COVERAGE_STRENGTH = 8.0  # strongest logit bonus tried by --coverage (measured in README "Ingredient coverage")
+COVERAGE_STRENGTH = 8.0  # strongest logit bonus tried by --coverage (measured: docs/generation.md)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train recipe-generation models that resume exactly after any stop.")
@@ -84,7 +84,7 @@ def train(
                             "process group this often after a worker dies (each restart resumes).")] = 0,
 ) -> None:
     """Train a model; resumes from the newest valid checkpoint in OUTPUT_DIR when there is one."""
-    from .config import load_config
+    from chefgenius.config import load_config
 
     overrides = list(set_ or [])
     if device:
@@ -93,8 +93,8 @@ def train(
     if nproc is not None:
         _check_gpus_for(cfg.training.device, nproc)  # before any process starts
         _launch_torchrun(nproc, max_restarts)
-    from . import distributed
-    from .trainer import Trainer
+    from chefgenius.runtime import distributed
+    from chefgenius.training.trainer import Trainer
 
     if cfg.data.path and Path(cfg.data.path).exists():
         # Recorded absolute so that eval, report and resume work from any working directory.
@@ -123,14 +123,14 @@ def train(
 def _print_sample(trainer: Any, final_dir: Path) -> None:
     """A recipe for the first evaluation prompt from the model just trained: greedy, steered to use
     every requested ingredient (--coverage) and guarded, as a cook would want it."""
-    from .data.format import parse_recipe, render_recipe
-    from .generate import GenerationSettings, generate_texts
+    from chefgenius.data.recipe_format import parse_recipe, render_recipe
+    from chefgenius.generation.decode import GenerationSettings, generate_texts
 
     cfg = trainer.cfg
     prompt = cfg.evaluation.prompts[0]
     model = trainer.model
     if trainer.sharded:  # the other processes are gone: read the gathered final/ model
-        from .model import load_for_inference
+        from chefgenius.models.builders import load_for_inference
 
         model = load_for_inference(final_dir)[0]
     text = generate_texts(model, trainer.tokenizer, trainer.is_seq2seq, prompt,
@@ -151,7 +151,7 @@ def _check_gpus_for(device: str, nproc: int) -> None:
     if device == "cpu" or (device == "auto" and sys.platform.startswith("linux")
                            and not any(node.exists() for node in NVIDIA_DEVICE_NODES)):
         return
-    from .runtime import rank_device
+    from chefgenius.runtime.devices import rank_device
 
     rank_device(device, nproc, 0, nproc)
 
@@ -178,7 +178,7 @@ def _launch_torchrun(nproc: int, max_restarts: int) -> None:
 
 
 def _write_report(run_dir: Path) -> None:
-    from .report import write_report
+    from chefgenius.evaluation.report import write_report
 
     try:
         path = write_report(run_dir)
@@ -191,7 +191,7 @@ def _write_report(run_dir: Path) -> None:
 
 def _load_model(run: Optional[Path], model: Optional[str], device: str):
     """Model, tokenizer, is_seq2seq and the prompt budget it was trained with."""
-    from .inference import load_generator
+    from chefgenius.generation.loading import load_generator
 
     g = load_generator(run=run, model=model, device=device)
     return g.model, g.tokenizer, g.is_seq2seq, g.max_prompt_tokens
@@ -222,11 +222,11 @@ def generate(
     coverage_strength: Annotated[float, typer.Option(
         min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
     guard: Annotated[bool, typer.Option(help="Forbid repeated ingredient lines and sentences and out-of-order "
-                     "step numbers while decoding (guard.py).")] = True,
+                     "step numbers while decoding (generation/guard.py).")] = True,
 ) -> None:
     """Generate recipes from ingredients."""
-    from .data.format import parse_recipe, render_recipe
-    from .generate import GenerationSettings, generate_texts, recipe_record
+    from chefgenius.data.recipe_format import parse_recipe, render_recipe
+    from chefgenius.generation.decode import GenerationSettings, generate_texts, recipe_record
 
     if (ingredients is None) == (input_file is None):
         raise ConfigError("pass --ingredients 'a, b, c' or --input FILE (one ingredient list per line)")
@@ -262,7 +262,7 @@ def _generate_file(gen: Any, input_file: Path, output_file: Optional[Path]) -> N
     """``generate --input``: one JSON line per generated recipe, for one ingredient list per input line."""
     from tqdm.auto import tqdm
 
-    from .generate import recipe_record
+    from chefgenius.generation.decode import recipe_record
 
     if not input_file.is_file():
         raise ConfigError(f"--input {input_file} does not exist")
@@ -296,7 +296,7 @@ def eval_(
     coverage_strength: Annotated[float, typer.Option(
         min=0.0, help="Strongest logit bonus --coverage tries.")] = COVERAGE_STRENGTH,
     guard: Annotated[bool, typer.Option(help="Forbid repeated ingredient lines and sentences and out-of-order "
-                     "step numbers while decoding (guard.py).")] = True,
+                     "step numbers while decoding (generation/guard.py).")] = True,
     against: Annotated[Optional[Path], typer.Option(
         help="An earlier eval.json on the same prompts: print the BLEU difference with its paired 95% "
              "interval.")] = None,
@@ -305,8 +305,8 @@ def eval_(
     from rich.console import Console
     from rich.table import Table
 
-    from .evaluate import METRIC_KEYS, evaluate_run
-    from .generate import GenerationSettings
+    from chefgenius.evaluation.evaluate import METRIC_KEYS, evaluate_run
+    from chefgenius.generation.decode import GenerationSettings
 
     if split not in ("val", "train"):
         raise ConfigError(f"--split must be val or train, got {split!r}")
@@ -345,7 +345,7 @@ def serve(
     """A page, a recipe API (POST /v1/recipes) and OpenAI-compatible completions (POST /v1/completions)."""
     import importlib.util
 
-    from .rundir import RunDirectory
+    from chefgenius.checkpoint.run_directory import RunDirectory
 
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         raise ConfigError("chefgenius serve needs FastAPI and uvicorn: pip install -e '.[serve]'")
@@ -362,8 +362,8 @@ def serve(
         default = checkpoint if checkpoint is not None else rd.final
         if not default.is_dir():
             raise ConfigError(f"{default} does not exist; train to completion or pass --checkpoint PATH")
-    from .serve import Sources
-    from .serve import serve as run_server
+    from chefgenius.serving.app import Sources
+    from chefgenius.serving.app import serve as run_server
 
     typer.echo(f"serving {default} on http://{host}:{port}/ (recipe API /v1/recipes, OpenAI API /v1/completions)")
     run_server(Sources(default.resolve(), run.resolve() if run else None), host=host, port=port, device=device,
@@ -374,7 +374,7 @@ def serve(
 @user_errors
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Write PNG plots and a self-contained HTML page into RUN_DIR/report/."""
-    from .report import write_report
+    from chefgenius.evaluation.report import write_report
 
     typer.echo(f"wrote {write_report(run_dir)}")
 
@@ -389,10 +389,10 @@ def data_check(
     examples: Annotated[int, typer.Option(min=0, help="Examples per drop reason.")] = 3,
 ) -> None:
     """Rows read / kept / dropped per reason, with examples."""
-    from .data.clean import clean_recipes
-    from .data.prepared import stored_report
-    from .data.sources import read_source
-    from .data.tokenize import default_cache_dir
+    from chefgenius.data.clean import clean_recipes
+    from chefgenius.data.prepared import stored_report
+    from chefgenius.data.sources import read_source
+    from chefgenius.data.tokenization import default_cache_dir
 
     cfg = load_config_for_data(config, [*(set_ or []), f"data.format={fmt}"], path)
     report = stored_report(cfg.data, default_cache_dir(cfg.data.cache_dir))
@@ -437,9 +437,10 @@ def data_prepare(
     """Clean, split and tokenise SOURCE once into a memory-mapped dataset that `train` then maps."""
     import time
 
-    from .data.prepared import prepare_dataset
-    from .data.tokenize import default_cache_dir
-    from .model import config_is_seq2seq, load_tokenizer
+    from chefgenius.data.prepared import prepare_dataset
+    from chefgenius.data.tokenization import default_cache_dir
+    from chefgenius.data.tokenizer import load_tokenizer
+    from chefgenius.models.builders import config_is_seq2seq
 
     cfg = load_config_for_data(config, set_, path)
     mc = cfg.model
@@ -458,7 +459,7 @@ def data_prepare(
 
 
 def load_config_for_data(config: Optional[Path], set_: Optional[list[str]], path: str):
-    from .config import load_config
+    from chefgenius.config import load_config
 
     cfg = load_config(config, set_ or [])
     cfg.data.path = path
@@ -471,7 +472,7 @@ def load_config_for_data(config: Optional[Path], set_: Optional[list[str]], path
 @user_errors
 def ckpt_list(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """One row per checkpoint with validity, latest and best."""
-    from .checkpoint.inspect import list_run
+    from chefgenius.checkpoint.inspection import list_run
 
     rows = list_run(run_dir)
     if not rows:
@@ -489,8 +490,8 @@ def ckpt_list(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -
 @user_errors
 def ckpt_inspect(path: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Summarise what a checkpoint holds."""
-    from .checkpoint import checkpoint_problem
-    from .checkpoint.inspect import inspect_checkpoint, to_json
+    from chefgenius.checkpoint import checkpoint_problem
+    from chefgenius.checkpoint.inspection import inspect_checkpoint, to_json
 
     if not path.is_dir():
         raise ConfigError(f"{path} is not a checkpoint directory")
@@ -518,7 +519,7 @@ def ckpt_inspect(path: Path, as_json: Annotated[bool, typer.Option("--json")] = 
 @ckpt_app.command("verify")
 def ckpt_verify(path: Path) -> None:
     """Exit 0 when every file matches the manifest, else 1 naming the bad file."""
-    from .checkpoint import checkpoint_problem
+    from chefgenius.checkpoint import checkpoint_problem
 
     if not path.is_dir():
         _fail(f"{path} is not a checkpoint directory", 1)
@@ -532,7 +533,7 @@ def ckpt_verify(path: Path) -> None:
 @user_errors
 def ckpt_diff(a: Path, b: Path) -> None:
     """Config and state differences between two checkpoints."""
-    from .checkpoint.inspect import diff_checkpoints
+    from chefgenius.checkpoint.inspection import diff_checkpoints
 
     diff = diff_checkpoints(a, b)
     if not diff:
@@ -550,10 +551,10 @@ def ckpt_export(path: Path, out: Path,
                 force: Annotated[bool, typer.Option("--force", help="Replace a non-empty OUT directory.")] = False,
                 ) -> None:
     """Write one Hugging Face model directory (weights and tokenizer; LoRA merged unless --no-merge-lora)."""
-    from .checkpoint import checkpoint_problem
-    from .checkpoint.layout import has_manifest
-    from .checkpoint.manager import export_directory, write_hf_directory
-    from .model import load_for_inference
+    from chefgenius.checkpoint import checkpoint_problem
+    from chefgenius.checkpoint.layout import has_manifest
+    from chefgenius.checkpoint.manager import export_directory, write_hf_directory
+    from chefgenius.models.builders import load_for_inference
 
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist or is not a directory (pass a checkpoint or final/ directory)")
@@ -567,6 +568,10 @@ def ckpt_export(path: Path, out: Path,
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["train"]:
+        from chefgenius.training.signals import listen_early
+
+        listen_early()  # before typer parses and torch loads: a scheduler's warning may come at once
     try:
         app()
     finally:

@@ -36,7 +36,7 @@ if _pause or _hold:
 # CHEFGENIUS_TEST_FAIL_RANK=R: the process of global rank R fails as it joins the process group.
 if os.environ.get("CHEFGENIUS_TEST_FAIL_RANK") not in (None, "") and \
         os.environ.get("RANK") == os.environ["CHEFGENIUS_TEST_FAIL_RANK"]:
-    from chefgenius import distributed
+    from chefgenius.runtime import distributed
 
     def _fail(*args, **kwargs):
         raise RuntimeError(f"injected start-up failure of rank {os.environ['RANK']}")

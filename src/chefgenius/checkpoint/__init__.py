@@ -1,9 +1,16 @@
 """The only code that reads or writes files inside checkpoints and ``final/``."""
 
-from .format import FORMAT_VERSION, CheckpointFormatError, load_state, save_state
-from .manager import Checkpoint, CheckpointManager, checkpoint_problem, open_checkpoint, write_final, write_hf_directory
-from .state import ResumeError
-from .store import (
+from chefgenius.checkpoint.format import FORMAT_VERSION, CheckpointFormatError, load_state, save_state
+from chefgenius.checkpoint.manager import (
+    Checkpoint,
+    CheckpointManager,
+    checkpoint_problem,
+    open_checkpoint,
+    write_final,
+    write_hf_directory,
+)
+from chefgenius.checkpoint.state import ResumeError
+from chefgenius.checkpoint.store import (
     CheckpointInfo,
     CheckpointWriteError,
     commit_checkpoint,

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from ..config import CheckpointConfig
-from .layout import OPTIMIZER, SHARDS
-from .manager import Checkpoint, CheckpointManager, write_final
-from .shards import read_shards, write_shards
-from .state import ResumeError, Stateful
-from .store import finish_removals
+from chefgenius.checkpoint.layout import OPTIMIZER, SHARDS
+from chefgenius.checkpoint.manager import Checkpoint, CheckpointManager, write_final
+from chefgenius.checkpoint.shards import read_shards, write_shards
+from chefgenius.checkpoint.state import ResumeError, Stateful
+from chefgenius.checkpoint.store import finish_removals
+from chefgenius.config import CheckpointConfig
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ModelState:
         return {} if self.sharded else {OPTIMIZER: self.optimizer}
 
     def _shards(self) -> dict[str, Any]:
-        from ..sharding import shard_state
+        from chefgenius.runtime.sharding import shard_state
 
         return shard_state(self.model, self.optimizer, self.rank, self.world_size)
 
@@ -62,14 +62,14 @@ class ModelState:
         """Fill model and optimizer from a sharded checkpoint now; for a whole one, the pieces to load."""
         if not ckpt.is_sharded:
             return self.pieces()
-        from ..sharding import load_shards
+        from chefgenius.runtime.sharding import load_shards
 
         load_shards(read_shards(ckpt.path), ckpt.path.name, self.model, self.optimizer, self.rank, self.world_size)
         return {}
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
         """Every rank gathers a sharded model whole (a collective); None for a whole model."""
-        from ..sharding import full_state_dict
+        from chefgenius.runtime.sharding import full_state_dict
 
         return full_state_dict(self.model) if self.sharded else None
 

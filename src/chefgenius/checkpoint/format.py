@@ -25,10 +25,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from ..errors import CheckpointFormatError  # re-exported
-from .layout import MAX_STATE_JSON_BYTES
-from .priority import adopt
-from .tensorfile import write_tensors
+from chefgenius.checkpoint.layout import MAX_STATE_JSON_BYTES
+from chefgenius.checkpoint.priority import adopt
+from chefgenius.checkpoint.tensorfile import write_tensors
+from chefgenius.errors import CheckpointFormatError  # re-exported
 
 FORMAT_VERSION = 1
 PART_BYTES = 512 << 20  # a piece with more tensor bytes than this is split into parts of about this size

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .tensorfile import _DTYPES, write_tensors
+from chefgenius.checkpoint.tensorfile import _DTYPES, write_tensors
 
 _local = threading.local()
 _install_lock = threading.Lock()

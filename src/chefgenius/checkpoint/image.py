@@ -14,14 +14,26 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
-if TYPE_CHECKING:
-    from .tensorfile import Layout
-
 ALIGN = 4096  # O_DIRECT wants the memory address, the file offset and the length aligned to this
+
+@dataclass(frozen=True)
+class TensorFileLayout:
+    """Where everything of one safetensors file lies: its first ``len(prefix)`` bytes (the header's length
+    and the header), then each tensor at ``prefix + offsets[name]``, in ``order``."""
+
+    order: tuple[str, ...]
+    prefix: bytes
+    offsets: dict[str, int]
+    data_bytes: int
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + self.data_bytes
+
 
 _images: weakref.WeakValueDictionary[int, FileImage] = weakref.WeakValueDictionary()
 _lock = threading.Lock()
@@ -35,7 +47,8 @@ class FileImage:
     tensors do: ``save_pretrained`` finds tied weights by storage, and views of one storage would all
     look tied to it (it would clone each)."""
 
-    def __init__(self, layout: Layout, dtypes: dict[str, torch.dtype], shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, layout: TensorFileLayout, dtypes: dict[str, torch.dtype],
+                 shapes: dict[str, tuple[int, ...]]) -> None:
         import mmap
 
         import numpy as np
@@ -63,7 +76,7 @@ class FileImage:
         return memoryview(self._array[:self.layout.size])
 
 
-def image_holding(layout: Layout, tensors: dict[str, torch.Tensor]) -> FileImage | None:
+def image_holding(layout: TensorFileLayout, tensors: dict[str, torch.Tensor]) -> FileImage | None:
     """The image whose views ``tensors`` are, when that image has exactly ``layout``; else None."""
     placed = [(name, t) for name, t in tensors.items() if t.numel()]
     if not placed:

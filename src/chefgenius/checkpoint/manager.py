@@ -20,10 +20,8 @@ from typing import Any
 import yaml
 from safetensors import SafetensorError
 
-from .. import distributed
-from ..config import CheckpointConfig
-from .format import CheckpointFormatError, load_state
-from .layout import (
+from chefgenius.checkpoint.format import CheckpointFormatError, load_state
+from chefgenius.checkpoint.layout import (
     META,
     RNG,
     SAMPLER,
@@ -35,11 +33,17 @@ from .layout import (
     step_of,
     tokenizer_dir,
 )
-from .priority import hurry, run_idle
-from .shards import is_sharded
-from .snapshot import TensorBuffers, take_snapshot, write_snapshot
-from .state import ResumeError, Stateful, load_training_state, write_rank_state, write_training_state
-from .store import (
+from chefgenius.checkpoint.priority import hurry, run_idle
+from chefgenius.checkpoint.shards import is_sharded
+from chefgenius.checkpoint.snapshot import TensorBuffers, take_snapshot, write_snapshot
+from chefgenius.checkpoint.state import (
+    ResumeError,
+    Stateful,
+    load_training_state,
+    write_rank_state,
+    write_training_state,
+)
+from chefgenius.checkpoint.store import (
     CheckpointWriteError,
     apply_retention,
     commit_checkpoint,
@@ -53,6 +57,8 @@ from .store import (
     temporary_directory,
     verify_checkpoint,
 )
+from chefgenius.config import CheckpointConfig
+from chefgenius.runtime import distributed
 
 # What resume reads from meta, with the type each must have; anything else is a damaged checkpoint.
 _META_FIELDS: dict[str, type | tuple[type, ...]] = {"config": dict, "train_fingerprint": str, "versions": dict}
@@ -144,7 +150,7 @@ SAVE_EVENT = "save"
 
 def save_figures(path: Path, step: int, *, mode: str, blocked_s: float, write_s: float) -> dict[str, Any]:
     """What a committed save cost, as one metrics.jsonl entry (``event: save``)."""
-    from .store import read_manifest
+    from chefgenius.checkpoint.store import read_manifest
 
     size = sum(e["size"] for e in read_manifest(path)["files"].values())
     return {"event": SAVE_EVENT, "step": step, "mode": mode, "bytes": size, "blocked_s": round(blocked_s, 4),
@@ -504,7 +510,8 @@ def write_hf_directory(directory: Path, model: Any, tokenizer: Any, state_dict: 
     """One Hugging Face model directory: weights, config, generation config and tokenizer side by side.
 
     ``state_dict``: full weights gathered from a sharded model (saved instead of the model's own)."""
-    from ..model import save_tokenizer, unwrap
+    from chefgenius.data.tokenizer import save_tokenizer
+    from chefgenius.runtime.parallel import unwrap
 
     gen = getattr(unwrap(model), "generation_config", None)
     if gen is not None:  # generation stops at the end-of-recipe token, whoever loads the directory

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .format import CheckpointFormatError, load_state, save_state
-from .layout import RANK_DIR, SHARDS, rank_dir
-from .state import ResumeError
+from chefgenius.checkpoint.format import CheckpointFormatError, load_state, save_state
+from chefgenius.checkpoint.layout import RANK_DIR, SHARDS, rank_dir
+from chefgenius.checkpoint.state import ResumeError
 
 
 def is_sharded(ckpt: Path) -> bool:

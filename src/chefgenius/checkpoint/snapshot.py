@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 
-from ..fileio import digest_and_sync, knows_digest
-from .format import EncodedState, balanced, encode_state, split_parts, write_encoded
-from .hf_weights import direct_weights
-from .image import FileImage
-from .layout import META, RNG, model_dir, rank_dir, tokenizer_dir
-from .priority import adopt
-from .rng import capture_rng
-from .tensorfile import file_layout
+from chefgenius.checkpoint.format import EncodedState, balanced, encode_state, split_parts, write_encoded
+from chefgenius.checkpoint.hf_weights import direct_weights
+from chefgenius.checkpoint.image import FileImage
+from chefgenius.checkpoint.layout import META, RNG, model_dir, rank_dir, tokenizer_dir
+from chefgenius.checkpoint.priority import adopt
+from chefgenius.checkpoint.rng import capture_rng
+from chefgenius.checkpoint.tensorfile import file_layout
+from chefgenius.durable.files import digest_and_sync, knows_digest
 
 Metadata = dict[str, str] | None  # a safetensors file's __metadata__
 
@@ -251,7 +251,7 @@ def _write_hf(directory: Path, snapshot: StateSnapshot, model: Any, tokenizer: A
             if path.is_file() and not knows_digest(path):
                 digest_and_sync(path)  # while the other pieces are still being written
     if tokenizer is not None:
-        from ..model import save_tokenizer
+        from chefgenius.data.tokenizer import save_tokenizer
 
         save_tokenizer(tokenizer, tokenizer_dir(directory))
 

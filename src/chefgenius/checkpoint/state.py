@@ -12,11 +12,11 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import ResumeError  # re-exported
-from .format import CheckpointFormatError, encode_state, load_state
-from .layout import RNG, rank_dir
-from .rng import capture_rng, restore_rng
-from .snapshot import take_snapshot, write_rank_pieces, write_snapshot
+from chefgenius.checkpoint.format import CheckpointFormatError, encode_state, load_state
+from chefgenius.checkpoint.layout import RNG, rank_dir
+from chefgenius.checkpoint.rng import capture_rng, restore_rng
+from chefgenius.checkpoint.snapshot import take_snapshot, write_rank_pieces, write_snapshot
+from chefgenius.errors import ResumeError  # re-exported
 
 
 class Stateful(Protocol):
@@ -86,7 +86,7 @@ def load_training_state(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 
             raise ResumeError(f"cannot resume: '{name}' state in {ckpt.name} does not load: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if missing_rng_seed is not None and not rank_dir(ckpt, rank).is_dir():
-        from ..runtime import seed_everything
+        from chefgenius.runtime.devices import seed_everything
 
         seed_everything(missing_rng_seed)
         return False

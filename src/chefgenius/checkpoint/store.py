@@ -28,10 +28,19 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from ..errors import CheckpointWriteError  # re-exported
-from ..fileio import DIGEST_HEX_LENGTHS, DIGEST_LABELS, file_digest, fsync_dir, manifest_entry
-from .format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
-from .layout import MANIFEST, MAX_MANIFEST_BYTES, META, RANK_DIR, TMP_PREFIX, checkpoint_dir, rank_dir, step_of
+from chefgenius.checkpoint.format import FORMAT_VERSION, CheckpointFormatError, load_state, read_json
+from chefgenius.checkpoint.layout import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    META,
+    RANK_DIR,
+    TMP_PREFIX,
+    checkpoint_dir,
+    rank_dir,
+    step_of,
+)
+from chefgenius.durable.files import DIGEST_HEX_LENGTHS, DIGEST_LABELS, file_digest, fsync_dir, manifest_entry
+from chefgenius.errors import CheckpointWriteError  # re-exported
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 # Test hook: widen the window between writing a checkpoint's files and committing it, so that

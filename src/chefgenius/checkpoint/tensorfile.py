@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..fileio import BLOCK, DIGEST, new_digest, remember_digest, replace_durably
-from .image import image_holding
+from chefgenius.checkpoint.image import TensorFileLayout, image_holding
+from chefgenius.durable.files import BLOCK, DIGEST, new_digest, remember_digest, replace_durably
 
 # safetensors' dtype names, in the order its writer sorts by (largest first, then by name).
 _DTYPES: dict[torch.dtype, str] = {
@@ -41,22 +40,7 @@ def _raw(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()) if flat.dtype != torch.uint8 else memoryview(flat.numpy())
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where everything of one safetensors file lies: its first ``len(prefix)`` bytes (the header's length
-    and the header), then each tensor at ``prefix + offsets[name]``, in ``order``."""
-
-    order: tuple[str, ...]
-    prefix: bytes
-    offsets: dict[str, int]
-    data_bytes: int
-
-    @property
-    def size(self) -> int:
-        return len(self.prefix) + self.data_bytes
-
-
-def file_layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Layout:
+def file_layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> TensorFileLayout:
     """The layout ``save_file`` gives these tensors (same header, order and padding); raises for a
     tensor it cannot store."""
     for name, t in tensors.items():
@@ -73,7 +57,7 @@ def file_layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | Non
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * ((8 - len(head) % 8) % 8)
-    return Layout(order, struct.pack("<Q", len(head)) + head, offsets, offset)
+    return TensorFileLayout(order, struct.pack("<Q", len(head)) + head, offsets, offset)
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> dict:

@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..config import QualityConfig
-from .sources import Recipe, RowError
+from chefgenius.config import QualityConfig
+from chefgenius.data.sources import Recipe, RowError
 
 _BANG_RUN = re.compile(r"([!?])\1{2,}")
 _EMOTICON = re.compile(r"(?<!\w)(?:[:;=8][-']?[()\[\]DPpOo3/\\|*]|<3|\^_\^|x-?D)(?!\w)")

@@ -36,15 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import title_words
-from ..config import DataConfig, QualityConfig
-from ..errors import PrepareWriteError  # re-exported
-from ..fileio import atomic_write_text, update_from_file
-from . import token_arrays
-from .clean import CleanReport, clean_rows, content_hash, excerpt, merge_report
-from .encoders import exact_encoder, first_difference, hf_encoder
-from .format import format_prompt, format_target, prompt_ingredients
-from .sources import (
+from chefgenius.config import DataConfig, QualityConfig
+from chefgenius.data import title_words, token_arrays
+from chefgenius.data.clean import CleanReport, clean_rows, content_hash, excerpt, merge_report
+from chefgenius.data.encoders import exact_encoder, first_difference, hf_encoder
+from chefgenius.data.recipe_format import format_prompt, format_target, prompt_ingredients
+from chefgenius.data.sources import (
     ArrowFallback,
     ArrowRows,
     ByteCounter,
@@ -56,9 +53,11 @@ from .sources import (
     bundled_corpus_path,
     read_rows,
 )
-from .split import is_validation
-from .token_arrays import EncodeJob, EncoderMismatch, TextColumn
-from .tokenize import tokenizer_digest
+from chefgenius.data.split import is_validation
+from chefgenius.data.token_arrays import EncodeJob, EncoderMismatch, TextColumn
+from chefgenius.data.tokenization import tokenizer_digest
+from chefgenius.durable.files import atomic_write_text, update_from_file
+from chefgenius.errors import PrepareWriteError  # re-exported
 
 PREPARED_VERSION = 2  # 2: the training titles' words beside the tokenizer
 TOKENIZER_SAMPLE = 200_000  # train recipes (in content-hash order) a from-scratch tokenizer learns from
@@ -168,7 +167,7 @@ class PreparedDataset:
         return CleanReport.from_dict(self.meta["report"])
 
     def tokenizer(self) -> Any:
-        from ..model import load_tokenizer
+        from chefgenius.data.tokenizer import load_tokenizer
 
         return load_tokenizer(self.path / "tokenizer")
 
@@ -204,7 +203,7 @@ def _store_problem(path: Path) -> str | None:
     """Every file's size and XXH3-128 digest against the manifest, and every token id against the
     vocabulary, at every open: a flipped bit anywhere is caught before training reads it. It runs at
     memory speed (the 826 MB store of the 2.2M-row RecipeNLG: ``bench/prepare_speed.py``)."""
-    from ..checkpoint.store import read_manifest, verify_checkpoint
+    from chefgenius.checkpoint.store import read_manifest, verify_checkpoint
 
     try:
         doc = read_manifest(path)
@@ -359,8 +358,8 @@ class _Spill:
 def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any], *, is_seq2seq: bool,
            tokenizer: Any | None, vocab_size: int | None, log: Callable[[str], None], progress: bool,
            workers: int | None, encoder: str) -> Path:
-    from ..checkpoint import commit_directory
-    from ..checkpoint.store import remove_temporaries
+    from chefgenius.checkpoint import commit_directory
+    from chefgenius.checkpoint.store import remove_temporaries
 
     root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(root)  # leftovers of a killed preparation: never mistaken for a dataset
@@ -379,7 +378,7 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
             f"kept {report.num_kept}")
         # Stage 2: the tokenizer, trained from a bounded, deterministic sample when none is given.
         if tokenizer is None:
-            from ..model import train_tokenizer
+            from chefgenius.data.tokenizer import train_tokenizer
 
             sample = orders["train"][:TOKENIZER_SAMPLE]
             log(f"data: training a {vocab_size}-token BPE tokenizer on {len(sample)} training recipes")
@@ -561,7 +560,7 @@ def _write_store(tmp: Path, orders: dict[str, np.ndarray], readers: dict[str, Te
             texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
                       "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
             (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
-    from ..model import save_tokenizer
+    from chefgenius.data.tokenizer import save_tokenizer
 
     save_tokenizer(job.tokenizer, tmp / "tokenizer")
     # the words of the training titles, kept with the tokenizer (as many recipes as it learns from)

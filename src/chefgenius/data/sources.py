@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError  # re-exported
+from chefgenius.errors import DataError  # re-exported
 
 REQUIRED_FIELDS = ("title", "ingredients", "directions")
 _SURROGATE = re.compile("[\udc80-\udcff]")

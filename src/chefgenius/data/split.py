@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from .clean import content_hash
-from .sources import Recipe
+from chefgenius.data.clean import content_hash
+from chefgenius.data.sources import Recipe
 
 
 def is_validation(digest: str, seed: int, val_fraction: float) -> bool:

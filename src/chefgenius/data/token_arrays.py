@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoders import AUDIT_EVERY, Encoder, hf_encoder, tiktoken_encoder, tiktoken_ranks
+from chefgenius.data.encoders import AUDIT_EVERY, Encoder, hf_encoder, tiktoken_encoder, tiktoken_ranks
 
 BATCH = 4096  # samples per task
 
