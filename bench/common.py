@@ -105,6 +105,25 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def median_interval(ratios: list[float], resamples: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """The median of paired ratios with its 95% bootstrap interval (percentile), resampling repeats."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def verdict(ratios: list[float], *, higher_is_better: bool = True) -> str:
+    """'faster' / 'slower' when the interval lies clear of 1.0, else 'parity'."""
+    _, lo, hi = median_interval(ratios)
+    if lo > 1.0:
+        return "faster" if higher_is_better else "slower"
+    if hi < 1.0:
+        return "slower" if higher_is_better else "faster"
+    return "parity"
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 

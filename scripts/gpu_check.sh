@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check: what this project promises, verified on the GPU it runs on, in one script.
 #
-#   scripts/gpu_check.sh [--cpu] [--wheels DIR] [--out DIR]
+#   scripts/gpu_check.sh [--cpu] [--wheels DIR] [--out DIR] [--only STAGE,STAGE...]
 #
 # For a GPU machine with no network whose Python already has torch and transformers: the project is
 # used from this checkout (PYTHONPATH), and what else it needs (pydantic, typer...) is installed from
-# the wheels in DIR into OUT/deps, never from the network. Stages, each bounded in time (about 12
-# minutes in all on one H200):
+# the wheels in DIR into OUT/deps, never from the network. Stages, each bounded in time (their limits
+# add up to about 20 minutes on one GPU; --only runs some of them, e.g. across two device sessions):
 #   env      what the machine is (torch, CUDA, GPU)
 #   suite    the test suite on CUDA, without the multi-process tests (pytest -v): 0 failed
 #   probe    exact resume at ~160M parameters: GPT-2 large, bf16, asynchronous checkpoints, SIGKILL
@@ -29,13 +29,14 @@
 # per stage; exit 0 on PASS.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-MODE=gpu WHEELS="" OUT="$ROOT/gpu-check"
+MODE=gpu WHEELS="" OUT="$ROOT/gpu-check" ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) MODE=cpu ;;
         --wheels) WHEELS=$2; shift ;;
         --out) OUT=$2; shift ;;
-        *) echo "usage: $0 [--cpu] [--wheels DIR] [--out DIR]" >&2; exit 2 ;;
+        --only) ONLY=",$2,"; shift ;;
+        *) echo "usage: $0 [--cpu] [--wheels DIR] [--out DIR] [--only STAGE,STAGE...]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -55,6 +56,10 @@ VERDICT=("$PY" "$ROOT/scripts/gpu_check_verdict.py")
 # command's exit code alone never passes such a stage), else from the exit code.
 stage() {
     local name=$1 limit=$2; shift 2
+    if [ -n "$ONLY" ] && [ "$name" != deps ] && [ "$name" != env ] && [[ "$ONLY" != *",$name,"* ]]; then
+        echo "$name: skipped (--only)" | tee -a "$SUMMARY"
+        return
+    fi
     local judge=()
     if [ "${1:-}" = --judge ]; then
         shift
@@ -109,14 +114,14 @@ if [ "$MODE" = gpu ]; then
                 --every 10 --kill-after 10
         done
     fi
-    stage bench 240 --judge throughput "$BENCH_RESULTS_DIR/throughput_gpt2_base_cuda_bf16.json" --min-vs-hf 1.0 --min-vs-bare 0.95 \
+    stage bench 200 --judge throughput "$BENCH_RESULTS_DIR/throughput_gpt2_base_cuda_bf16.json" --min-vs-hf 1.0 --min-vs-bare 0.95 \
         --min-repeats 3 -- "$PY" "$ROOT/bench/throughput.py" --device cuda --precision bf16 --preset base --steps 60 \
         --repeats 3
     for every in 10 50; do
         limit=$([ $every = 10 ] && echo 1.5 || echo 1.05)
-        stage "ckpt-$every" 300 --judge ckpt "$BENCH_RESULTS_DIR/async_checkpoint_cuda_every$every.json" \
+        stage "ckpt-$every" 200 --judge ckpt "$BENCH_RESULTS_DIR/async_checkpoint_cuda_every$every.json" \
             --max-vs-end-only "$limit" --min-repeats 3 -- "$PY" "$ROOT/bench/async_checkpoint.py" --device cuda --precision bf16 --preset large --batch-size 16 \
-            --steps 100 --every "$every" --repeats 3
+            --steps $((every == 10 ? 40 : 100)) --every "$every" --repeats 3
     done
     N=$((NGPU + 1))
     REFUSE=(--nproc "$N")

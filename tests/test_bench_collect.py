@@ -89,3 +89,15 @@ def test_benchmark_outputs_do_not_mark_the_code_dirty(tmp_path, monkeypatch):
     assert not common.commit().endswith("+dirty")
     (tmp_path / "train.py").write_text("changed code\n")
     assert common.commit().endswith("+dirty")
+
+
+def test_a_median_interval_says_faster_only_when_clear_of_one():
+    assert common.verdict([1.10, 1.12, 1.08, 1.11, 1.09]) == "faster"
+    assert common.verdict([0.90, 0.92, 0.88, 0.91, 0.89]) == "slower"
+    assert common.verdict([0.95, 1.06, 0.99, 1.04, 0.97]) == "parity"
+    med, lo, hi = common.median_interval([1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 1.15, 1.02])
+    assert lo <= med <= hi and lo < 1.0 < hi
+    # More repeats of the same spread: a narrower interval.
+    _, lo8, hi8 = common.median_interval([0.98, 1.02] * 4)
+    _, lo64, hi64 = common.median_interval([0.98, 1.02] * 32)
+    assert hi64 - lo64 <= hi8 - lo8
