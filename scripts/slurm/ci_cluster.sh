@@ -13,7 +13,7 @@ SPOOL=/var/spool/slurm
 stop_daemons() {  # and wait until they are gone, so that a restart does not find them still exiting
     pkill -x slurmctld || true
     pkill -x slurmd || true
-    for _ in $(seq 150); do pgrep -x 'slurmctld|slurmd' >/dev/null || return 0; sleep 0.2; done
+    for _ in $(seq 150); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || return 0; sleep 0.2; done
     pkill -9 -x slurmctld || true
     pkill -9 -x slurmd || true
 }
@@ -42,7 +42,8 @@ if ! munge -n </dev/null >/dev/null 2>&1; then
     for _ in $(seq 100); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-# slurm.conf: this host, all its cores and memory, one partition; processes tracked by parent pid
+# slurm.conf: this host (reached at 127.0.0.1, whatever its name resolves to), all its cores and memory,
+# one partition; processes tracked by parent pid
 # (no cgroups in a container); requeue allowed; 30 s between SIGTERM and SIGKILL so a checkpoint commits.
 NODE=$(hostname -s)
 CPUS=$(nproc)
@@ -51,7 +52,7 @@ mkdir -p "$CONF_DIR" "$SPOOL/ctld" "$SPOOL/d" /var/log/slurm
 chown -R slurm:slurm "$SPOOL" /var/log/slurm
 WANT=$(cat <<CONF
 ClusterName=chefgenius-ci
-SlurmctldHost=$NODE
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=slurm
 SlurmctldPort=6817
 SlurmdPort=6818
@@ -75,7 +76,7 @@ ReturnToService=2
 SlurmdTimeout=60
 InactiveLimit=0
 MpiDefault=none
-NodeName=$NODE CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 )
