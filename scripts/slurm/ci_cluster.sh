@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node Slurm on this machine, for the cluster tests (tests/test_slurm.py) and for trying
-# scripts/slurm/train.sbatch by hand. Idempotent: installs Debian's slurm-wlm and munge only when
-# missing, writes the config only when it differs, and starts the daemons only when they are not
-# answering. Needs root. Prints "slurm: ready (...)" and exits 0 once the node takes jobs.
+# scripts/slurm/train.sbatch by hand. Idempotent: installs Debian's Slurm (slurmctld, slurmd, the
+# client; no recommended extras) and munge only when missing, writes the config only when it differs,
+# and starts the daemons only when they are not answering. Needs root. Prints "slurm: ready (...)" and exits 0 once the node takes jobs.
 #
 #   sudo scripts/slurm/ci_cluster.sh          # then: sbatch scripts/slurm/train.sbatch -o runs/slurm
 #   scripts/slurm/ci_cluster.sh --stop        # stop the daemons
@@ -26,8 +26,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || {
-        echo "slurm: could not install slurm-wlm and munge with apt-get" >&2; exit 1; }
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        slurmctld slurmd slurm-client munge >/dev/null; } || {
+        echo "slurm: could not install slurmctld, slurmd and munge with apt-get" >&2; exit 1; }
 fi
 
 # munge: a key, a running daemon.
