@@ -62,6 +62,24 @@ def test_a_warning_during_start_up_stops_after_the_first_step(tmp_path):
     assert any("while starting: stopping after the first step" in line for line in said)
 
 
+def test_train_nproc_hands_torchrun_an_agent_that_ignores_the_warning(monkeypatch):
+    from chefgenius import cli
+
+    before = [signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)]
+    seen = []
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(cli.sys, "argv", ["chefgenius", "train", "--nproc", "2", "-o", "runs/x"])
+    monkeypatch.setattr(cli.os, "execv", lambda exe, argv: seen.append(
+        (argv, signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGUSR2))))
+    try:
+        cli._launch_torchrun(2, 0)
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGUSR2, before[1])
+    (argv, usr1, usr2), = seen
+    assert "--nproc-per-node=2" in argv and usr1 is signal.SIG_IGN and usr2 is signal.SIG_IGN
+
+
 def test_progress_in_a_file_is_plain_lines_with_step_loss_speed_and_eta(monkeypatch):
     out = io.StringIO()
     clock = iter([0.0, 1.0, 1.5, 31.0, 40.0])

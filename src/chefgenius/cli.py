@@ -6,6 +6,7 @@ import functools
 import gc
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -173,6 +174,10 @@ def _launch_torchrun(nproc: int, max_restarts: int) -> None:
     # distributed.LAUNCHER_PID_ENV, spelled here so that launching imports no torch; execv keeps the pid,
     # so this process becomes the workers' parent, torchrun's agent.
     os.environ["CHEFGENIUS_LAUNCHER_PID"] = str(os.getpid())
+    # The agent ignores a scheduler's time-limit warning (SIGUSR1/2 would kill it, and with it every
+    # worker); the workers inherit the ignore and replace it with their own handler: stop and save.
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
     sys.stdout.flush()
     os.execv(sys.executable, cmd)
 
