@@ -176,7 +176,9 @@ def _launch_torchrun(nproc: int, max_restarts: int) -> None:
     os.environ["CHEFGENIUS_LAUNCHER_PID"] = str(os.getpid())
     # The agent ignores a scheduler's time-limit warning (SIGUSR1/2 would kill it, and with it every
     # worker); the workers inherit the ignore and replace it with their own handler: stop and save.
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+    from chefgenius.training.signals import WARNING_SIGNALS  # standard library only: no torch at launch
+
+    for sig in WARNING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     sys.stdout.flush()
     os.execv(sys.executable, cmd)

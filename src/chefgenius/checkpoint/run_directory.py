@@ -161,7 +161,7 @@ def _take_lock(fd: int, path: Path, wait_s: float) -> None:
     if _try_lock(fd):
         return
     text = os.pread(fd, 256, 0).decode(errors="replace").split()
-    pid, host, job = (text + ["unknown", "-", "-"])[:3] if text else ("unknown", "-", "-")
+    pid, host, job = (text + ["unknown", "-", "-"])[:3]  # older runs wrote the pid alone
     why = _leaving(pid, host, job)
     if why is not None:
         print(f"{path} is still locked by pid {pid} ({why}); waiting up to {wait_s:.0f}s for it to exit",
@@ -195,12 +195,12 @@ def _leaving(pid: str, host: str, job: str) -> str | None:
     # memory before its files (and so the lock) are closed.
     if state in ("Z", "X") or flags & 0x4 or pending & (1 << (signal.SIGKILL - 1)):
         return "exiting"
-    if status.get("PPid", "").strip() == "1" and "TORCHELASTIC" in _environ_names(pid):
+    if status.get("PPid", "").strip() == "1" and "TORCHELASTIC" in _environ_text(pid):
         return "a torchrun worker whose launcher is gone"
     return None
 
 
-def _environ_names(pid: str) -> str:
+def _environ_text(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
     except OSError:
