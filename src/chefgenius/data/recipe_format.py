@@ -74,6 +74,39 @@ def format_prompt(ingredients: list[str] | str) -> str:
     return PROMPT_PREFIX + ", ".join(x for x in ingredients if x)
 
 
+# The conversation -> training prompt mapping, saved with every tokenizer (tokenizer_config.json) so that
+# ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)`` works from plain transformers:
+# the last user message is the ingredient list, everything else is context the model was never
+# trained on and is left out. :func:`chat_prompt` is the same mapping in Python (tested equal).
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(text='') -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}"
+    "{%- if m['content'] is string -%}{%- set ns.text = m['content'] -%}"
+    "{%- else -%}{%- set ns.text = m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join(', ') -%}{%- endif -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "Generate a recipe with: {{ ns.text.replace('\\n', ',').split(',') | map('trim') | reject('equalto', '')"
+    " | join(', ') }}"
+    "{%- if add_generation_prompt %}\n" + "Title:{% endif -%}"
+)
+
+
+def chat_ingredients(messages: list[dict]) -> list[str]:
+    """The ingredients of a conversation: the last user message, split at commas and newlines."""
+    text = ""
+    for m in messages:
+        if m.get("role") == "user":
+            content = m.get("content")
+            text = content if isinstance(content, str) else ", ".join(
+                p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
+    return [x.strip() for x in text.replace("\n", ",").split(",") if x.strip()]
+
+
+def chat_prompt(messages: list[dict]) -> str:
+    """What :data:`CHAT_TEMPLATE` renders without the generation prompt: the training prompt."""
+    return format_prompt(chat_ingredients(messages))
+
+
 def format_target(title: str, ingredients: tuple[str, ...] | list[str], directions: tuple[str, ...] | list[str]) -> str:
     lines = [f"{TITLE_LABEL} {title}", INGREDIENTS_LABEL]
     lines += [f"- {x}" for x in ingredients]

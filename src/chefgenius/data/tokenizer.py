@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from chefgenius.data import title_words
+from chefgenius.data.recipe_format import CHAT_TEMPLATE
 from chefgenius.errors import ModelLoadError
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -51,7 +52,9 @@ def load_tokenizer(path: str | Path) -> Any:
 
 def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
     """The tokenizer's files and the title words it carries (:mod:`title_words`), which
-    :func:`load_tokenizer` gives back."""
+    :func:`load_tokenizer` gives back, and the recipe chat template where it has none."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(str(directory))
     title_words.save(Path(directory), title_words.of(tokenizer))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,11 +169,13 @@ def fit_prompt(tokenizer: Any, ingredients: list[str], *, is_seq2seq: bool, max_
 @torch.no_grad()
 def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ingredients: list[str] | str,
                    settings: GenerationSettings, *, num: int = 1, title: str | None = None,
-                   max_prompt_tokens: int = 64, streamer: Any = None) -> Generation:
+                   max_prompt_tokens: int = 64, streamer: Any = None, stopping_criteria: Any = None,
+                   check: Callable[[], None] | None = None) -> Generation:
     """Generated recipe texts (target format) for one ingredient list. Same seed, same text.
 
     ``streamer``: a transformers streamer fed the new tokens as they come (one decode only: not
-    with coverage, which picks the best of several)."""
+    with coverage, which picks the best of several). ``stopping_criteria`` is checked every token
+    and ``check`` before each decode (it raises to abandon the rest): how a server cancels work."""
     if isinstance(ingredients, str):
         ingredients = [x.strip() for x in ingredients.split(",")]
     ingredients = [x for x in ingredients if x]
@@ -192,7 +195,11 @@ def generate_texts(model: torch.nn.Module, tokenizer: Any, is_seq2seq: bool, ing
     common = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **kwargs}
 
     def decode(strength: float) -> list[str]:
+        if check is not None:
+            check()
         extra: dict[str, Any] = {"streamer": streamer} if streamer is not None and not settings.coverage else {}
+        if stopping_criteria is not None:
+            extra["stopping_criteria"] = stopping_criteria
         # Decoder positions before the recipe text: the start token (seq2seq) or the prompt, then the prefix.
         start = (1 if is_seq2seq else len(src)) + len(prefix_ids)
         prefix_seen = prefix_text if not is_seq2seq or prefix_ids else ""

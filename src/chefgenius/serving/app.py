@@ -1,42 +1,58 @@
-"""``chefgenius serve``: a page, a recipe API and OpenAI-compatible completions over a trained run.
+"""``chefgenius serve``: a page for cooks, a recipe API and OpenAI-compatible completions and chat.
 
-FastAPI for the routes and request validation (pydantic, which the config already uses), uvicorn
-to serve them; generation runs on one worker thread, so requests are served one at a time in the
-order they came (a CPU or one GPU gains nothing from running two at once), behind a bounded queue
-that answers 429 with ``Retry-After`` when full. Every bad request gets a 4xx whose body is one
-sentence, in the OpenAI error shape (``{"error": {"message", "type"}}``), so existing clients show it.
-Models load lazily by name: ``final`` (or the model given) and each checkpoint of the run.
+FastAPI for the routes and request validation, uvicorn to serve them. Generation runs on one worker
+(:mod:`serving.jobs`): requests are served one at a time in the order they came (a CPU or one GPU
+gains nothing from running two at once), behind a bounded queue that answers 429 with an honest
+``Retry-After``. Every request has one deadline; a client that goes away, a deadline that passes
+and a shutdown cancel its job, which stops at its next token. Limits are checked before any work
+(body size before parsing, prompt characters before tokenising). Every error is an HTTP status
+with one sentence in the OpenAI error shape, 500 included. Models load lazily by name: ``final``
+(or the model given) and each checkpoint of the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import queue
+import logging
+import os
+import secrets
+import sys
 import threading
 import time
 import uuid
-import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
+
+from chefgenius.serving.jobs import Cancelled, Job, QueueFull, WorkQueue, stopping_criteria
+from chefgenius.serving.openai_api import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    Decoded,
+    chat_body,
+    completion_body,
+    decode,
+    usage,
+)
+from chefgenius.serving.streams import error_body, event_stream, token_streamer
 
 MAX_INGREDIENTS = 30
 MAX_INGREDIENT_CHARS = 80
 MAX_TITLE_CHARS = 120
+MAX_BODY_BYTES = 1 << 20  # a recipe request is a few hundred bytes; a chat of 64 messages fits easily
+CHARS_PER_TOKEN = 16  # a prompt longer than this many characters per model position cannot fit: refused untokenised
 PAGE = Path(__file__).with_name("page.html")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("chefgenius.serve")
 
-
-class ApiError(Exception):
-    """A request the server refuses: HTTP status and one sentence."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+__all__ = ["ApiError", "CompletionRequest", "ChatRequest", "RecipeRequest", "Server", "Sources", "create_app"]
 
 
 class RecipeRequest(BaseModel):
@@ -44,24 +60,13 @@ class RecipeRequest(BaseModel):
     ingredients: list[str] = Field(min_length=1, max_length=MAX_INGREDIENTS)
     title: str | None = Field(None, max_length=MAX_TITLE_CHARS)
     preset: str = "greedy"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     coverage: bool = False
     guard: bool = True
-    max_new_tokens: int | None = Field(None, ge=1, description="Default: 256, or what the model's positions allow.")
+    max_new_tokens: int | None = Field(None, ge=1, le=1_000_000,
+                                       description="Default: 256, or what the model's positions allow.")
     model: str | None = None
     stream: bool = False
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields (user, logprobs...) we do not use
-    prompt: str | list[str]
-    model: str | None = None
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1)
 
 
 @dataclass
@@ -84,130 +89,91 @@ class Sources:
 
 
 class Server:
-    """The models, the worker thread and the queue; everything the routes call."""
+    """The models, the work queue and the limits: everything the routes call."""
 
     def __init__(self, sources: Sources, *, max_queue: int = 8, timeout_s: float = 60.0, device: str = "cpu",
-                 cached_models: int = 2) -> None:
-        self.sources, self.max_queue, self.timeout_s, self.device = sources, max_queue, timeout_s, device
+                 cached_models: int = 2, api_key: str | None = None, allowed_hosts: list[str] | None = None,
+                 grace_s: float = 10.0, max_body_bytes: int = MAX_BODY_BYTES, docs: bool = False) -> None:
+        self.sources, self.timeout_s, self.device = sources, timeout_s, device
+        self.api_key, self.allowed_hosts, self.grace_s = api_key, allowed_hosts, grace_s
+        self.max_body_bytes, self.docs = max_body_bytes, docs
+        self.queue = WorkQueue(max_queue)
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._cached = cached_models
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chefgenius-generate")
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._seconds = 2.0  # running estimate of one request's time, for Retry-After
+        self._load_lock = threading.Lock()
+
+    @property
+    def max_queue(self) -> int:
+        return self.queue.limit
 
     # ----- models ------------------------------------------------------------------------------
 
     def default_name(self) -> str:
         return next(iter(self.sources.names()))
 
-    def generator(self, name: str | None) -> tuple[str, Any]:
-        from chefgenius.generation.loading import load_generator
-
+    def known(self, name: str | None) -> str:
+        """The model's name, or a 404 before any work is queued."""
         names = self.sources.names()
         name = name or self.default_name()
         if name not in names:
             raise ApiError(404, f"no model {name!r}; GET /v1/models lists them: {', '.join(names)}")
-        if name not in self._loaded:
-            from chefgenius.checkpoint import checkpoint_problem
+        return name
 
-            problem = checkpoint_problem(names[name])
-            if problem:
-                raise ApiError(409, f"model {name!r} does not verify ({problem}); choose another one")
-            self._loaded[name] = load_generator(model=str(names[name]), device=self.device)
-            while len(self._loaded) > self._cached:
-                self._loaded.popitem(last=False)
-        self._loaded.move_to_end(name)
-        return name, self._loaded[name]
+    def generator(self, name: str | None) -> tuple[str, Any]:
+        from chefgenius.checkpoint import checkpoint_problem
+        from chefgenius.generation.loading import load_generator
+
+        name = self.known(name)
+        with self._load_lock:
+            if name not in self._loaded:
+                path = self.sources.names()[name]
+                problem = checkpoint_problem(path)
+                if problem:
+                    raise ApiError(409, f"model {name!r} does not verify ({problem}); choose another one")
+                self._loaded[name] = load_generator(model=str(path), device=self.device)
+                while len(self._loaded) > self._cached:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(name)
+            return name, self._loaded[name]
+
+    def prompt_limit_chars(self, g: Any) -> int:
+        from chefgenius.models.builders import max_positions
+
+        positions = getattr(g.model.config, "n_positions", 512) if g.is_seq2seq else max_positions(g.model)
+        return positions * CHARS_PER_TOKEN
 
     # ----- the queue ---------------------------------------------------------------------------
 
-    def admit(self) -> None:
-        with self._lock:
-            if self._waiting >= self.max_queue:
-                wait = max(1, round(self._seconds * self._waiting))
-                raise ApiError(429, f"{self._waiting} requests are queued, the limit is {self.max_queue}; retry in "
-                                    f"about {wait} s", {"Retry-After": str(wait)})
-            self._waiting += 1
-
-    def release(self, seconds: float | None) -> None:
-        with self._lock:
-            self._waiting -= 1
-            if seconds is not None:
-                self._seconds = 0.8 * self._seconds + 0.2 * seconds
-
-    def run(self, fn: Any) -> Any:
-        """Run ``fn`` on the worker thread (admitted first); its ApiError passes through."""
-        self.admit()
-        t0 = time.perf_counter()
-        done = None
+    def submit(self, fn: Callable[[Job], Any]) -> Job:
+        """Queue ``fn(job)`` for the worker with this server's deadline, or refuse with a 429."""
         try:
-            result = self._worker.submit(fn).result()
-            done = time.perf_counter() - t0
-            return result
-        finally:
-            self.release(done)
+            return self.queue.submit(Job(fn, time.monotonic() + self.timeout_s))
+        except QueueFull as full:
+            raise ApiError(429, str(full), {"Retry-After": str(full.retry_after_s)}) from None
+        except Cancelled:
+            raise ApiError(503, "the server is shutting down; retry on another instance") from None
 
-    def stream(self, fn: Any) -> Iterator[Any]:
-        """Run ``fn(emit)`` on the worker thread, yielding what it emits as it goes, then its result.
-
-        Admitted now, before the response starts, so that a full queue is a 429, not an event; the
-        slot is given back when the stream ends, or when it is dropped unread (a client gone early)."""
-        self.admit()
-        released = threading.Event()
-
-        def release_once(seconds: float | None) -> None:
-            if not released.is_set():
-                released.set()
-                self.release(seconds)
-
-        stream = self._streamed(fn, release_once)
-        weakref.finalize(stream, release_once, None)
-        return stream
-
-    def _streamed(self, fn: Any, release: Any) -> Iterator[Any]:
-        events: queue.Queue = queue.Queue()
-        t0 = time.perf_counter()
-
-        def job() -> None:
-            try:
-                events.put(("done", fn(lambda text: events.put(("text", text)))))
-            except BaseException as err:  # noqa: BLE001 - handed to the streaming side
-                events.put(("error", err))
-
-        self._worker.submit(job)
-        finished = False
-        try:
-            while True:
-                kind, value = events.get(timeout=self.timeout_s + 30)
-                if kind == "text":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    finished = True
-                    yield ("result", value)
-                    return
-        finally:
-            release(time.perf_counter() - t0 if finished else None)
+    def failure(self, err: BaseException) -> tuple[int, str]:
+        """HTTP status and sentence for a job that did not give an answer."""
+        if isinstance(err, ApiError):
+            return err.status, err.message
+        if isinstance(err, Cancelled) or isinstance(err, TimeoutError):
+            reason = getattr(err, "reason", "deadline")
+            if reason == "shutdown":
+                return 503, "the server is shutting down; the request was cancelled"
+            if reason == "deadline":
+                return 504, f"the request took longer than this server's limit of {self.timeout_s:g} s (--timeout)"
+            return 499, "the client went away; the request was cancelled"
+        log.error("generation failed: %r", err)
+        return 500, f"generation failed on the server ({type(err).__name__}); the request can be retried"
 
 
-# ----- generation -------------------------------------------------------------------------------------
+# ----- the work (on the worker thread) ---------------------------------------------------------------
 
 
-def _streamer(tokenizer: Any, emit: Any, timeout_s: float) -> Any:
-    from transformers import TextIteratorStreamer
-
-    class Emitting(TextIteratorStreamer):
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                emit(text)
-
-    return Emitting(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout_s)
-
-
-def recipe(server: Server, req: RecipeRequest, emit: Any | None = None) -> dict[str, Any]:
-    """The recipe API's work (on the worker thread): validate against the model, generate, parse."""
+def recipe(server: Server, req: RecipeRequest, job: Job, emit: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The recipe API's work: validate against the model, generate, parse."""
+    from chefgenius.data.recipe_format import TITLE_LABEL, title_prefix
     from chefgenius.generation.decode import (
         PRESETS,
         GenerationError,
@@ -219,13 +185,6 @@ def recipe(server: Server, req: RecipeRequest, emit: Any | None = None) -> dict[
     from chefgenius.models.builders import max_positions
 
     ingredients = [" ".join(x.split()) for x in req.ingredients]
-    if any(not x for x in ingredients):
-        raise ApiError(400, "every ingredient must be a non-empty string")
-    long = next((x for x in ingredients if len(x) > MAX_INGREDIENT_CHARS), None)
-    if long is not None:
-        raise ApiError(400, f"ingredient {long[:30]!r}... is longer than {MAX_INGREDIENT_CHARS} characters")
-    if req.preset not in PRESETS:
-        raise ApiError(400, f"unknown preset {req.preset!r}; choose one of {', '.join(PRESETS)}")
     name, g = server.generator(req.model)
     limit = None if g.is_seq2seq else max_positions(g.model)
     if limit is not None and req.max_new_tokens is not None and req.max_new_tokens >= limit:
@@ -236,63 +195,98 @@ def recipe(server: Server, req: RecipeRequest, emit: Any | None = None) -> dict[
         raise ApiError(400, f"the ingredient list is longer than the {g.max_prompt_tokens} prompt tokens the model "
                             f"was trained on; send at most {len(ingredients) - len(dropped)} of these ingredients")
     settings = GenerationSettings(preset=req.preset, max_new_tokens=req.max_new_tokens or 256, seed=req.seed,
-                                  coverage=8.0 if req.coverage else 0.0, guard=req.guard, max_time=server.timeout_s)
-    streamer = _streamer(g.tokenizer, emit, server.timeout_s) if emit is not None and not req.coverage else None
+                                  coverage=8.0 if req.coverage else 0.0, guard=req.guard)
+    # Coverage picks the best of several decodes and beam search keeps several candidates: neither
+    # has one text growing token by token, so their recipe arrives whole.
+    streams = emit is not None and not req.coverage and PRESETS[req.preset].get("num_beams", 1) == 1
+    streamer = token_streamer(g.tokenizer, emit) if streams else None
     if streamer is not None:
-        from chefgenius.data.recipe_format import TITLE_LABEL, title_prefix
-
         emit(title_prefix(req.title) if req.title else TITLE_LABEL)  # decoding starts after it
     try:
         out = generate_texts(g.model, g.tokenizer, g.is_seq2seq, ingredients, settings, title=req.title,
-                             max_prompt_tokens=g.max_prompt_tokens, streamer=streamer)
+                             max_prompt_tokens=g.max_prompt_tokens, streamer=streamer,
+                             stopping_criteria=stopping_criteria(job), check=job.check)
     except GenerationError as err:
         raise ApiError(400, str(err)) from None
+    job.check()
     text = out.texts[0]
     if emit is not None and streamer is None:
-        emit(text)  # coverage picks the best of several decodes: it arrives whole
+        emit(text)
     return {"model": name, "text": text, **recipe_record(ingredients, text)}
 
 
-def completion(server: Server, req: CompletionRequest, emit: Any | None = None) -> dict[str, Any]:
-    """OpenAI ``/v1/completions`` (on the worker thread): the prompt text continued by the model."""
-    import torch
+def _checked_prompt(server: Server, g: Any, text: str) -> None:
+    limit = server.prompt_limit_chars(g)
+    if len(text) > limit:
+        raise ApiError(400, f"the prompt is {len(text)} characters; this model reads at most "
+                            f"{limit // CHARS_PER_TOKEN} tokens, so send at most {limit} characters")
 
+
+def _budget(g: Any, prompt_ids: list[int], asked: int) -> int:
     from chefgenius.models.builders import max_positions
-    from chefgenius.runtime.devices import forked_rng
 
+    if g.is_seq2seq:
+        return asked
+    limit = max_positions(g.model)
+    if len(prompt_ids) >= limit:
+        raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens, the model accepts fewer than {limit}; shorten it")
+    if asked > limit:
+        raise ApiError(400, f"max_tokens {asked} is beyond the model's {limit} positions")
+    return min(asked, limit - len(prompt_ids))
+
+
+def completion(server: Server, req: CompletionRequest, job: Job, emit: Callable[[str], None] | None = None
+               ) -> tuple[str, Decoded, str]:
+    """OpenAI ``/v1/completions``: the prompt text continued by the model."""
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if len(prompts) != 1 or not prompts[0].strip():
         raise ApiError(400, "prompt must be one non-empty string")
     name, g = server.generator(req.model)
+    _checked_prompt(server, g, prompts[0])
     ids = g.tokenizer.encode(prompts[0], add_special_tokens=g.is_seq2seq)
-    limit = max_positions(g.model) if not g.is_seq2seq else getattr(g.model.config, "n_positions", 512)
-    if len(ids) >= limit:
-        raise ApiError(400, f"the prompt is {len(ids)} tokens, the model accepts fewer than {limit}; shorten it")
-    max_tokens = min(req.max_tokens, limit - len(ids)) if not g.is_seq2seq else req.max_tokens
-    if req.max_tokens > limit:
-        raise ApiError(400, f"max_tokens {req.max_tokens} is beyond the model's {limit} positions")
-    device = next(g.model.parameters()).device
-    kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "max_time": server.timeout_s,
-                              "eos_token_id": g.tokenizer.eos_token_id, "pad_token_id": g.tokenizer.pad_token_id}
-    if req.temperature > 0:
-        kwargs.update(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=0)
-    else:
-        kwargs.update(do_sample=False)
+    if req.echo and emit is not None:
+        emit(prompts[0])
+    d = decode(g, ids, req, max_tokens=_budget(g, ids, req.max_tokens), top_k=req.logprobs if req.logprobs is not None
+               else -1, job=job, emit=emit, stopping=stopping_criteria(job))
+    return name, d, prompts[0]
+
+
+def chat(server: Server, req: ChatRequest, job: Job, emit: Callable[[str], None] | None = None) -> tuple[str, Decoded]:
+    """OpenAI ``/v1/chat/completions``: the conversation mapped to the training prompt by the chat
+    template saved with the tokenizer (the recipe template where an older tokenizer has none); the
+    answer starts with the title label, as every training target does."""
+    from chefgenius.data.recipe_format import CHAT_TEMPLATE, TITLE_LABEL
+    from chefgenius.data.tokenization import encode_example
+
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    if not any(m["role"] == "user" and m.get("content") for m in messages):
+        raise ApiError(400, "messages needs a user message with the ingredients, e.g. \"chicken, rice, onion\"")
+    name, g = server.generator(req.model)
+    for m in messages:
+        _checked_prompt(server, g, m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
+    template = getattr(g.tokenizer, "chat_template", None) or CHAT_TEMPLATE
+    prompt = g.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=False)
+    if not prompt.split(":", 1)[-1].strip():
+        raise ApiError(400, "the last user message names no ingredients; send e.g. \"chicken, rice, onion\"")
+    src, _ = encode_example(g.tokenizer, prompt, None, is_seq2seq=g.is_seq2seq, max_prompt_tokens=10**9,
+                            max_target_tokens=1)
+    label = g.tokenizer.encode(TITLE_LABEL, add_special_tokens=False)
     if emit is not None:
-        kwargs["streamer"] = _streamer(g.tokenizer, emit, server.timeout_s)
-    g.model.eval()
-    x = torch.tensor([ids], device=device)
-    with torch.no_grad(), forked_rng(device):
-        torch.manual_seed(req.seed)
-        out = g.model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs)
-    new = out[0] if g.is_seq2seq else out[0, len(ids):]
-    text = g.tokenizer.decode(new, skip_special_tokens=True)
-    finished = bool(len(new) and int(new[-1]) == g.tokenizer.eos_token_id)
-    return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": name, "choices": [{"text": text, "index": 0, "logprobs": None,
-                                        "finish_reason": "stop" if finished else "length"}],
-            "usage": {"prompt_tokens": len(ids), "completion_tokens": int(len(new)),
-                      "total_tokens": len(ids) + int(len(new))}}
+        emit(TITLE_LABEL)
+    if g.is_seq2seq:
+        d = decode(g, src, req, max_tokens=req.budget(), top_k=_chat_top_k(req), job=job, emit=emit,
+                   stopping=stopping_criteria(job), decoder_prefix=[g.model.config.decoder_start_token_id, *label])
+    else:
+        ids = src + label
+        d = decode(g, ids, req, max_tokens=_budget(g, ids, req.budget()), top_k=_chat_top_k(req), job=job, emit=emit,
+                   stopping=stopping_criteria(job))
+    d.text = TITLE_LABEL + d.text
+    return name, d
+
+
+def _chat_top_k(req: ChatRequest) -> int:
+    return (req.top_logprobs or 0) if req.logprobs else -1
 
 
 # ----- the app ----------------------------------------------------------------------------------------
@@ -313,41 +307,126 @@ def _one_sentence(errors: list[dict[str, Any]]) -> str:
     if kind == "missing":
         return f"{where} is required"
     if kind == "extra_forbidden":
-        return f"unknown field {where!r}"
+        return f"{where!r} is not supported by this server; leave it out"
+    if kind == "value_error":
+        return str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if where in ("n", "best_of"):
+        return f"{where} must be 1: this server gives one choice per request"
+    if where == "suffix":
+        return "suffix is not supported by this server; leave it out"
     return f"{where or 'body'}: {first.get('msg', 'invalid value')}"
 
 
-def _sse(events: Iterator[Any], final: Any) -> Any:
-    """Server-sent events: each item as ``data: JSON``, the result through ``final``, then ``[DONE]``; an
-    error after the stream began is its last event."""
-    from fastapi.responses import StreamingResponse
+async def _watch_disconnect(receive: Callable[[], Any], job: Job) -> None:
+    """Cancel ``job`` when the client goes away (the ASGI server says ``http.disconnect``)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            job.cancel("disconnected")
+            return
 
-    def body() -> Iterator[str]:
+
+class Limits:
+    """ASGI middleware in front of everything: the body bounded before it is read (413), the API key
+    on every ``/v1`` route (401), the Host header when serving loopback only, and one structured log
+    line per request (route, status, latency, model, tokens, cancelled)."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, rid = time.perf_counter(), uuid.uuid4().hex[:12]
+        record: dict[str, Any] = {"id": rid, "method": scope["method"], "route": scope["path"], "status": None}
+        scope.setdefault("state", {})["record"] = record
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+        async def send_logged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                record["status"] = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
         try:
-            for item in events:
-                if isinstance(item, tuple) and item[0] == "result":
-                    last = final(item[1])
-                    if last is not None:
-                        yield f"data: {json.dumps(last)}\n\n"
-                else:
-                    yield f"data: {json.dumps(item)}\n\n"
-        except ApiError as err:
-            yield f"data: {json.dumps({'error': {'message': err.message, 'type': 'invalid_request_error'}})}\n\n"
-        yield "data: [DONE]\n\n"
+            refused = self._refusal(scope, headers)
+            if refused is not None:
+                return await _send_error(send_logged, *refused)
+            seen = 0
 
-    return StreamingResponse(body(), media_type="text/event-stream")
+            async def bounded_receive() -> dict:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.server.max_body_bytes:
+                        raise BodyTooLarge(413, self._too_large())
+                return message
+
+            await self.app(scope, bounded_receive, send_logged)
+        finally:
+            record["ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            log.info(json.dumps({k: v for k, v in record.items() if v is not None}))
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.server.max_body_bytes} bytes; send a shorter one"
+
+    def _refusal(self, scope: dict, headers: dict[str, str]) -> tuple[int, str] | None:
+        hosts = self.server.allowed_hosts
+        if hosts is not None:
+            host = headers.get("host", "").rsplit(":", 1)[0].strip("[]") if headers.get("host") else ""
+            if host not in hosts:
+                return 400, (f"Host {headers.get('host', '')!r} is not served here (this server listens on loopback "
+                             "only); use http://127.0.0.1 or start it with --host")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
+            return 413, self._too_large()
+        if self.server.api_key and scope["path"].startswith("/v1"):
+            given = headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {self.server.api_key}".encode()):
+                return 401, ("missing or wrong API key: send the header 'Authorization: Bearer KEY' (the key "
+                             "given to --api-key or CHEFGENIUS_API_KEY)")
+        return None
+
+
+def _body_too_large() -> type[Exception]:
+    from starlette.exceptions import HTTPException
+
+    class BodyTooLarge(HTTPException):
+        """Raised while the body is read: FastAPI passes HTTP exceptions through its body parsing."""
+
+    return BodyTooLarge
+
+
+BodyTooLarge = _body_too_large()
+
+
+async def _send_error(send: Callable, status: int, message: str) -> None:
+    body = json.dumps(error_body(status, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(server: Server) -> Any:
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from contextlib import asynccontextmanager
 
-    app = FastAPI(title="chefgenius", version="1")
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:  # noqa: ARG001
+        yield
+        # uvicorn has stopped taking requests and waited its graceful time: cancel what is left.
+        await asyncio.to_thread(server.queue.close, 0.0)
+
+    docs = {} if server.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="chefgenius", version="1", lifespan=lifespan, **docs)
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        kind = "rate_limit_error" if status == 429 else "invalid_request_error"
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:  # noqa: ARG001
@@ -357,41 +436,175 @@ def create_app(server: Server) -> Any:
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:  # noqa: ARG001
         return error(400, _one_sentence(list(err.errors())))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 404:
+            return error(404, f"no route {request.url.path}; the API is /v1/models, /v1/recipes, /v1/completions "
+                              "and /v1/chat/completions")
+        if err.status_code == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}")
+        return error(err.status_code, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, err: Exception) -> JSONResponse:  # noqa: ARG001
+        log.exception("unhandled error")
+        return error(500, f"the server failed on this request ({type(err).__name__}); it can be retried")
+
+    async def answer(request: Request, fn: Callable[[Job], Any], record: Callable[[Any], None]) -> Any:
+        job = server.submit(fn)
+        watch = asyncio.create_task(_watch_disconnect(request.receive, job))
+        try:
+            result = await asyncio.wrap_future(job.future)
+        except BaseException as err:  # noqa: BLE001 - every failure becomes a status
+            if isinstance(err, asyncio.CancelledError):
+                job.cancel("shutdown")
+                raise
+            request.scope["state"]["record"]["cancelled"] = job.cancelled
+            raise ApiError(*server.failure(err)) from None
+        finally:
+            watch.cancel()
+        record(result)
+        return result
+
+    def stream(request: Request, fn: Callable[[Job, Callable[[str], None]], Any], chunk: Callable[[str], Any],
+               final: Callable[[Any], list[Any]]) -> StreamingResponse:
+        loop = asyncio.get_running_loop()
+        texts: asyncio.Queue = asyncio.Queue()
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(texts.put_nowait, ("text", text))
+
+        job = server.submit(lambda j: fn(j, emit))  # a full queue is a 429 here, not an event
+        job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(texts.put_nowait, ("done", None)))
+        watch = asyncio.create_task(_watch_disconnect(request.receive, job))
+        entry = request.scope["state"]["record"]
+
+        def ended(cancelled: bool) -> None:
+            watch.cancel()
+            entry["cancelled"] = cancelled
+            if job.future.done() and not job.future.exception():
+                _account(entry, job.future.result())
+
+        return StreamingResponse(event_stream(job, texts, chunk, final, server.failure, ended),
+                                 media_type="text/event-stream")
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return PAGE.read_text()
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "default_model": server.default_name(), "queued": server._waiting}
+        return {"status": "ok", "default_model": server.default_name(), **server.queue.counts(),
+                "limit": server.max_queue}
+
+    def model_card(name: str, path: Path) -> dict[str, Any]:
+        created = int(path.stat().st_mtime) if path.exists() else 0
+        return {"id": name, "object": "model", "created": created, "owned_by": "chefgenius"}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "chefgenius", "path": str(p)}
-                                           for n, p in server.sources.names().items()]}
+        return {"object": "list", "data": [model_card(n, p) for n, p in server.sources.names().items()]}
+
+    @app.get("/v1/models/{name}")
+    def model(name: str) -> dict[str, Any]:
+        names = server.sources.names()
+        if name not in names:
+            raise ApiError(404, f"no model {name!r}; GET /v1/models lists them: {', '.join(names)}")
+        return model_card(name, names[name])
 
     @app.post("/v1/recipes")
-    def recipes(req: RecipeRequest) -> Any:
+    async def recipes(req: RecipeRequest, request: Request) -> Any:
+        _check_recipe(req)
+        server.known(req.model)
+        entry = request.scope["state"]["record"]
+        entry["model"] = req.model or server.default_name()
         if not req.stream:
-            return server.run(lambda: recipe(server, req))
-        first = server.stream(lambda emit: recipe(server, req, emit))
-        return _sse(({"text": t} if isinstance(t, str) else t for t in first), lambda r: {"recipe": r})
+            return await answer(request, lambda job: recipe(server, req, job), lambda r: None)
+        return stream(request, lambda job, emit: recipe(server, req, job, emit), lambda t: {"text": t},
+                      lambda r: [{"recipe": r}])
 
     @app.post("/v1/completions")
-    def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        server.known(req.model)
+        req.stops()
+        entry = request.scope["state"]["record"]
+        entry.update(model=req.model or server.default_name(), user=req.user)
         if not req.stream:
-            return server.run(lambda: completion(server, req))
+            out = await answer(request, lambda job: completion(server, req, job), lambda r: _account(entry, r))
+            return completion_body(out[0], out[1], req, out[2])
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        name = req.model or server.default_name()
 
-        def chunk(text: str, finish: str | None = None, model: str = "") -> dict[str, Any]:
-            return {"id": cid, "object": "text_completion", "created": created, "model": model or req.model or "",
+        def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+            return {"id": cid, "object": "text_completion", "created": created, "model": name,
                     "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
 
-        events = server.stream(lambda emit: completion(server, req, emit))
-        return _sse((chunk(t) if isinstance(t, str) else t for t in events),
-                   lambda r: chunk("", r["choices"][0]["finish_reason"], r["model"]))
+        def final(out: tuple[str, Decoded, str]) -> list[Any]:
+            last = [chunk("", out[1].finish_reason)]
+            if req.stream_options and req.stream_options.include_usage:
+                last.append({**chunk(""), "choices": [], "usage": usage(out[1])})
+            return last
 
-    return app
+        return stream(request, lambda job, emit: completion(server, req, job, emit), chunk, final)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
+        server.known(req.model)
+        req.stops()
+        entry = request.scope["state"]["record"]
+        entry.update(model=req.model or server.default_name(), user=req.user)
+        if not req.stream:
+            out = await answer(request, lambda job: chat(server, req, job), lambda r: _account(entry, r))
+            return chat_body(out[0], out[1], req)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        name = req.model or server.default_name()
+        first = [True]
+
+        def chunk(text: str | None, finish: str | None = None) -> dict[str, Any]:
+            delta: dict[str, Any] = {}
+            if first[0]:
+                delta["role"], first[0] = "assistant", False
+            if text is not None:
+                delta["content"] = text
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        def final(out: tuple[str, Decoded]) -> list[Any]:
+            last = [chunk(None, out[1].finish_reason)]
+            if req.stream_options and req.stream_options.include_usage:
+                last.append({**chunk(None), "choices": [], "usage": usage(out[1])})
+            return last
+
+        return stream(request, lambda job, emit: chat(server, req, job, emit), chunk, final)
+
+    return _with_limits(app, server)
+
+
+def _with_limits(app: Any, server: Server) -> Any:
+    """The FastAPI app behind :class:`Limits`; ``.app`` reaches the FastAPI object (routes, state)."""
+    wrapped = Limits(app, server)
+    wrapped.routes = app.routes  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _account(entry: dict[str, Any], result: Any) -> None:
+    decoded = next((x for x in result if isinstance(x, Decoded)), None) if isinstance(result, tuple) else None
+    if decoded is not None:
+        entry.update(prompt_tokens=decoded.prompt_tokens, completion_tokens=decoded.completion_tokens)
+
+
+def _check_recipe(req: RecipeRequest) -> None:
+    """What can be refused before any model is touched."""
+    from chefgenius.generation.decode import PRESETS
+
+    ingredients = [" ".join(x.split()) for x in req.ingredients]
+    if any(not x for x in ingredients):
+        raise ApiError(400, "every ingredient must be a non-empty string")
+    long = next((x for x in ingredients if len(x) > MAX_INGREDIENT_CHARS), None)
+    if long is not None:
+        raise ApiError(400, f"ingredient {long[:30]!r}... is longer than {MAX_INGREDIENT_CHARS} characters")
+    if req.preset not in PRESETS:
+        raise ApiError(400, f"unknown preset {req.preset!r}; choose one of {', '.join(PRESETS)}")
 
 
 def start_in_thread(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[Any, int]:
@@ -405,7 +618,8 @@ def start_in_thread(server: Server, host: str = "127.0.0.1", port: int = 0) -> t
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(create_app(server), host=host, port=port, log_level="warning"))
+    web = uvicorn.Server(uvicorn.Config(create_app(server), host=host, port=port, log_level="warning",
+                                        access_log=False, timeout_graceful_shutdown=server.grace_s))
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()
     while not web.started:
@@ -415,9 +629,19 @@ def start_in_thread(server: Server, host: str = "127.0.0.1", port: int = 0) -> t
     return web, port
 
 
-def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int, timeout_s: float) -> None:
+def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int, timeout_s: float,
+          api_key: str | None = None, grace_s: float = 10.0, docs: bool = False) -> None:
     import uvicorn
 
-    server = Server(sources, max_queue=max_queue, timeout_s=timeout_s, device=device)
+    api_key = api_key or os.environ.get("CHEFGENIUS_API_KEY") or None
+    loopback = host in LOOPBACK
+    if not loopback and not api_key:
+        print(f"WARNING: serving on {host}, reachable from other machines, with no API key: anyone who can reach "
+              f"port {port} can use it. Pass --api-key KEY (or set CHEFGENIUS_API_KEY), or --host 127.0.0.1.",
+              file=sys.stderr, flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    server = Server(sources, max_queue=max_queue, timeout_s=timeout_s, device=device, api_key=api_key,
+                    allowed_hosts=list(LOOPBACK) if loopback else None, grace_s=grace_s, docs=docs)
     server.generator(None)  # load the default model before accepting requests: a broken one fails here
-    uvicorn.run(create_app(server), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(server), host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=grace_s)
