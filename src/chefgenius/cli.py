@@ -347,9 +347,16 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting or running before 429.")] = 8,
-    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one generation may take.")] = 60.0,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds one request may take, queue wait and every "
+                                                         "decode included; then it is cancelled (504).")] = 60.0,
+    api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 routes "
+                                                        "(default: $CHEFGENIUS_API_KEY).")] = None,
+    grace: Annotated[float, typer.Option(min=0.0, help="On SIGTERM/Ctrl-C, seconds to let queued requests finish "
+                                                       "before cancelling them; a second Ctrl-C exits.")] = 10.0,
+    docs: Annotated[bool, typer.Option(help="Serve the OpenAPI pages at /docs (off by default).")] = False,
 ) -> None:
-    """A page, a recipe API (POST /v1/recipes) and OpenAI-compatible completions (POST /v1/completions)."""
+    """A page for cooks, a recipe API (POST /v1/recipes) and OpenAI-compatible completions and chat
+    (POST /v1/completions, /v1/chat/completions)."""
     import importlib.util
 
     from chefgenius.checkpoint.run_directory import RunDirectory
@@ -372,9 +379,10 @@ def serve(
     from chefgenius.serving.app import Sources
     from chefgenius.serving.app import serve as run_server
 
-    typer.echo(f"serving {default} on http://{host}:{port}/ (recipe API /v1/recipes, OpenAI API /v1/completions)")
+    typer.echo(f"serving {default} on http://{host}:{port}/ (recipe API /v1/recipes, OpenAI API /v1/completions "
+               "and /v1/chat/completions)")
     run_server(Sources(default.resolve(), run.resolve() if run else None), host=host, port=port, device=device,
-               max_queue=max_queue, timeout_s=timeout)
+               max_queue=max_queue, timeout_s=timeout, api_key=api_key, grace_s=grace, docs=docs)
 
 
 @app.command()

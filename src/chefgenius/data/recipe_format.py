@@ -87,7 +87,7 @@ CHAT_TEMPLATE = (
     "{%- endif -%}{%- endfor -%}"
     "Generate a recipe with: {{ ns.text.replace('\\n', ',').split(',') | map('trim') | reject('equalto', '')"
     " | join(', ') }}"
-    "{%- if add_generation_prompt %}\n" + "Title:{% endif -%}"
+    "{%- if add_generation_prompt %}{{ '\\n' }}Title:{% endif -%}"
 )
 
 

@@ -101,6 +101,7 @@ class Server:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._cached = cached_models
         self._load_lock = threading.Lock()
+        self._limits: dict[str, int] = {}
 
     @property
     def max_queue(self) -> int:
@@ -136,11 +137,23 @@ class Server:
             self._loaded.move_to_end(name)
             return name, self._loaded[name]
 
-    def prompt_limit_chars(self, g: Any) -> int:
-        from chefgenius.models.builders import max_positions
+    def prompt_limit_chars(self, name: str) -> int:
+        """Characters a prompt may have for model ``name``: read from its config, so that an overlong
+        prompt is refused in the request handler, before it is queued or tokenised."""
+        if name not in self._limits:
+            conf = json.loads((self.sources.names()[name] / "model" / "config.json").read_text()) \
+                if (self.sources.names()[name] / "model" / "config.json").exists() else \
+                json.loads((self.sources.names()[name] / "config.json").read_text())
+            positions = conf.get("n_positions") or conf.get("max_position_embeddings") or 512
+            self._limits[name] = positions * CHARS_PER_TOKEN
+        return self._limits[name]
 
-        positions = getattr(g.model.config, "n_positions", 512) if g.is_seq2seq else max_positions(g.model)
-        return positions * CHARS_PER_TOKEN
+    def check_prompt(self, name: str, texts: list[str]) -> None:
+        limit = self.prompt_limit_chars(name)
+        size = sum(len(t) for t in texts)
+        if size > limit:
+            raise ApiError(400, f"the prompt is {size} characters; this model reads at most "
+                                f"{limit // CHARS_PER_TOKEN} tokens, so send at most {limit} characters")
 
     # ----- the queue ---------------------------------------------------------------------------
 
@@ -215,13 +228,6 @@ def recipe(server: Server, req: RecipeRequest, job: Job, emit: Callable[[str], N
     return {"model": name, "text": text, **recipe_record(ingredients, text)}
 
 
-def _checked_prompt(server: Server, g: Any, text: str) -> None:
-    limit = server.prompt_limit_chars(g)
-    if len(text) > limit:
-        raise ApiError(400, f"the prompt is {len(text)} characters; this model reads at most "
-                            f"{limit // CHARS_PER_TOKEN} tokens, so send at most {limit} characters")
-
-
 def _budget(g: Any, prompt_ids: list[int], asked: int) -> int:
     from chefgenius.models.builders import max_positions
 
@@ -242,7 +248,6 @@ def completion(server: Server, req: CompletionRequest, job: Job, emit: Callable[
     if len(prompts) != 1 or not prompts[0].strip():
         raise ApiError(400, "prompt must be one non-empty string")
     name, g = server.generator(req.model)
-    _checked_prompt(server, g, prompts[0])
     ids = g.tokenizer.encode(prompts[0], add_special_tokens=g.is_seq2seq)
     if req.echo and emit is not None:
         emit(prompts[0])
@@ -262,8 +267,6 @@ def chat(server: Server, req: ChatRequest, job: Job, emit: Callable[[str], None]
     if not any(m["role"] == "user" and m.get("content") for m in messages):
         raise ApiError(400, "messages needs a user message with the ingredients, e.g. \"chicken, rice, onion\"")
     name, g = server.generator(req.model)
-    for m in messages:
-        _checked_prompt(server, g, m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
     template = getattr(g.tokenizer, "chat_template", None) or CHAT_TEMPLATE
     prompt = g.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                              add_generation_prompt=False)
@@ -525,7 +528,7 @@ def create_app(server: Server) -> Any:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        server.known(req.model)
+        server.check_prompt(server.known(req.model), [req.prompt] if isinstance(req.prompt, str) else req.prompt)
         req.stops()
         entry = request.scope["state"]["record"]
         entry.update(model=req.model or server.default_name(), user=req.user)
@@ -549,7 +552,8 @@ def create_app(server: Server) -> Any:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        server.known(req.model)
+        server.check_prompt(server.known(req.model), [m.content if isinstance(m.content, str) else
+                                                      json.dumps(m.content) for m in req.messages])
         req.stops()
         entry = request.scope["state"]["record"]
         entry.update(model=req.model or server.default_name(), user=req.user)
@@ -629,16 +633,24 @@ def start_in_thread(server: Server, host: str = "127.0.0.1", port: int = 0) -> t
     return web, port
 
 
+def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
+    """The loud line for a server reachable from other machines without a key, else None."""
+    if host in LOOPBACK or api_key:
+        return None
+    return (f"WARNING: serving on {host}, reachable from other machines, with no API key: anyone who can reach "
+            f"port {port} can generate on this machine. Pass --api-key KEY (or set CHEFGENIUS_API_KEY), or "
+            "--host 127.0.0.1.")
+
+
 def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int, timeout_s: float,
           api_key: str | None = None, grace_s: float = 10.0, docs: bool = False) -> None:
     import uvicorn
 
     api_key = api_key or os.environ.get("CHEFGENIUS_API_KEY") or None
     loopback = host in LOOPBACK
-    if not loopback and not api_key:
-        print(f"WARNING: serving on {host}, reachable from other machines, with no API key: anyone who can reach "
-              f"port {port} can use it. Pass --api-key KEY (or set CHEFGENIUS_API_KEY), or --host 127.0.0.1.",
-              file=sys.stderr, flush=True)
+    warning = exposure_warning(host, port, api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     server = Server(sources, max_queue=max_queue, timeout_s=timeout_s, device=device, api_key=api_key,
                     allowed_hosts=list(LOOPBACK) if loopback else None, grace_s=grace_s, docs=docs)
