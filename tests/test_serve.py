@@ -170,29 +170,44 @@ def test_the_page_in_a_real_browser_streams_a_recipe_and_marks_the_ingredients(r
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_function("document.getElementById('model-b').options.length > 1")
+            assert page.is_hidden("#col-b")  # nothing compared: no empty second column
             page.fill("#ingredients", "egg, milk, saffron")
             page.fill("#title", "Saffron Custard")
+            page.click("#advanced summary")
             page.select_option("#model-b", "step-0000004")
-            page.evaluate("""() => { window.seen = []; const pre = document.querySelector('#col-a .text');
-                new MutationObserver(() => window.seen.push(pre.textContent)).observe(pre,
+            page.evaluate("""() => { window.seen = []; const box = document.querySelector('#col-a .text');
+                new MutationObserver(() => window.seen.push(box.textContent)).observe(box,
                     {childList: true, characterData: true, subtree: true}); }""")
             page.click("#go")
             page.wait_for_selector("#col-a[data-done='1']", timeout=60_000)
             page.wait_for_selector("#col-b[data-done='1']", timeout=60_000)
-            shown = page.inner_text("#col-a .text")
+            title = page.inner_text("#col-a .recipe h2")
+            steps = page.eval_on_selector_all("#col-a .recipe ol li", "els => els.map(e => e.textContent)")
+            summary = page.inner_text("#col-a .summary")
             seen = page.evaluate("window.seen")
             used = page.eval_on_selector_all("#col-a .chip.used", "els => els.map(e => e.textContent)")
             unused = page.eval_on_selector_all("#col-a .chip.unused", "els => els.map(e => e.textContent)")
+            assert page.is_visible("#col-b .recipe h2") and page.is_visible("#col-a .legend")
             page.screenshot(path=str(os.environ.get("CHEFGENIUS_SCREENSHOT") or tmp_path / "page.png"), full_page=True)
+            streamed = max(seen, key=len)
+            page.fill("#ingredients", "egg, " + "x" * 100)  # a request the server refuses
+            page.select_option("#model-b", "")
+            page.click("#go")
+            page.wait_for_function("document.querySelector('#col-a .status').textContent.includes('80 characters')")
+            error = page.inner_text("#col-a .status")
             browser.close()
     finally:
         web.should_exit = True
-    record = recipe_record(["egg", "milk", "saffron"], shown)
-    assert shown.startswith("Title: Saffron Custard") and "Ingredients:" in shown
-    partial = {t for t in seen if t and len(t.rstrip()) < len(shown.rstrip())}
+    record = recipe_record(["egg", "milk", "saffron"], streamed)
+    assert streamed.startswith("Title: Saffron Custard") and title == record["title"] == "Saffron Custard"
+    assert steps == record["directions"]
+    partial = {t for t in seen if t and len(t.rstrip()) < len(streamed.rstrip())}
     assert len(partial) >= 3, seen  # the page showed the recipe in pieces, as it was generated
-    assert all(shown.startswith(t.rstrip()) for t in partial), seen
+    assert all(streamed.startswith(t.rstrip()) for t in partial), seen
     assert sorted(used) == sorted(record["used"]) and sorted(unused) == sorted(record["unused"])
+    assert summary.startswith(f"Uses {len(record['used'])} of your 3 ingredients")
+    assert all(x in summary for x in record["used"] + record["unused"])
+    assert error.startswith("Could not write a recipe:") and "longer than 80 characters" in error
     assert sorted(used + unused) == ["egg", "milk", "saffron"]
 
 
