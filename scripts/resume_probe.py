@@ -9,9 +9,10 @@ is SIGKILLed (its whole process group: torchrun and every worker, with ``--nproc
 checkpoint of step ``--kill-after`` is committed, then the same command
 runs it to the end. A one-step run prepares the data (tokenizer and token arrays) first, so that both
 contenders start from the same cache: a process that prepared its data just before training has
-been seen to train its first steps differently in the last bits, about 1 run in 16 on a 2-core CPU
-(docs/checkpoints.md, "Known limits"), which is not what this probe measures. Prints one JSON line: whether the final weights are ``torch.equal`` tensor by
-tensor and every logged loss is equal, the parameter count, tokens/s of the uninterrupted run, and
+been seen to train its first steps differently in the last bits, 2 of ~30 runs on a 2-core CPU
+(docs/training.md, "Known exception, not fixed"), which is not what this probe measures. Prints
+one JSON line: whether the final weights are ``torch.equal`` tensor by tensor and every logged loss
+is equal, the parameter count, tokens/s of the uninterrupted run, and
 the guarantee the run announced. Exit status 0 only when both are identical.
 """
 

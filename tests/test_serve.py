@@ -150,11 +150,10 @@ def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian package 'chromium')")
 def test_the_page_in_a_real_browser_streams_a_recipe_and_marks_the_ingredients(run, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from chefgenius.serving.app import start_in_thread
-
     # Pace the tiny model (it would finish in a few ms) so that a loaded machine's browser still reads
     # the stream in pieces: what is tested is that the page shows them as they come, not the timing.
     from chefgenius.serving import app as app_module
+    from chefgenius.serving.app import start_in_thread
 
     unpaced = app_module.token_streamer
     monkeypatch.setattr(app_module, "token_streamer",
