@@ -139,8 +139,8 @@ def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
         assert "limit is 2" in got.json()["error"]["message"]
         streamed = client.post("/v1/completions", json={"prompt": "Title:", "max_tokens": 5, "stream": True})
         assert streamed.status_code == 429  # refused before the stream starts, not as an event
-        assert client.get("/healthz").json() | {"default_model": None} == {
-            "status": "ok", "default_model": None, "queued": 1, "running": 1, "limit": 2}
+        health = client.get("/healthz").json()
+        assert (health["queued"], health["running"], health["limit"]) == (1, 1, 2)
     finally:
         gate.set()
     assert server.queue.idle(30)

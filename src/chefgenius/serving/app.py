@@ -212,9 +212,9 @@ def recipe(server: Server, req: RecipeRequest, job: Job, emit: Callable[[str], N
     # Coverage picks the best of several decodes and beam search keeps several candidates: neither
     # has one text growing token by token, so their recipe arrives whole.
     streams = emit is not None and not req.coverage and PRESETS[req.preset].get("num_beams", 1) == 1
+    if streams:  # decoding starts after the label (or the fixed title): it leads the first piece
+        emit = _LedBy(title_prefix(req.title) if req.title else TITLE_LABEL, emit)
     streamer = token_streamer(g.tokenizer, emit) if streams else None
-    if streamer is not None:
-        emit(title_prefix(req.title) if req.title else TITLE_LABEL)  # decoding starts after it
     try:
         out = generate_texts(g.model, g.tokenizer, g.is_seq2seq, ingredients, settings, title=req.title,
                              max_prompt_tokens=g.max_prompt_tokens, streamer=streamer,
@@ -223,9 +223,31 @@ def recipe(server: Server, req: RecipeRequest, job: Job, emit: Callable[[str], N
         raise ApiError(400, str(err)) from None
     job.check()
     text = out.texts[0]
+    _flush(emit)
     if emit is not None and streamer is None:
         emit(text)
     return {"model": name, "text": text, **recipe_record(ingredients, text)}
+
+
+class _LedBy:
+    """``emit`` whose first piece starts with ``lead``: nothing is sent before the first token exists,
+    so a client that reads one event and leaves has cost one decoding step, not the set-up.
+    :meth:`flush` sends the lead alone if no text came."""
+
+    def __init__(self, lead: str, emit: Callable[[str], None]) -> None:
+        self.pending, self.emit = [lead], emit
+
+    def __call__(self, text: str) -> None:
+        self.emit(self.pending.pop() + text if self.pending else text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.emit(self.pending.pop())
+
+
+def _flush(emit: Any) -> None:
+    if isinstance(emit, _LedBy):
+        emit.flush()
 
 
 def _budget(g: Any, prompt_ids: list[int], asked: int) -> int:
@@ -250,9 +272,10 @@ def completion(server: Server, req: CompletionRequest, job: Job, emit: Callable[
     name, g = server.generator(req.model)
     ids = g.tokenizer.encode(prompts[0], add_special_tokens=g.is_seq2seq)
     if req.echo and emit is not None:
-        emit(prompts[0])
+        emit = _LedBy(prompts[0], emit)
     d = decode(g, ids, req, max_tokens=_budget(g, ids, req.max_tokens), top_k=req.logprobs if req.logprobs is not None
                else -1, job=job, emit=emit, stopping=stopping_criteria(job))
+    _flush(emit)
     return name, d, prompts[0]
 
 
@@ -276,7 +299,7 @@ def chat(server: Server, req: ChatRequest, job: Job, emit: Callable[[str], None]
                             max_target_tokens=1)
     label = g.tokenizer.encode(TITLE_LABEL, add_special_tokens=False)
     if emit is not None:
-        emit(TITLE_LABEL)
+        emit = _LedBy(TITLE_LABEL, emit)
     if g.is_seq2seq:
         d = decode(g, src, req, max_tokens=req.budget(), top_k=_chat_top_k(req), job=job, emit=emit,
                    stopping=stopping_criteria(job), decoder_prefix=[g.model.config.decoder_start_token_id, *label])
@@ -284,6 +307,7 @@ def chat(server: Server, req: ChatRequest, job: Job, emit: Callable[[str], None]
         ids = src + label
         d = decode(g, ids, req, max_tokens=_budget(g, ids, req.budget()), top_k=_chat_top_k(req), job=job, emit=emit,
                    stopping=stopping_criteria(job))
+    _flush(emit)
     d.text = TITLE_LABEL + d.text
     return name, d
 
@@ -498,7 +522,7 @@ def create_app(server: Server) -> Any:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "default_model": server.default_name(), **server.queue.counts(),
-                "limit": server.max_queue}
+                "limit": server.max_queue, "since_start": server.queue.stats()}
 
     def model_card(name: str, path: Path) -> dict[str, Any]:
         created = int(path.stat().st_mtime) if path.exists() else 0

@@ -44,6 +44,7 @@ class Job:
     reason: str | None = None  # why it was cancelled, once it is
     started: float | None = None
     cancelled_at: float | None = None
+    ticks: list[float] = field(default_factory=list)  # when each decoding step was checked
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self, reason: str, at: float | None = None) -> None:
@@ -72,6 +73,7 @@ def stopping_criteria(job: Job) -> Any:
 
     class StopWhenCancelled(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+            job.ticks.append(time.monotonic())
             return torch.full((input_ids.shape[0],), job.cancelled, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([StopWhenCancelled()])
@@ -90,6 +92,8 @@ class WorkQueue:
         self._service_s: float | None = None  # moving average of a completed job's time on the worker
         self.completed = self.cancelled = 0
         self.abandoned_s = 0.0  # worker time spent on jobs after they were cancelled
+        self.abandoned: list[tuple[float, float]] = []  # per cancelled running job: (ran before, ran after) the cancel
+        self.steps: list[float] = []  # decoding step times of completed jobs (between two checks of the criterion)
         self._thread = threading.Thread(target=self._work, name="chefgenius-generate", daemon=True)
         self._thread.start()
 
@@ -109,6 +113,21 @@ class WorkQueue:
     def counts(self) -> dict[str, int]:
         with self._cond:
             return {"queued": sum(not j.cancelled for j in self._jobs), "running": int(self._running is not None)}
+
+    def stats(self) -> dict[str, Any]:
+        """Since start: jobs completed and cancelled, and what cancellation cost the worker (the time a
+        cancelled running job ran on after its cancel) against a decoding step of a completed job."""
+        import statistics
+
+        with self._cond:
+            after = sorted(a for _, a in self.abandoned)
+            steps = list(self.steps[-10_000:])
+        ms = lambda x: round(1000 * x, 2)  # noqa: E731
+        return {"completed": self.completed, "cancelled": self.cancelled, "cancelled_while_running": len(after),
+                "after_cancel_ms_mean": ms(sum(after) / len(after)) if after else None,
+                "after_cancel_ms_median": ms(statistics.median(after)) if after else None,
+                "after_cancel_ms_max": ms(after[-1]) if after else None,
+                "decoding_step_ms_median": ms(statistics.median(steps)) if steps else None}
 
     def retry_after_s(self) -> int:
         """Seconds until a slot frees: what the running job has left at the measured service time."""
@@ -171,9 +190,12 @@ class WorkQueue:
                 with self._cond:
                     if job.cancelled:
                         self.cancelled += 1
-                        self.abandoned_s += max(0.0, end - max(job.cancelled_at or end, job.started or end))
+                        after = max(0.0, end - max(job.cancelled_at or end, job.started or end))
+                        self.abandoned_s += after
+                        self.abandoned.append((max(0.0, (job.cancelled_at or end) - (job.started or end)), after))
                     else:
                         self.completed += 1
+                        self.steps += [b - a for a, b in zip(job.ticks, job.ticks[1:])]
                         self._service_s = took if self._service_s is None else 0.7 * self._service_s + 0.3 * took
                     self._running = None
                     self._cond.notify_all()
