@@ -23,8 +23,11 @@ ORDER = ("throughput", "throughput_gpt2_base", "throughput_t5_tiny", "padding", 
          "async_checkpoint", "startup", "distributed_scale", "prepare_scale", "prepare_speed")
 
 
-def results_dir() -> Path:
+def results_dir(experiment: bool = False) -> Path:
+    """Where results go: ``bench/results/``, or ``bench/results/experiments/`` for one-off experiments
+    (a variant tried once, e.g. recipe quality with another dropout), which RESULTS.md never joins."""
     out = Path(os.environ.get("BENCH_RESULTS_DIR") or ROOT / "bench" / "results")
+    out = out / "experiments" if experiment else out
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -128,9 +131,9 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def write_result(name: str, lines: list[str], data: dict[str, Any]) -> Path:
+def write_result(name: str, lines: list[str], data: dict[str, Any], experiment: bool = False) -> Path:
     """``lines``: the Markdown section (title first); ``data``: its JSON twin (gets ``machine`` added)."""
-    out = results_dir()
+    out = results_dir(experiment)
     info = machine_info()
     libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "accelerate", "safetensors", "tokenizers")
                      if k in info)

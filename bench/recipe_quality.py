@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=0, help="also evaluate on this many validation prompts")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--name", default="recipe_quality", help="results file name (bench/results/NAME.{md,json})")
+    ap.add_argument("--experiment", action="store_true",
+                    help="a one-off variant: write under bench/results/experiments/ (never joined into RESULTS.md)")
     args = ap.parse_args()
     import torch
 
@@ -70,12 +72,13 @@ def main() -> None:
                                                      "looping_directions_rate")})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (results_dir() / f"{args.name}_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in texts_out))
+    samples = results_dir(args.experiment) / f"{args.name}_samples.jsonl"
+    samples.write_text("".join(json.dumps(x) + "\n" for x in texts_out))
     shown = args.prompts.relative_to(HERE.parent) if args.prompts.is_relative_to(HERE.parent) else args.prompts
     command = f"python bench/recipe_quality.py --run {args.run} --val {args.val}" + (
         f" --prompts {shown}" if args.prompts != ap.get_default("prompts") else "") + (
         f" --max-new-tokens {args.max_new_tokens}" if args.max_new_tokens != 256 else "") + (
-        f" --name {args.name}" if args.name != "recipe_quality" else "")
+        f" --name {args.name}" if args.name != "recipe_quality" else "") + (" --experiment" if args.experiment else "")
     keys = ["duplicate_line_rate", "repeated_ingredient_rate", "looping_directions_rate", "title_fit_rate",
             "title_nonword_rate",
             "extra_items", "ingredient_recall",
@@ -95,7 +98,7 @@ def main() -> None:
                   + "; ".join(f"{k} {v['difference']:+.2f} ({v['low']:+.2f} to {v['high']:+.2f})"
                               for k, v in effect.items()) + "."]
     write_result(args.name, lines, {"command": command, "rows": rows, "prompts": prompts,
-                                    "guard_effect_on_val_bleu": effect})
+                                    "guard_effect_on_val_bleu": effect}, experiment=args.experiment)
 
 
 def _guard_effect(generations: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
