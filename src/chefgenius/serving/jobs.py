@@ -45,11 +45,16 @@ class Job:
     started: float | None = None
     cancelled_at: float | None = None
     ticks: list[float] = field(default_factory=list)  # when each decoding step was checked
+    tick_cpu: list[float] = field(default_factory=list)  # the worker thread's CPU time at each check
+    worker_clock: int | None = None  # the CPU-time clock of the worker thread, while the job runs
+    cpu_at_cancel: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self, reason: str, at: float | None = None) -> None:
         if not self._cancel.is_set():
             self.reason, self.cancelled_at = reason, at if at is not None else time.monotonic()
+            if self.worker_clock is not None:  # running: how much CPU the worker had used by now
+                self.cpu_at_cancel = time.clock_gettime(self.worker_clock)
             self._cancel.set()
 
     @property
@@ -74,6 +79,7 @@ def stopping_criteria(job: Job) -> Any:
     class StopWhenCancelled(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
             job.ticks.append(time.monotonic())
+            job.tick_cpu.append(time.thread_time())
             return torch.full((input_ids.shape[0],), job.cancelled, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([StopWhenCancelled()])
@@ -94,6 +100,8 @@ class WorkQueue:
         self.abandoned_s = 0.0  # worker time spent on jobs after they were cancelled
         self.abandoned: list[tuple[float, float]] = []  # per cancelled running job: (ran before, ran after) the cancel
         self.steps: list[float] = []  # decoding step times of completed jobs (between two checks of the criterion)
+        self.steps_cpu: list[float] = []  # the same in the worker's CPU time
+        self.abandoned_cpu: list[float] = []  # worker CPU time each cancelled running job used after its cancel
         self._thread = threading.Thread(target=self._work, name="chefgenius-generate", daemon=True)
         self._thread.start()
 
@@ -115,19 +123,25 @@ class WorkQueue:
             return {"queued": sum(not j.cancelled for j in self._jobs), "running": int(self._running is not None)}
 
     def stats(self) -> dict[str, Any]:
-        """Since start: jobs completed and cancelled, and what cancellation cost the worker (the time a
-        cancelled running job ran on after its cancel) against a decoding step of a completed job."""
+        """Since start: jobs completed and cancelled, and what cancellation cost the worker: how long a
+        cancelled running job ran on after its cancel, in wall time and in the worker thread's CPU time,
+        against a decoding step of a completed job measured the same two ways."""
         import statistics
 
         with self._cond:
             after = sorted(a for _, a in self.abandoned)
-            steps = list(self.steps[-10_000:])
+            after_cpu = sorted(self.abandoned_cpu)
+            steps, steps_cpu = list(self.steps[-10_000:]), list(self.steps_cpu[-10_000:])
         ms = lambda x: round(1000 * x, 2)  # noqa: E731
         return {"completed": self.completed, "cancelled": self.cancelled, "cancelled_while_running": len(after),
                 "after_cancel_ms_mean": ms(sum(after) / len(after)) if after else None,
                 "after_cancel_ms_median": ms(statistics.median(after)) if after else None,
                 "after_cancel_ms_max": ms(after[-1]) if after else None,
-                "decoding_step_ms_median": ms(statistics.median(steps)) if steps else None}
+                "decoding_step_ms_median": ms(statistics.median(steps)) if steps else None,
+                "after_cancel_cpu_ms_mean": ms(sum(after_cpu) / len(after_cpu)) if after_cpu else None,
+                "after_cancel_cpu_ms_median": ms(statistics.median(after_cpu)) if after_cpu else None,
+                "after_cancel_cpu_ms_max": ms(after_cpu[-1]) if after_cpu else None,
+                "decoding_step_cpu_ms_median": ms(statistics.median(steps_cpu)) if steps_cpu else None}
 
     def retry_after_s(self) -> int:
         """Seconds until a slot frees: what the running job has left at the measured service time."""
@@ -169,6 +183,8 @@ class WorkQueue:
                 if self._jobs:
                     self._running = self._jobs.popleft()
                     self._running.started = time.monotonic()
+                    if hasattr(time, "pthread_getcpuclockid"):
+                        self._running.worker_clock = time.pthread_getcpuclockid(threading.get_ident())
                     return self._running
                 if self._closed:
                     return None
@@ -185,7 +201,8 @@ class WorkQueue:
             else:
                 job.future.set_result(result)
             finally:
-                end = time.monotonic()
+                end, end_cpu = time.monotonic(), time.thread_time()
+                job.worker_clock = None
                 took = end - (job.started or end)
                 with self._cond:
                     if job.cancelled:
@@ -193,9 +210,12 @@ class WorkQueue:
                         after = max(0.0, end - max(job.cancelled_at or end, job.started or end))
                         self.abandoned_s += after
                         self.abandoned.append((max(0.0, (job.cancelled_at or end) - (job.started or end)), after))
+                        if job.cpu_at_cancel is not None:
+                            self.abandoned_cpu.append(max(0.0, end_cpu - job.cpu_at_cancel))
                     else:
                         self.completed += 1
                         self.steps += [b - a for a, b in zip(job.ticks, job.ticks[1:])]
+                        self.steps_cpu += [b - a for a, b in zip(job.tick_cpu, job.tick_cpu[1:])]
                         self._service_s = took if self._service_s is None else 0.7 * self._service_s + 0.3 * took
                     self._running = None
                     self._cond.notify_all()
