@@ -11,24 +11,23 @@ file (a hub model, an older run) leaves titles to the other rules.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from chefgenius.data.recipe_format import TITLE_LABEL
+from chefgenius.data.recipe_words import WORD
 from chefgenius.errors import ModelLoadError
 
 FILE = "title_words.json"
 MAX_WORDS = 50_000  # the most frequent title words kept (the 2.2M-row corpus has more, mostly typos)
-_WORD = re.compile(r"[a-z]+")
 _ATTRIBUTE = "chefgenius_title_words"
 
 
 def words_of(text: str) -> list[str]:
     """Title words as the guard sees them: runs of letters, lower-cased ("Mom's" -> mom, s)."""
-    return _WORD.findall(text.lower())
+    return WORD.findall(text.lower())
 
 
 def title_of(target: str) -> str:
@@ -65,7 +64,7 @@ def load(directory: Path) -> tuple[str, ...] | None:
         return None
     try:
         words = json.loads(path.read_text())["title_words"]
-        if not isinstance(words, list) or not all(isinstance(w, str) and _WORD.fullmatch(w) for w in words):
+        if not isinstance(words, list) or not all(isinstance(w, str) and WORD.fullmatch(w) for w in words):
             raise ValueError("not a list of lower-case words")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ModelLoadError(f"{path} is not a title-word list ({err}); delete it to generate without "

@@ -62,10 +62,9 @@ from chefgenius.data.recipe_format import (
     _split_numbered,
     ingredient_name,
 )
-from chefgenius.generation.ingredient_coverage import normal_word
+from chefgenius.data.recipe_words import FILLER_WORDS, WORD, normal_word, words
 from chefgenius.generation.recipe_checks import (
-    _DISH_WORDS,
-    _FILLER,
+    DISH_WORDS,
     FOOD_WORDS,
     cream_verb_aside,
     food_twice_in_a_row,
@@ -78,7 +77,6 @@ CANDIDATES = 40  # the best-scored tokens checked at each step (greedy takes the
 MAX_INGREDIENTS = 20  # lines of the list before the directions must begin
 MAX_TITLE_WORDS = 8  # words of the title before its line must end
 _TITLE_SMALL_WORDS = frozenset("a an and or of with in on the for to au de la".split())
-_WORD = re.compile(r"[a-z]+")
 _SENTENCE_END = re.compile(r"[.!?]\s")
 _GLUED_BULLET = re.compile(r"-\s")  # within an ingredient line (its own bullet is not part of it)
 _TRAILING_NUMBER = re.compile(r"(?:^|[.!?:]\s*|\n\s*)(\d*)$")
@@ -86,10 +84,6 @@ _TRAILING_NUMBER = re.compile(r"(?:^|[.!?:]\s*|\n\s*)(\d*)$")
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().replace(",", " , ").split())
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 class RecipeGuard:
@@ -102,7 +96,7 @@ class RecipeGuard:
         self.tokenizer, self.start, self.prefix_text = tokenizer, start, prefix_text
         self.eos = tokenizer.eos_token_id
         self.asked_foods = listed_foods(" ".join(ingredients))
-        self.title_foods = (self.asked_foods | _DISH_WORDS) if ingredients else None
+        self.title_foods = (self.asked_foods | DISH_WORDS) if ingredients else None
         known = title_words.of(tokenizer)
         self.title_vocab = None if known is None else \
             tuple(sorted(set(known) | set(title_words.words_of(" ".join(ingredients)))))
@@ -202,7 +196,7 @@ def _layout(text: str) -> tuple[str, tuple[str, ...]] | None:
         title = text[t + len(TITLE_LABEL):]
         if "\n" in title:
             return title.rsplit("\n", 1)[-1], (INGREDIENTS_LABEL,)
-        if len(_WORD.findall(title.lower())) >= MAX_TITLE_WORDS and not re.search(r"[A-Za-z]$", title):
+        if len(WORD.findall(title.lower())) >= MAX_TITLE_WORDS and not re.search(r"[A-Za-z]$", title):
             return title, (title + "\n",)
     return None
 
@@ -250,7 +244,7 @@ def _names_a_missing_food(text: str, piece: str, allowed: frozenset[str]) -> boo
     """Whether ``piece`` writes a food word (whole or begun in ``text``) that is not ``allowed``."""
     partial = re.search(r"[A-Za-z]*$", text).group(0)  # the word being written, if any
     tail = text[max(0, len(text) - len(partial) - 8):len(text) - len(partial)]  # is it a sentence's first?
-    for word in _WORD.findall(cream_verb_aside(tail + partial + piece)[len(tail):].lower()):
+    for word in WORD.findall(cream_verb_aside(tail + partial + piece)[len(tail):].lower()):
         w = normal_word(word)
         # a word still being written may yet become an allowed one ("pea" of "peanut")
         if w in FOOD_WORDS and w not in allowed and not any(a.startswith(word) for a in allowed):
@@ -261,7 +255,7 @@ def _names_a_missing_food(text: str, piece: str, allowed: frozenset[str]) -> boo
 def _outside(vocab: tuple[str, ...], text: str, ended: bool) -> bool:
     """Whether ``text`` (from the start of a word) holds a word ``vocab`` does not; its last word, unless
     ``ended``, only has to begin one."""
-    for m in _WORD.finditer(text.lower()):
+    for m in WORD.finditer(text.lower()):
         word = m.group(0)
         k = bisect.bisect_left(vocab, word)  # the first known word >= this one: it, or one it begins
         if k == len(vocab) or not vocab[k].startswith(word):
@@ -277,7 +271,7 @@ def _title_checker(title: str, allowed: frozenset[str] | None, vocab: tuple[str,
     vocabulary, its words are among those."""
     begun = bool(title.strip())
     partial = re.search(r"[A-Za-z]*$", title).group(0)
-    before = len(_WORD.findall(title[:len(title) - len(partial)].lower()))  # words the piece cannot touch
+    before = len(WORD.findall(title[:len(title) - len(partial)].lower()))  # words the piece cannot touch
 
     def misfits(piece: str) -> bool:
         head = piece.split("\n", 1)[0]
@@ -287,14 +281,14 @@ def _title_checker(title: str, allowed: frozenset[str] | None, vocab: tuple[str,
             return True  # "Title:" and nothing
         if re.search(r"[.!?]", head):
             return True  # "Title: Pasta. Season with ..."
-        words = _WORD.findall((title + head).lower())
+        words = WORD.findall((title + head).lower())
         if len(words) > MAX_TITLE_WORDS:
             return True
         # Title case: a word the piece begins opens with a capital, the small words of titles aside
         begins = re.findall(r"(?<![A-Za-z])[A-Za-z]+", (partial + head))[1 if partial else 0:] if head else []
         if any(w[0].islower() and w not in _TITLE_SMALL_WORDS for w in begins):
             return True  # "Creamy is tender"
-        touched = before if head[:1].isalpha() else len(_WORD.findall(title.lower()))
+        touched = before if head[:1].isalpha() else len(WORD.findall(title.lower()))
         if any(len(words[k]) > 2 and words[k] in words[:k] for k in range(touched, len(words))):
             return True  # "Grilled Grilled Grilled"
         if vocab is not None and _outside(vocab, partial + head, "\n" in piece):
@@ -356,7 +350,7 @@ def _mostly_one_word(words: list[str]) -> bool:
 
 
 def _content_words(text: str) -> list[str]:
-    return [w for w in _words(text) if w not in _FILLER]
+    return [w for w in words(text) if w not in FILLER_WORDS]
 
 
 def _food_counts(words: list[str]) -> Counter[str]:
@@ -371,8 +365,8 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
     if steps and not re.search(r"[.!?]\s*$", last):
         last = re.sub(r"\s\d+$", "", last)  # a step number being written belongs to the next step
     sentences = [s for step in steps[:-1] for s in re.split(r"[.!?]", step)] + re.split(r"[.!?]", last)[:-1]
-    earlier = {" ".join(_words(s)) for s in sentences if len(_words(s)) >= 2}
-    openings = Counter(tuple(_words(s)[:3]) for s in sentences if len(_words(s)) >= 3)
+    earlier = {" ".join(words(s)) for s in sentences if len(words(s)) >= 2}
+    openings = Counter(tuple(words(s)[:3]) for s in sentences if len(words(s)) >= 3)
     openings2 = Counter(o for o in map(sentence_opening, sentences) if len(o) == 2)
     sentence = "" if re.search(r"[.!?]\s*$", last) else re.split(r"[.!?]", last)[-1]
     number = _TRAILING_NUMBER.search(block)
@@ -437,14 +431,14 @@ def _directions_checker(block: str, listed: frozenset[str] | None = None):
             if verdict is not None:
                 return verdict
         if re.search(r"[.!?]", piece):
-            ending = " ".join(_words(sentence + re.split(r"[.!?]", piece)[0]))
+            ending = " ".join(words(sentence + re.split(r"[.!?]", piece)[0]))
             if ending in earlier:
                 return True
-        joined = " ".join(_words(sentence + piece))
+        joined = " ".join(words(sentence + piece))
         if len(joined.split()) >= 4 and any(s.startswith(joined) for s in earlier if len(s.split()) >= 4):
             return True
-        opening = tuple(_words(sentence + piece)[:3])
-        if len(opening) == 3 and len(_words(sentence)) <= 3 and openings[opening] >= 2:
+        opening = tuple(words(sentence + piece)[:3])
+        if len(opening) == 3 and len(words(sentence)) <= 3 and openings[opening] >= 2:
             return True  # a third sentence opening like two before it ("Add rice and ...")
         opens = sentence_opening(sentence + re.split(r"[.!?]", piece)[0])
         if len(opens) == 2 and opens != opening_before and openings2[opens] >= 2:

@@ -9,10 +9,12 @@ non-pantry listed ingredients that were requested.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from chefgenius.data.recipe_format import ingredient_name, parse_recipe
+from chefgenius.data.recipe_words import NAME_IGNORED_WORDS, WORD, normal_word
+
+__all__ = ["normal_word"]  # re-exported: callers import it from here too
 
 # Staples a recipe may add without being asked (names after normalisation, see ``name_words``).
 PANTRY: frozenset[tuple[str, ...]] = frozenset(tuple(p.split()) for p in (
@@ -21,29 +23,15 @@ PANTRY: frozenset[tuple[str, ...]] = frozenset(tuple(p.split()) for p in (
     "white sugar", "granulated sugar", "flour", "all purpose flour", "plain flour",
 ))
 
-_WORD = re.compile(r"[a-z]+")
-_IGNORED = frozenset({"and", "or", "of", "the", "a", "an", "to", "for", "with", "in", "taste"})
-
-
-def normal_word(word: str) -> str:
-    """Singular form by simple English rules: berries -> berry, tomatoes -> tomato, dishes -> dish."""
-    w = word.lower()
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 4 and w.endswith(("oes", "ches", "shes", "xes", "sses")):
-        return w[:-2]
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        return w[:-1]
-    return w
 
 
 def name_words(text: str) -> tuple[str, ...]:
     """The normalised content words of an ingredient name ('2 c. chopped Onions' -> ('onion',))."""
-    return tuple(normal_word(w) for w in _WORD.findall(ingredient_name(text)) if w not in _IGNORED)
+    return tuple(normal_word(w) for w in WORD.findall(ingredient_name(text)) if w not in NAME_IGNORED_WORDS)
 
 
 def text_words(text: str) -> set[str]:
-    return {normal_word(w) for w in _WORD.findall(text.lower())}
+    return {normal_word(w) for w in WORD.findall(text.lower())}
 
 
 def is_used(ingredient: str, words: set[str]) -> bool:

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from chefgenius.data.recipe_format import ingredient_name, parse_recipe
-from chefgenius.generation.ingredient_coverage import normal_word
+from chefgenius.data.recipe_words import FILLER_WORDS, WORD, normal_word, normal_words
 
 _FOOD_LIST = """
 almond anchovy apple apricot artichoke arugula asparagus avocado bacon banana barley basil bean beef beet
@@ -51,7 +51,7 @@ FOOD_WORDS = frozenset(normal_word(w) for w in _FOOD_LIST.split())  # as the tex
 # Dish names whose first word is a food that the dish need not contain, and title words that name the
 # dish rather than an ingredient ("banana bread", "sweet and sour", "ice cream", "meat loaf").
 _DISH_NAMES = re.compile(r"\b(?:coffee ?cakes?|shortbread|sweetbreads?)\b")
-_DISH_WORDS = frozenset({"bread", "meat", "cream", "sour"})
+DISH_WORDS = frozenset({"bread", "meat", "cream", "sour"})
 
 # Generic words the steps use for what the list names specifically ("brown the meat" after "1 lb.
 # ground chuck", "sprinkle with cheese" after "grated Cheddar"): covered, not extra. On the 1k sample
@@ -72,22 +72,16 @@ _COVERED_BY = {g: frozenset(normal_word(w) for w in specific.split()) for g, spe
 _CREAM_VERB = re.compile(r"\bcream(?=\s+(?:together|the|until|well|first|butter|margarine|oleo|shortening|sugars?)\b)"
                          r"|(?:^|(?<=[.!?;:]\s)|(?<=\d\.\s))cream\b(?!\s+(?:cheese|of|soup|sauce)\b)", re.I)
 
-_WORD = re.compile(r"[a-z]+")
 _SENTENCE = re.compile(r"[^.!?]+")
 _STEP_NUMBER = re.compile(r"(?:^|[.!?]\s+)(\d{1,2})\.(?=\s|$)")
-_FILLER = frozenset("a an and the of in to with or on until for at into".split())
 _TOKEN = re.compile(r"[a-z]+|[,;:()]")
 # Words that cannot go on naming a food, so a food word before one ends its phrase ("rice and rice over
-# the chicken", "cocoa, cocoa as desired"), as punctuation and the small words of _FILLER do.
+# the chicken", "cocoa, cocoa as desired"), as punctuation and the small words of FILLER_WORDS do.
 _PHRASE_END = frozenset("over as is are was from by then if when together evenly".split())
 
 
-def _words(text: str) -> list[str]:
-    return [normal_word(w) for w in _WORD.findall(text.lower())]
-
-
 def _line_key(line: str) -> str:
-    return " ".join(_WORD.findall(line.lower()) + re.findall(r"\d+(?:/\d+)?", line))
+    return " ".join(WORD.findall(line.lower()) + re.findall(r"\d+(?:/\d+)?", line))
 
 
 def duplicate_ingredient_lines(ingredients: tuple[str, ...] | list[str]) -> list[str]:
@@ -104,7 +98,7 @@ def duplicate_ingredient_lines(ingredients: tuple[str, ...] | list[str]) -> list
 
 def ingredient_key(line: str) -> str:
     """What an ingredient line lists, singular ("1/2 sticks oleo" and "1 stick oleo": "oleo")."""
-    return " ".join(_words(ingredient_name(line)))
+    return " ".join(normal_words(ingredient_name(line)))
 
 
 def repeated_ingredients(ingredients: tuple[str, ...] | list[str]) -> list[str]:
@@ -116,7 +110,7 @@ def repeated_ingredients(ingredients: tuple[str, ...] | list[str]) -> list[str]:
 def _sentence_loop(sentence: str) -> str | None:
     """A pair of content words three times in one sentence ("soup mix and soup mix and soup mix") or a
     food word four times: the loop a repeated sentence misses."""
-    words = [w for w in _words(sentence) if w not in _FILLER]
+    words = [w for w in normal_words(sentence) if w not in FILLER_WORDS]
     pairs = Counter(zip(words, words[1:])).most_common(1)
     if pairs and pairs[0][1] >= 3:
         return " ".join(pairs[0][0])
@@ -131,10 +125,10 @@ def food_twice_in_a_row(sentence: str, *, ended: bool = True) -> list[str]:
     tokens = _TOKEN.findall(sentence.lower()) + (["."] if ended else [])
     out, previous = [], None
     for k, token in enumerate(tokens):
-        if not token[0].isalpha() or token in _FILLER:
+        if not token[0].isalpha() or token in FILLER_WORDS:
             continue
         word = normal_word(token)
-        closes = k + 1 < len(tokens) and (not tokens[k + 1][0].isalpha() or tokens[k + 1] in _FILLER
+        closes = k + 1 < len(tokens) and (not tokens[k + 1][0].isalpha() or tokens[k + 1] in FILLER_WORDS
                                           or tokens[k + 1] in _PHRASE_END)
         if word == previous and word in FOOD_WORDS and closes:
             out.append(word)
@@ -144,7 +138,7 @@ def food_twice_in_a_row(sentence: str, *, ended: bool = True) -> list[str]:
 
 def sentence_opening(sentence: str) -> tuple[str, ...]:
     """The first two content words of a sentence (fewer if it has fewer)."""
-    return tuple(w for w in _WORD.findall(sentence.lower()) if w not in _FILLER)[:2]
+    return tuple(w for w in WORD.findall(sentence.lower()) if w not in FILLER_WORDS)[:2]
 
 
 def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
@@ -154,7 +148,7 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
     openings: Counter[tuple[str, ...]] = Counter()
     for i, step in enumerate(directions, 1):
         for sentence in _SENTENCE.findall(step):
-            words = _WORD.findall(sentence.lower())
+            words = WORD.findall(sentence.lower())
             if len(words) >= 2:
                 sentences[" ".join(words)] += 1
             opening = sentence_opening(sentence)
@@ -171,7 +165,7 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
         stray = _STEP_NUMBER.findall(step)
         if stray:
             reasons.append(f"step {i} restarts numbering at {stray[0]}")
-        words = [w for w in _WORD.findall(step.lower()) if w not in _FILLER]
+        words = [w for w in WORD.findall(step.lower()) if w not in FILLER_WORDS]
         if len(words) >= 4:
             word, count = Counter(words).most_common(1)[0]
             if count * 2 > len(words):
@@ -184,7 +178,7 @@ def direction_loops(directions: tuple[str, ...] | list[str]) -> list[str]:
 def food_words(text: str) -> list[str]:
     """The food words of a text, singular, in order of first appearance."""
     out: list[str] = []
-    for w in _words(text):
+    for w in normal_words(text):
         if w in FOOD_WORDS and w not in out:
             out.append(w)
     return out
@@ -193,7 +187,7 @@ def food_words(text: str) -> list[str]:
 def listed_foods(ingredients: str) -> frozenset[str]:
     """The food words an ingredient list names, with the generic words it covers ("meat" for ground
     chuck): what the steps may cook with."""
-    words = set(_words(ingredients))
+    words = set(normal_words(ingredients))
     covered = {g for g, specific in _COVERED_BY.items() if words & specific}
     return frozenset({w for w in words if w in FOOD_WORDS} | covered)
 
@@ -229,7 +223,7 @@ def check_recipe(text: str) -> RecipeChecks:
         repeated_ingredients=repeated_ingredients(parsed.ingredients),
         loops=direction_loops(parsed.directions),
         title_misfits=[w for w in food_words(_DISH_NAMES.sub(" ", parsed.title.lower()))
-                       if w not in listed and w not in _DISH_WORDS],
+                       if w not in listed and w not in DISH_WORDS],
         extra_items=[w for w in step_foods(" ".join(parsed.directions)) if w not in listed],
     )
 
