@@ -285,3 +285,27 @@ def test_the_steps_may_name_a_listed_food_by_its_kind_and_cream_as_a_verb(tok):
     assert _names_a_missing_food("3. Add the", " cream", listed)
     written = "Ingredients:\n- 1 lb. ground chuck\n- 2 cups rice\nDirections:\n1. Brown the"
     assert _verdicts(tok, written, [" rice", " chicken"]) == {" rice": False, " chicken": True}
+
+
+def test_each_directions_rule_judges_a_piece_alone():
+    from chefgenius.generation.guard import (
+        DIRECTION_RULES,
+        _breaks_the_numbering,
+        _directions,
+        _names_a_food_not_listed,
+        _opens_a_step_in_lower_case,
+        _opens_a_third_sentence_alike,
+    )
+
+    assert len(DIRECTION_RULES) == 9 and DIRECTION_RULES[-1].__name__ == "_makes_the_step_mostly_one_word"
+    opened = _directions("1. Brown the chicken.\n2.", None)
+    assert _opens_a_step_in_lower_case(opened, " chicken, rice") is True
+    assert _opens_a_step_in_lower_case(opened, " Add the rice.") is None
+    numbered = _directions("1. Brown the chicken.\n", None)
+    assert _breaks_the_numbering(numbered, "3") is True and _breaks_the_numbering(numbered, "2") is False
+    assert _breaks_the_numbering(numbered, " Add") is None  # writes no number: no opinion
+    listed = _directions("1. Brown the ", frozenset({"chicken"}))
+    assert _names_a_food_not_listed(listed, "beef") is True and _names_a_food_not_listed(listed, "chicken") is None
+    twice = _directions("1. Add rice and stir. Add rice and cook. ", None)
+    assert _opens_a_third_sentence_alike(twice, "Add rice and") is True
+    assert _opens_a_third_sentence_alike(twice, "Serve hot") is None

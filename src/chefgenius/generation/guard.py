@@ -49,6 +49,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -357,92 +358,144 @@ def _food_counts(words: list[str]) -> Counter[str]:
     return Counter(w for w in map(normal_word, words) if w in FOOD_WORDS)
 
 
-def _directions_checker(block: str, listed: frozenset[str] | None = None):
-    """``listed``: the food words of the ingredient list (None: no list to hold the steps to)."""
+@dataclass(frozen=True)
+class _Directions:
+    """What the rules for the directions need to know about the text written so far, computed once
+    per step of decoding; each rule below then judges one candidate piece against it."""
+
+    block: str
+    listed: frozenset[str] | None  # the food words of the ingredient list (None: no list to hold the steps to)
+    next_step: int
+    last: str  # the step being written
+    line: str  # the line being written
+    sentence: str  # the sentence being written ("" between sentences)
+    earlier: frozenset[str]  # the earlier sentences, as their words
+    openings: Counter  # first three words of the earlier sentences
+    openings2: Counter  # first two content words of the earlier sentences
+    number: re.Match | None  # a step number being written at the end of the block
+    was_mostly_one: bool
+    pairs_before: Counter
+    foods_before: Counter
+    words_before: Counter
+    twice_before: int
+    opening_before: tuple[str, ...]
+    opens_a_step: bool  # "3." written, nothing of the step yet
+
+
+def _directions(block: str, listed: frozenset[str] | None) -> _Directions:
     steps = _split_numbered(block) if re.search(r"(?:^|\s)1\.\s", block) else []
-    next_step = len(steps) + 1 if steps else 1
     last = steps[-1] if steps else ""
     if steps and not re.search(r"[.!?]\s*$", last):
         last = re.sub(r"\s\d+$", "", last)  # a step number being written belongs to the next step
     sentences = [s for step in steps[:-1] for s in re.split(r"[.!?]", step)] + re.split(r"[.!?]", last)[:-1]
-    earlier = {" ".join(words(s)) for s in sentences if len(words(s)) >= 2}
-    openings = Counter(tuple(words(s)[:3]) for s in sentences if len(words(s)) >= 3)
-    openings2 = Counter(o for o in map(sentence_opening, sentences) if len(o) == 2)
     sentence = "" if re.search(r"[.!?]\s*$", last) else re.split(r"[.!?]", last)[-1]
-    number = _TRAILING_NUMBER.search(block)
-    was_mostly_one = _mostly_one_word(_content_words(last))
-
-    def numbering_breaks(piece: str) -> bool | None:
-        """None: the piece writes no step number."""
-        so_far = number.group(1)
-        stripped = piece.strip()
-        if stripped[:1].isdigit() and (not so_far or piece[:1].isdigit()):
-            digits = re.match(r"\d*", so_far + stripped if so_far else stripped).group(0)
-            return not str(next_step).startswith(digits)
-        if so_far and piece.startswith("."):
-            return so_far != str(next_step)
-        return None
-
-    line = block.rsplit("\n", 1)[-1]  # the line being written (how a new line opens: _layout)
-
-    def ends_unfinished(piece: str) -> bool:
-        """A new line (or the end) after a step that has no sentence of its own ended."""
-        step = re.sub(r"^\s*\d+\.\s*", "", line + piece.split("\n", 1)[0])
-        return bool(block.strip()) and not re.search(r"[.!?]\s*$", step)
-
+    line = block.rsplit("\n", 1)[-1]  # how a new line opens: _layout
     before = _content_words(sentence)
-    pairs_before, foods_before = Counter(zip(before, before[1:])), _food_counts(before)
-    words_before = Counter(w for w in before if len(w) > 2)
-    twice_before = len(food_twice_in_a_row(sentence, ended=False))
-    opening_before = sentence_opening(sentence)
+    return _Directions(
+        block=block, listed=listed, next_step=len(steps) + 1 if steps else 1, last=last, line=line,
+        sentence=sentence, earlier=frozenset(" ".join(words(s)) for s in sentences if len(words(s)) >= 2),
+        openings=Counter(tuple(words(s)[:3]) for s in sentences if len(words(s)) >= 3),
+        openings2=Counter(o for o in map(sentence_opening, sentences) if len(o) == 2),
+        number=_TRAILING_NUMBER.search(block), was_mostly_one=_mostly_one_word(_content_words(last)),
+        pairs_before=Counter(zip(before, before[1:])), foods_before=_food_counts(before),
+        words_before=Counter(w for w in before if len(w) > 2),
+        twice_before=len(food_twice_in_a_row(sentence, ended=False)), opening_before=sentence_opening(sentence),
+        opens_a_step=bool(re.fullmatch(r"\d+\.\s*", line)))
 
-    def repeats_within_the_sentence(piece: str) -> bool:
-        """A pair of content words twice in one sentence ("soup mix and soup mix"), a food word or any
-        other word of three letters or more three times ("cocoa, cocoa, margarine, cocoa") or a word
-        right after itself."""
-        head = re.split(r"[.!?]", piece)[0]
-        if _doubles_a_word(block, head):
-            return True
-        after = _content_words(sentence + head)
-        pairs = Counter(zip(after, after[1:]))
-        if any(n > 1 and n > pairs_before[p] for p, n in pairs.items()):
-            return True
-        if len(food_twice_in_a_row(sentence + head, ended=bool(re.search(r"[.!?\n]", piece)))) > twice_before:
-            return True
-        if any(n > 2 and n > foods_before[w] for w, n in _food_counts(after).items()):
-            return True
+
+# The rules for the directions, in the order they are asked. Each returns True (the piece breaks the
+# recipe), False (it is fine: ask no further rule) or None (no opinion).
+
+
+def _opens_a_step_in_lower_case(d: _Directions, piece: str) -> bool | None:
+    """A step opens with a capital, not with a lower-case list ("1. chicken, rice, onion")."""
+    return True if d.opens_a_step and re.match(r"\s*[a-z]", piece) else None
+
+
+def _ends_a_step_unfinished(d: _Directions, piece: str) -> bool | None:
+    """A new line (or the end) after a step that has no sentence of its own ended."""
+    if "\n" not in piece:
+        return None
+    step = re.sub(r"^\s*\d+\.\s*", "", d.line + piece.split("\n", 1)[0])
+    return True if d.block.strip() and not re.search(r"[.!?]\s*$", step) else None
+
+
+def _repeats_within_the_sentence(d: _Directions, piece: str) -> bool | None:
+    """A pair of content words twice in one sentence ("soup mix and soup mix"), a food word or any
+    other word of three letters or more three times ("cocoa, cocoa, margarine, cocoa") or a word
+    right after itself."""
+    head = re.split(r"[.!?]", piece)[0]
+    after = _content_words(d.sentence + head)
+    pairs = Counter(zip(after, after[1:]))
+    repeats = (
+        _doubles_a_word(d.block, head)
+        or any(n > 1 and n > d.pairs_before[p] for p, n in pairs.items())
+        or len(food_twice_in_a_row(d.sentence + head, ended=bool(re.search(r"[.!?\n]", piece)))) > d.twice_before
+        or any(n > 2 and n > d.foods_before[w] for w, n in _food_counts(after).items())
         # any word of three letters or more a third time ("water, water, yeast, water", "stirring
         # occasionally, stirring often, stirring constantly"): 0.2% of real sentences do it
-        return any(n > 2 and n > words_before[w] for w, n in Counter(w for w in after if len(w) > 2).items())
+        or any(n > 2 and n > d.words_before[w] for w, n in Counter(w for w in after if len(w) > 2).items()))
+    return True if repeats else None
 
-    opens_a_step = bool(re.fullmatch(r"\d+\.\s*", line))  # "3." written, nothing of the step yet
+
+def _names_a_food_not_listed(d: _Directions, piece: str) -> bool | None:
+    return True if d.listed is not None and _names_a_missing_food(d.block, piece, d.listed) else None
+
+
+def _breaks_the_numbering(d: _Directions, piece: str) -> bool | None:
+    """Step numbers in order; None: the piece writes no step number."""
+    if d.number is None:
+        return None
+    so_far = d.number.group(1)
+    stripped = piece.strip()
+    if stripped[:1].isdigit() and (not so_far or piece[:1].isdigit()):
+        digits = re.match(r"\d*", so_far + stripped if so_far else stripped).group(0)
+        return not str(d.next_step).startswith(digits)
+    if so_far and piece.startswith("."):
+        return so_far != str(d.next_step)
+    return None
+
+
+def _ends_an_earlier_sentence_again(d: _Directions, piece: str) -> bool | None:
+    if not re.search(r"[.!?]", piece):
+        return None
+    return True if " ".join(words(d.sentence + re.split(r"[.!?]", piece)[0])) in d.earlier else None
+
+
+def _copies_an_earlier_sentence(d: _Directions, piece: str) -> bool | None:
+    joined = " ".join(words(d.sentence + piece))
+    return True if len(joined.split()) >= 4 and any(s.startswith(joined) for s in d.earlier
+                                                    if len(s.split()) >= 4) else None
+
+
+def _opens_a_third_sentence_alike(d: _Directions, piece: str) -> bool | None:
+    """A third sentence opening like two before it: the same three words ("Add rice and ..."), or the
+    same two content words ("Add rice. ... Add the rice ... Add rice")."""
+    opening = tuple(words(d.sentence + piece)[:3])
+    if len(opening) == 3 and len(words(d.sentence)) <= 3 and d.openings[opening] >= 2:
+        return True
+    opens = sentence_opening(d.sentence + re.split(r"[.!?]", piece)[0])
+    return True if len(opens) == 2 and opens != d.opening_before and d.openings2[opens] >= 2 else None
+
+
+def _makes_the_step_mostly_one_word(d: _Directions, piece: str) -> bool | None:
+    return not d.was_mostly_one and _mostly_one_word(_content_words(d.last + piece))
+
+
+DIRECTION_RULES = (_opens_a_step_in_lower_case, _ends_a_step_unfinished, _repeats_within_the_sentence,
+                   _names_a_food_not_listed, _breaks_the_numbering, _ends_an_earlier_sentence_again,
+                   _copies_an_earlier_sentence, _opens_a_third_sentence_alike, _makes_the_step_mostly_one_word)
+
+
+def _directions_checker(block: str, listed: frozenset[str] | None = None):
+    """``listed``: the food words of the ingredient list (None: no list to hold the steps to)."""
+    d = _directions(block, listed)
 
     def breaks(piece: str) -> bool:
-        if opens_a_step and re.match(r"\s*[a-z]", piece):
-            return True  # a step opens with a capital, not with a lower-case list ("1. chicken, rice, onion")
-        if "\n" in piece and ends_unfinished(piece):
-            return True
-        if repeats_within_the_sentence(piece):
-            return True
-        if listed is not None and _names_a_missing_food(block, piece, listed):
-            return True
-        if number is not None:
-            verdict = numbering_breaks(piece)
+        for rule in DIRECTION_RULES:
+            verdict = rule(d, piece)
             if verdict is not None:
                 return verdict
-        if re.search(r"[.!?]", piece):
-            ending = " ".join(words(sentence + re.split(r"[.!?]", piece)[0]))
-            if ending in earlier:
-                return True
-        joined = " ".join(words(sentence + piece))
-        if len(joined.split()) >= 4 and any(s.startswith(joined) for s in earlier if len(s.split()) >= 4):
-            return True
-        opening = tuple(words(sentence + piece)[:3])
-        if len(opening) == 3 and len(words(sentence)) <= 3 and openings[opening] >= 2:
-            return True  # a third sentence opening like two before it ("Add rice and ...")
-        opens = sentence_opening(sentence + re.split(r"[.!?]", piece)[0])
-        if len(opens) == 2 and opens != opening_before and openings2[opens] >= 2:
-            return True  # "Add rice. ... Add the rice ... Add rice"
-        return not was_mostly_one and _mostly_one_word(_content_words(last + piece))
+        return False
 
     return breaks
