@@ -240,36 +240,3 @@ def test_each_rank_hashes_only_the_files_it_wrote(tmp_path):
     write_manifest(tmp_path, 1)
     assert from_ranks == json.loads((tmp_path / "MANIFEST.json").read_text())["files"]
     assert sorted(from_ranks) == sorted([*hashed])
-
-
-def test_checkpoint_async_auto_writes_in_the_background_only_where_the_writer_has_room():
-    from chefgenius.checkpoint.checkpointer import background_saves
-
-    assert background_saves("auto", "cuda", 16, 16)[0] is True  # a GPU trains, the CPU writes
-    assert background_saves("auto", "cpu", 1, 2)[0] is True  # a core left free
-    chosen, why = background_saves("auto", "cpu", 2, 2)
-    assert chosen is False and "all 2 CPU cores" in why
-    assert background_saves(True, "cpu", 2, 2) == (True, "checkpoint.async=true")
-    assert background_saves(False, "cuda", 1, 8) == (False, "checkpoint.async=false")
-
-
-def test_the_run_says_which_save_mode_auto_chose_and_uses_it(tmp_path):
-    import torch
-
-    lines: list[str] = []
-    cfg = tiny_config(training={"max_steps": 4, "num_threads": 1}, checkpoint={"every_steps": 2})
-    assert cfg.checkpoint.async_ == "auto"
-    threads = torch.get_num_threads()
-    try:
-        Trainer(cfg, tmp_path / "run", log=lambda *a: lines.append(" ".join(map(str, a)))).fit()
-    finally:
-        torch.set_num_threads(threads)
-    said = next(x for x in lines if x.startswith("checkpoint saves:"))
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    modes = {r["mode"] for r in rows if r.get("event") == "save"}
-    from chefgenius.runtime.devices import usable_cores
-
-    if usable_cores() > 1:
-        assert said.startswith("checkpoint saves: in the background (auto: training uses 1 of") and modes == {"async"}
-    else:
-        assert said.startswith("checkpoint saves: synchronous (auto:") and modes == {"sync"}

@@ -159,11 +159,8 @@ class CheckpointConfig(_Strict):
     keep_last: int = Field(3, ge=1, description="Keep the newest N checkpoints.")
     keep_best: int = Field(1, ge=0, description="Also keep the K best by validation loss.")
     on_error: Literal["stop", "continue"] = Field("stop", description="On a failed save: stop, or log and go on.")
-    async_: bool | Literal["auto"] = Field(
-        "auto", alias="async", description="true: copy the state to CPU memory at the step and write, fsync, hash "
-        "and commit it in the background; false: commit it before the next step; auto: in the background where "
-        "the writer has room (a GPU trains, or training leaves a CPU core free), else synchronously (training "
-        "on every core, a background writer slows the steps more than a synchronous save costs). Said at start.")
+    async_: bool = Field(True, alias="async", description="Copy the state to CPU memory at the step and write, "
+                         "fsync, hash and commit it in the background.")
     when_busy: Literal["wait", "skip"] = Field(
         "wait", description="A background save comes due while the previous one is still being written: wait "
         "for it (every asked-for checkpoint exists), or skip this one (training never waits; the end and a "

@@ -74,28 +74,10 @@ class ModelState:
         return full_state_dict(self.model) if self.sharded else None
 
 
-def background_saves(setting: bool | str, device_type: str, threads: int, cores: int) -> tuple[bool, str]:
-    """Whether saves are written in the background, and the reason said at start.
-
-    ``auto``: measured on whole runs (bench/async_checkpoint.py, issue 46), a background writer on a
-    CPU whose every core trains slows the steps more than a synchronous save costs (153M GPT-2 on 2
-    cores: async 1.34x end-only, synchronous 1.15x); with a GPU training, or a core left free, the
-    writer has room and the step barely waits."""
-    if setting is True or setting is False:
-        return setting, f"checkpoint.async={'true' if setting else 'false'}"
-    if device_type == "cuda":
-        return True, "auto: a GPU trains, the CPU writes"
-    if threads < cores:
-        return True, f"auto: training uses {threads} of {cores} CPU cores, the writer takes the rest"
-    return False, (f"auto: training uses all {cores} CPU cores, where a background writer would slow every step "
-                   "more than a synchronous save costs")
-
-
 class Checkpointer:
     def __init__(self, root: Path, cfg: CheckpointConfig, log: Callable[..., None], rank: int = 0,
                  world_size: int = 1) -> None:
         self.cfg, self.log, self.rank, self.world_size = cfg, log, rank, world_size
-        self.background = cfg.async_ is True  # decided for the device by choose_mode() once it is known
         self.manager = CheckpointManager(root, cfg, log, rank)
         self.model_state: ModelState | None = None
         self.states: dict[str, Stateful] = {}
@@ -104,11 +86,6 @@ class Checkpointer:
         self._first_call: tuple[int, float] | None = None  # (step, time) of this run's first save call
         self._advised = False
         self._first_figures: dict[str, Any] | None = None
-
-    def choose_mode(self, device_type: str, threads: int, cores: int) -> str:
-        """Settle ``checkpoint.async`` for this device; returns the line to say at start."""
-        self.background, why = background_saves(self.cfg.async_, device_type, threads, cores)
-        return f"checkpoint saves: {'in the background' if self.background else 'synchronous'} ({why})"
 
     def select(self, resume: str) -> Checkpoint | None:
         return self.manager.select(resume)
@@ -143,7 +120,7 @@ class Checkpointer:
         While the previous background save is still being written, ``checkpoint.when_busy: skip``
         skips this one (said in the log) unless ``force`` (the end of the run, a stop)."""
         self._advise(step)
-        if self.background and not force and self.cfg.when_busy == "skip" and self.manager.busy:
+        if self.cfg.async_ and not force and self.cfg.when_busy == "skip" and self.manager.busy:
             self.log(f"checkpoint: step {step} skipped: the save of step {self.manager.pending_step} is still being "
                      "written (checkpoint.when_busy=skip)")
             return None
@@ -151,7 +128,7 @@ class Checkpointer:
         meta = {"val_loss": val_loss, **self.meta, "created": time.time()}
         pieces = {**ms.pieces(), **self.states}
         self.started_at = step
-        if self.background:
+        if self.cfg.async_:
             self.manager.save_async(step, model=ms.whole_model, tokenizer=ms.tokenizer, pieces=pieces, meta=meta,
                                     rank_state=ms.rank_snapshot())
             return None

@@ -43,11 +43,6 @@ def resume_guarantee(cfg: TrainingConfig, compile_model: bool, device: torch.dev
     return f"exact resume: bit-identical to an uninterrupted run ({device.type}, deterministic algorithms)"
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity, as a scheduler such as Slurm sets it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def apply_runtime(cfg: TrainingConfig, device: torch.device) -> None:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

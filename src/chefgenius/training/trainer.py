@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from chefgenius.checkpoint import Checkpoint, checkpoint_problem, commit_directory
 from chefgenius.checkpoint.checkpointer import Checkpointer, ModelState
 from chefgenius.checkpoint.layout import SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
@@ -31,7 +29,7 @@ from chefgenius.config import Config, check_requirements
 from chefgenius.data.loader import ResumableSampler
 from chefgenius.models.builders import build_model, config_is_seq2seq
 from chefgenius.runtime import distributed
-from chefgenius.runtime.devices import autocast_for, resume_guarantee, setup_runtime, usable_cores
+from chefgenius.runtime.devices import autocast_for, resume_guarantee, setup_runtime
 from chefgenius.runtime.distributed import print0, rank, world_size
 from chefgenius.runtime.parallel import parallelize
 from chefgenius.training.builders import build_data, final_summary, run_meta, run_notes, versions
@@ -132,7 +130,6 @@ class Trainer:
                  f"(fingerprint {self.data.train_fingerprint}); "
                  f"{self.sampler.steps_per_epoch} steps/epoch, {self.total_steps} steps")
         self.log(resume_guarantee(tc, cfg.model.compile, self.device))  # after every input check: errors stay one line
-        self.log(self.checkpointer.choose_mode(self.device.type, torch.get_num_threads(), usable_cores()))
         if ckpt is not None:
             self._restore(ckpt, changes)
         self.resumed_from = ckpt
