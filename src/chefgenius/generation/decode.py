@@ -38,7 +38,6 @@ class GenerationSettings:
     coverage: float = 0.0
     # RecipeGuard (generation/guard.py): no ingredient line twice, no repeated sentence, step numbers in order.
     guard: bool = True
-    max_time: float | None = None  # seconds: generation stops there (the serve API's per-request limit)
 
     def generate_kwargs(self, num: int) -> dict[str, Any]:
         if self.preset not in PRESETS:
@@ -57,8 +56,6 @@ class GenerationSettings:
                                   "use --preset balanced, creative or beam with --num > 1")
         kw["max_new_tokens"] = self.max_new_tokens
         kw["num_return_sequences"] = num
-        if self.max_time is not None:
-            kw["max_time"] = self.max_time
         return kw
 
 

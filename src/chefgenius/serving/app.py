@@ -141,9 +141,11 @@ class Server:
         """Characters a prompt may have for model ``name``: read from its config, so that an overlong
         prompt is refused in the request handler, before it is queued or tokenised."""
         if name not in self._limits:
-            conf = json.loads((self.sources.names()[name] / "model" / "config.json").read_text()) \
-                if (self.sources.names()[name] / "model" / "config.json").exists() else \
-                json.loads((self.sources.names()[name] / "config.json").read_text())
+            from chefgenius.checkpoint.layout import model_dir
+
+            path = self.sources.names()[name]  # a checkpoint keeps its model under model/, an export at its root
+            found = next(p for p in (model_dir(path) / "config.json", path / "config.json") if p.exists())
+            conf = json.loads(found.read_text())
             positions = conf.get("n_positions") or conf.get("max_position_embeddings") or 512
             self._limits[name] = positions * CHARS_PER_TOKEN
         return self._limits[name]
@@ -170,7 +172,7 @@ class Server:
         """HTTP status and sentence for a job that did not give an answer."""
         if isinstance(err, ApiError):
             return err.status, err.message
-        if isinstance(err, Cancelled) or isinstance(err, TimeoutError):
+        if isinstance(err, (Cancelled, TimeoutError)):
             reason = getattr(err, "reason", "deadline")
             if reason == "shutdown":
                 return 503, "the server is shutting down; the request was cancelled"

@@ -13,10 +13,22 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+SAMPLES = 10_000  # recent timings kept for /healthz
+
+
+def _summary_ms(values: Iterable[float]) -> tuple[float | None, float | None, float | None]:
+    """Mean, median and max of ``values`` in milliseconds (None when there are none)."""
+    import statistics
+
+    values = sorted(values)
+    if not values:
+        return None, None, None
+    return tuple(round(1000 * x, 2) for x in (sum(values) / len(values), statistics.median(values), values[-1]))
 
 
 class Cancelled(Exception):
@@ -97,11 +109,13 @@ class WorkQueue:
         self._closed = False
         self._service_s: float | None = None  # moving average of a completed job's time on the worker
         self.completed = self.cancelled = 0
-        self.abandoned_s = 0.0  # worker time spent on jobs after they were cancelled
-        self.abandoned: list[tuple[float, float]] = []  # per cancelled running job: (ran before, ran after) the cancel
-        self.steps: list[float] = []  # decoding step times of completed jobs (between two checks of the criterion)
-        self.steps_cpu: list[float] = []  # the same in the worker's CPU time
-        self.abandoned_cpu: list[float] = []  # worker CPU time each cancelled running job used after its cancel
+        self.abandoned_s = 0.0  # worker time spent on jobs after they were cancelled, since start
+        # Recent samples for /healthz (bounded: a server runs for weeks): how long each cancelled running
+        # job ran on after its cancel, in wall and worker CPU time, and the decoding steps of completed jobs.
+        self.after_cancel: deque[float] = deque(maxlen=SAMPLES)
+        self.after_cancel_cpu: deque[float] = deque(maxlen=SAMPLES)
+        self.steps: deque[float] = deque(maxlen=SAMPLES)
+        self.steps_cpu: deque[float] = deque(maxlen=SAMPLES)
         self._thread = threading.Thread(target=self._work, name="chefgenius-generate", daemon=True)
         self._thread.start()
 
@@ -126,22 +140,16 @@ class WorkQueue:
         """Since start: jobs completed and cancelled, and what cancellation cost the worker: how long a
         cancelled running job ran on after its cancel, in wall time and in the worker thread's CPU time,
         against a decoding step of a completed job measured the same two ways."""
-        import statistics
-
         with self._cond:
-            after = sorted(a for _, a in self.abandoned)
-            after_cpu = sorted(self.abandoned_cpu)
-            steps, steps_cpu = list(self.steps[-10_000:]), list(self.steps_cpu[-10_000:])
-        ms = lambda x: round(1000 * x, 2)  # noqa: E731
-        return {"completed": self.completed, "cancelled": self.cancelled, "cancelled_while_running": len(after),
-                "after_cancel_ms_mean": ms(sum(after) / len(after)) if after else None,
-                "after_cancel_ms_median": ms(statistics.median(after)) if after else None,
-                "after_cancel_ms_max": ms(after[-1]) if after else None,
-                "decoding_step_ms_median": ms(statistics.median(steps)) if steps else None,
-                "after_cancel_cpu_ms_mean": ms(sum(after_cpu) / len(after_cpu)) if after_cpu else None,
-                "after_cancel_cpu_ms_median": ms(statistics.median(after_cpu)) if after_cpu else None,
-                "after_cancel_cpu_ms_max": ms(after_cpu[-1]) if after_cpu else None,
-                "decoding_step_cpu_ms_median": ms(statistics.median(steps_cpu)) if steps_cpu else None}
+            after, after_cpu = list(self.after_cancel), list(self.after_cancel_cpu)
+            steps, steps_cpu = list(self.steps), list(self.steps_cpu)
+        out: dict[str, Any] = {"completed": self.completed, "cancelled": self.cancelled,
+                               "cancelled_while_running": len(after)}
+        for key, values in (("after_cancel_ms", after), ("after_cancel_cpu_ms", after_cpu)):
+            out.update(zip((f"{key}_mean", f"{key}_median", f"{key}_max"), _summary_ms(values)))
+        out["decoding_step_ms_median"] = _summary_ms(steps)[1]
+        out["decoding_step_cpu_ms_median"] = _summary_ms(steps_cpu)[1]
+        return out
 
     def retry_after_s(self) -> int:
         """Seconds until a slot frees: what the running job has left at the measured service time."""
@@ -209,13 +217,13 @@ class WorkQueue:
                         self.cancelled += 1
                         after = max(0.0, end - max(job.cancelled_at or end, job.started or end))
                         self.abandoned_s += after
-                        self.abandoned.append((max(0.0, (job.cancelled_at or end) - (job.started or end)), after))
+                        self.after_cancel.append(after)
                         if job.cpu_at_cancel is not None:
-                            self.abandoned_cpu.append(max(0.0, end_cpu - job.cpu_at_cancel))
+                            self.after_cancel_cpu.append(max(0.0, end_cpu - job.cpu_at_cancel))
                     else:
                         self.completed += 1
-                        self.steps += [b - a for a, b in zip(job.ticks, job.ticks[1:])]
-                        self.steps_cpu += [b - a for a, b in zip(job.tick_cpu, job.tick_cpu[1:])]
+                        self.steps.extend(b - a for a, b in zip(job.ticks, job.ticks[1:]))
+                        self.steps_cpu.extend(b - a for a, b in zip(job.tick_cpu, job.tick_cpu[1:]))
                         self._service_s = took if self._service_s is None else 0.7 * self._service_s + 0.3 * took
                     self._running = None
                     self._cond.notify_all()
