@@ -470,3 +470,9 @@ def test_one_structured_log_line_per_request(client, caplog):
     assert ok["route"] == "/v1/completions" and ok["status"] == 200 and ok["model"] == "final"
     assert ok["completion_tokens"] <= 3 and ok["prompt_tokens"] > 0 and ok["ms"] > 0 and len(ok["id"]) == 12
     assert bad["status"] == 400
+
+
+def test_a_bad_logit_bias_on_a_stream_is_an_http_error_not_an_event(client):
+    got = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "stream": True,
+                                               "logit_bias": {"99999999": 5}})
+    assert got.status_code == 400 and "not a token id of this model" in got.json()["error"]["message"]

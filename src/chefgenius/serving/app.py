@@ -101,7 +101,7 @@ class Server:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._cached = cached_models
         self._load_lock = threading.Lock()
-        self._limits: dict[str, int] = {}
+        self._configs: dict[str, dict[str, Any]] = {}
 
     @property
     def max_queue(self) -> int:
@@ -137,18 +137,20 @@ class Server:
             self._loaded.move_to_end(name)
             return name, self._loaded[name]
 
-    def prompt_limit_chars(self, name: str) -> int:
-        """Characters a prompt may have for model ``name``: read from its config, so that an overlong
-        prompt is refused in the request handler, before it is queued or tokenised."""
-        if name not in self._limits:
+    def model_config(self, name: str) -> dict[str, Any]:
+        """Model ``name``'s config.json, read without loading the model, so that what it bounds (prompt
+        length, token ids) is refused in the request handler, before anything is queued or tokenised."""
+        if name not in self._configs:
             from chefgenius.checkpoint.layout import model_dir
 
             path = self.sources.names()[name]  # a checkpoint keeps its model under model/, an export at its root
             found = next(p for p in (model_dir(path) / "config.json", path / "config.json") if p.exists())
-            conf = json.loads(found.read_text())
-            positions = conf.get("n_positions") or conf.get("max_position_embeddings") or 512
-            self._limits[name] = positions * CHARS_PER_TOKEN
-        return self._limits[name]
+            self._configs[name] = json.loads(found.read_text())
+        return self._configs[name]
+
+    def prompt_limit_chars(self, name: str) -> int:
+        conf = self.model_config(name)
+        return (conf.get("n_positions") or conf.get("max_position_embeddings") or 512) * CHARS_PER_TOKEN
 
     def check_prompt(self, name: str, texts: list[str]) -> None:
         limit = self.prompt_limit_chars(name)
@@ -544,9 +546,7 @@ def create_app(server: Server) -> Any:
     @app.post("/v1/recipes")
     async def recipes(req: RecipeRequest, request: Request) -> Any:
         _check_recipe(req)
-        server.known(req.model)
-        entry = request.scope["state"]["record"]
-        entry["model"] = req.model or server.default_name()
+        request.scope["state"]["record"]["model"] = server.known(req.model)
         if not req.stream:
             return await answer(request, lambda job: recipe(server, req, job), lambda r: None)
         return stream(request, lambda job, emit: recipe(server, req, job, emit), lambda t: {"text": t},
@@ -554,15 +554,16 @@ def create_app(server: Server) -> Any:
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        server.check_prompt(server.known(req.model), [req.prompt] if isinstance(req.prompt, str) else req.prompt)
-        req.stops()
+        name = server.known(req.model)
+        server.check_prompt(name, [req.prompt] if isinstance(req.prompt, str) else req.prompt)
+        req.stops()  # refused now, not as a stream's event
+        req.bias(server.model_config(name)["vocab_size"])
         entry = request.scope["state"]["record"]
-        entry.update(model=req.model or server.default_name(), user=req.user)
+        entry.update(model=name, user=req.user)
         if not req.stream:
             out = await answer(request, lambda job: completion(server, req, job), lambda r: _account(entry, r))
             return completion_body(out[0], out[1], req, out[2])
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        name = req.model or server.default_name()
 
         def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
             return {"id": cid, "object": "text_completion", "created": created, "model": name,
@@ -578,16 +579,17 @@ def create_app(server: Server) -> Any:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        server.check_prompt(server.known(req.model), [m.content if isinstance(m.content, str) else
-                                                      json.dumps(m.content) for m in req.messages])
-        req.stops()
+        name = server.known(req.model)
+        server.check_prompt(name, [m.content if isinstance(m.content, str) else json.dumps(m.content)
+                                   for m in req.messages])
+        req.stops()  # refused now, not as a stream's event
+        req.bias(server.model_config(name)["vocab_size"])
         entry = request.scope["state"]["record"]
-        entry.update(model=req.model or server.default_name(), user=req.user)
+        entry.update(model=name, user=req.user)
         if not req.stream:
             out = await answer(request, lambda job: chat(server, req, job), lambda r: _account(entry, r))
             return chat_body(out[0], out[1], req)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        name = req.model or server.default_name()
         first = [True]
 
         def chunk(text: str | None, finish: str | None = None) -> dict[str, Any]:
