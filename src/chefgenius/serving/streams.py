@@ -45,6 +45,8 @@ async def event_stream(job: Any, texts: asyncio.Queue, chunk: Callable[[str], An
             try:
                 kind, value = await asyncio.wait_for(texts.get(), timeout=job.remaining_s() + 1.0)
             except TimeoutError:  # still queued at its deadline: nobody would read the answer
+                if job.future.done() and job.future.exception() is None:
+                    continue  # it finished just now: its events are already queued
                 job.cancel("deadline")
                 status, message = failure(job.future.exception() if job.future.done() else TimeoutError())
                 yield sse(error_body(status, message))
