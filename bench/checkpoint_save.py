@@ -10,10 +10,10 @@ with ``os.sync()`` between them so that nobody pays for the previous one's dirty
 - floor, O_DIRECT: the same tensor bytes (no headers) in the same three files, written past the page
   cache in 8 MiB aligned blocks, fsynced: the floor of the way chefgenius writes (on this VM's disk
   buffered and direct writes each win on some days; both floors are shown);
-- chefgenius, synchronous: ``CheckpointManager.save``: model in HF format, tokenizer, optimizer,
-  scheduler, sampler, train state, RNG, digest manifest, fsync, atomic rename;
-- chefgenius async: ``save_async``: the time training is blocked (the snapshot), and the time until
-  the background write is committed;
+- chefgenius, synchronous: ``Checkpointer.save`` with ``checkpoint.async: false``: model in HF format,
+  tokenizer, optimizer, scheduler, sampler, train state, RNG, digest manifest, fsync, atomic rename;
+- chefgenius async: ``Checkpointer.save`` with ``checkpoint.async: true``: the time training is blocked
+  (the snapshot), and the time until the background write is committed;
 - torch.distributed.checkpoint ``save`` and ``async_save`` (``no_dist``) of the model and optimizer
   state dicts (DCP fsyncs its files and renames its metadata into place; it keeps no checksums and
   writes its data files into the final directory);
@@ -175,6 +175,18 @@ def chefgenius_pieces(opt):
 META = {"config": {}, "train_fingerprint": "x", "versions": {}}
 
 
+def checkpointer(root: Path, model, opt, tok, *, background: bool, pieces: dict | None = None):
+    """The trainer's checkpointer over ``root``, tracking the model, its optimizer and the other pieces
+    (``pieces``: shared with another checkpointer)."""
+    from chefgenius.checkpoint.checkpointer import Checkpointer, ModelState
+    from chefgenius.config import CheckpointConfig
+
+    ck = Checkpointer(root, CheckpointConfig(keep_last=1, keep_best=0, **{"async": background}), lambda *a: None)
+    pieces = pieces if pieces is not None else chefgenius_pieces(opt)
+    ck.track(ModelState(model, opt, tok), {k: v for k, v in pieces.items() if k != "optimizer"}, META)
+    return ck
+
+
 def state_tensors(model, opt) -> list[torch.Tensor]:
     """Every tensor a snapshot copies (tied weights once): model state and optimizer state."""
     seen, out = set(), []
@@ -206,12 +218,8 @@ def _hwm_bytes() -> int:
 
 def memory_mode(mode: str, preset: str) -> dict:
     """Run in a fresh process: training peak, then the peak while a save (sync or async) happens."""
-    from chefgenius.checkpoint import CheckpointManager
-    from chefgenius.config import CheckpointConfig
-
     tok = tokenizer()
     model, opt = model_and_optimizer(tok, preset)
-    pieces = chefgenius_pieces(opt)
 
     def train_step() -> None:
         ids = torch.randint(0, 8000, (1, 64))
@@ -225,15 +233,15 @@ def memory_mode(mode: str, preset: str) -> dict:
     train_step()
     train_peak = _hwm_bytes()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        manager = CheckpointManager(Path(tmp), CheckpointConfig(keep_last=1), lambda *a: None)
+        ck = checkpointer(Path(tmp), model, opt, tok, background=mode == "async")
         Path("/proc/self/clear_refs").write_text("5")
         if mode == "async":
             for step in (1, 2):  # the second save reuses the first one's buffers
-                manager.save_async(step, model=model, tokenizer=tok, pieces=pieces, meta=META)
+                ck.save(step, val_loss=None)
                 train_step()
-                manager.wait()
+                ck.finish()
         else:
-            manager.save(1, model=model, tokenizer=tok, pieces=pieces, meta=META)
+            ck.save(1, val_loss=None)
             train_step()
         save_peak = _hwm_bytes()
     return {"train_peak": train_peak, "save_peak": save_peak, "state_bytes": state_bytes(model, opt)}
@@ -270,14 +278,12 @@ def contenders(root: Path, model, opt, tok, blocked_beside: list[float]) -> dict
     import torch.distributed.checkpoint as dcp
     from transformers import Trainer, TrainingArguments
 
-    from chefgenius.checkpoint import CheckpointManager
     from chefgenius.checkpoint.store import finish_removals
-    from chefgenius.config import CheckpointConfig
 
     pieces = chefgenius_pieces(opt)
-    manager = CheckpointManager(root / "cg", CheckpointConfig(keep_last=1, keep_best=0), lambda *a: None)
-    background = CheckpointManager(root / "cg-async", CheckpointConfig(keep_last=1, keep_best=0), lambda *a: None)
-    background.save_async(0, model=model, tokenizer=tok, pieces=pieces, meta=META)  # allocates the buffers
+    synchronous = checkpointer(root / "cg", model, opt, tok, background=False, pieces=pieces)
+    background = checkpointer(root / "cg-async", model, opt, tok, background=True, pieces=pieces)
+    background.save(0, val_loss=None)  # allocates the buffers
     background.wait()
     pairs = [(torch.empty_like(t), t) for t in state_tensors(model, opt)]
     for buf, src in pairs:  # touched once, like the async buffers after their first save
@@ -306,7 +312,7 @@ def contenders(root: Path, model, opt, tok, blocked_beside: list[float]) -> dict
 
     def sync(rep):
         pieces["train_state"].step = rep
-        s = timed(lambda: manager.save(rep, model=model, tokenizer=tok, pieces=pieces, meta=META))
+        s = timed(lambda: synchronous.save(rep, val_loss=None))
         finish_removals()  # the previous checkpoint, deleted after the save returned (as in training)
         return {"sync": s}, dir_bytes(root / "cg" / f"step-{rep:07d}")
 
@@ -322,7 +328,7 @@ def contenders(root: Path, model, opt, tok, blocked_beside: list[float]) -> dict
             step = rep * ASYNC_SAVES + j
             pieces["train_state"].step = step
             t0 = time.perf_counter()
-            background.save_async(step, model=model, tokenizer=tok, pieces=pieces, meta=META)
+            background.save(step, val_loss=None)
             blocked = time.perf_counter() - t0
             path = background.wait()
             background_s = time.perf_counter() - t0

@@ -88,7 +88,7 @@ def move_checkpoint_to(run: Path, step: int, position: int) -> None:
     chefgenius's own state files, so that resume cost at a late step can be measured without training that long."""
     from chefgenius.checkpoint import list_checkpoints, load_state, save_state
     from chefgenius.checkpoint.layout import MANIFEST, checkpoint_dir
-    from chefgenius.checkpoint.store import write_manifest
+    from chefgenius.durable.directory import write_manifest
 
     src = list_checkpoints(run / "checkpoints")[-1].path
     dst = checkpoint_dir(src.parent, step)

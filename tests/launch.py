@@ -15,7 +15,7 @@ import torch
 
 from chefgenius.checkpoint import list_checkpoints
 from chefgenius.checkpoint.format import load_state
-from chefgenius.checkpoint.manager import checkpoint_problem
+from chefgenius.checkpoint.reading import checkpoint_problem
 
 from .conftest import assert_same_weights, final_weights, tiny_config, write_config
 

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chefgenius.checkpoint.layout import TMP_PREFIX
 from chefgenius.checkpoint.run_directory import RunDirectory
+from chefgenius.durable.directory import TMP_PREFIX
 
 
 @dataclass

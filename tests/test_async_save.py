@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from chefgenius.checkpoint import list_checkpoints, load_state, verify_checkpoint
-from chefgenius.checkpoint.layout import TMP_PREFIX
 from chefgenius.checkpoint.snapshot import TensorBuffers, take_snapshot, write_snapshot
 from chefgenius.data.tokenizer import train_tokenizer
+from chefgenius.durable.directory import TMP_PREFIX
 from chefgenius.models.builders import build_from_scratch
 from chefgenius.training.trainer import Trainer
 

@@ -19,7 +19,9 @@ from chefgenius.checkpoint import (
     save_state,
     verify_checkpoint,
 )
-from chefgenius.checkpoint.store import CheckpointInfo, commit_checkpoint, select_retained, write_manifest
+from chefgenius.checkpoint.layout import checkpoint_dir
+from chefgenius.checkpoint.store import CheckpointInfo, select_retained
+from chefgenius.durable.directory import commit_directory, write_manifest
 from chefgenius.training.trainer import Trainer
 
 from .conftest import assert_same_weights, final_weights, quiet, tiny_config
@@ -57,6 +59,10 @@ def test_pickle_in_place_of_a_tensor_file_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointFormatError, match="not a valid safetensors"):
         load_state(tmp_path, "opt")
     assert not (tmp_path / "pwned").exists()
+
+
+def commit_checkpoint(root: Path, step: int, write) -> Path:
+    return commit_directory(checkpoint_dir(root, step), step, write)
 
 
 def test_commit_is_atomic_and_manifest_detects_damage(tmp_path):
@@ -204,7 +210,7 @@ def test_write_manifest_covers_nested_files(tmp_path):
 
 
 def test_kill_while_writing_final_leaves_no_final_and_rerun_completes(tmp_path, monkeypatch):
-    import chefgenius.checkpoint.manager as trainer_mod
+    import chefgenius.checkpoint.final as trainer_mod
 
     cfg = tiny_config(training={"max_steps": 4, "warmup_steps": 1})
     real = trainer_mod.commit_directory
@@ -225,7 +231,8 @@ def test_kill_while_writing_final_leaves_no_final_and_rerun_completes(tmp_path, 
 
 
 def test_each_rank_hashes_only_the_files_it_wrote(tmp_path):
-    from chefgenius.checkpoint.store import files_of_rank, hash_files
+    from chefgenius.checkpoint.store import files_of_rank
+    from chefgenius.durable.directory import hash_files
 
     for f in ["meta.json", "model/model.safetensors", "rank-00000/rng.json", "rank-00001/rng.json",
               "rank-00001/shards.safetensors", "rank-00002/rng.json"]:

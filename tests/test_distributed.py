@@ -21,7 +21,7 @@ import torch
 
 from chefgenius.checkpoint import list_checkpoints
 from chefgenius.checkpoint.format import load_state
-from chefgenius.checkpoint.manager import checkpoint_problem
+from chefgenius.checkpoint.reading import checkpoint_problem
 from chefgenius.data.loader import sample_digest
 
 from .conftest import assert_same_weights, final_weights
@@ -171,7 +171,7 @@ def test_elastic_resume_keeps_the_global_batch_and_every_sample(ref2, tmp_path):
 
 
 def test_a_world_size_that_cannot_keep_the_global_batch_is_refused(ref2):
-    from chefgenius.checkpoint.manager import open_checkpoint
+    from chefgenius.checkpoint.reading import open_checkpoint
     from chefgenius.checkpoint.state import ResumeError
     from chefgenius.config import load_config
     from chefgenius.training.resume import grad_accum_for

@@ -16,7 +16,7 @@ import pytest
 
 from chefgenius.checkpoint import list_checkpoints
 from chefgenius.checkpoint.format import load_state
-from chefgenius.checkpoint.manager import checkpoint_problem
+from chefgenius.checkpoint.reading import checkpoint_problem
 
 from .conftest import final_weights
 from .launch import (

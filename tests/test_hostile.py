@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from chefgenius.checkpoint import ResumeError, list_checkpoints, verify_checkpoint
-from chefgenius.checkpoint.manager import checkpoint_problem
-from chefgenius.checkpoint.store import write_manifest
+from chefgenius.checkpoint.reading import checkpoint_problem
 from chefgenius.cli import app
+from chefgenius.durable.directory import write_manifest
 from chefgenius.models.builders import ModelLoadError
 from chefgenius.training.trainer import Trainer
 

@@ -114,7 +114,7 @@ def test_missing_optimizer_state_is_an_error_not_a_fresh_start(tmp_path):
     ckpt = list_checkpoints(tmp_path / "checkpoints")[-1].path
     (ckpt / "optimizer.json").unlink()
     (ckpt / "MANIFEST.json").unlink()  # make the mutilated checkpoint "valid" to reach the loader
-    from chefgenius.checkpoint.store import write_manifest
+    from chefgenius.durable.directory import write_manifest
 
     write_manifest(ckpt, 4)
     with pytest.raises(ResumeError, match="optimizer"):
@@ -123,7 +123,7 @@ def test_missing_optimizer_state_is_an_error_not_a_fresh_start(tmp_path):
 
 def test_optimizer_state_for_other_parameters_is_refused(tmp_path):
     from chefgenius.checkpoint.format import load_state, save_state
-    from chefgenius.checkpoint.store import write_manifest
+    from chefgenius.durable.directory import write_manifest
 
     cfg = tiny_config(training={"num_epochs": 1})
     with pytest.raises(Crash):
@@ -188,7 +188,7 @@ def test_changed_training_data_is_refused_unless_allowed(tmp_path):
 def test_resume_from_an_older_checkpoint_by_path_is_exact_and_protected_from_retention(tmp_path):
     import shutil
 
-    from chefgenius.checkpoint.store import write_manifest
+    from chefgenius.durable.directory import write_manifest
 
     cfg = tiny_config(training={"num_epochs": 2}, checkpoint={"every_steps": 2, "keep_last": 1, "keep_best": 0},
                       evaluation={"every_steps": 100, "at_epoch_end": False})
@@ -232,7 +232,7 @@ def test_rerun_of_a_complete_run_with_a_damaged_checkpoint_touches_nothing(tmp_p
 
 def test_a_first_wave_checkpoint_with_the_full_loss_history_resumes_exactly(tmp_path):
     from chefgenius.checkpoint.format import load_state, save_state
-    from chefgenius.checkpoint.store import write_manifest
+    from chefgenius.durable.directory import write_manifest
 
     cfg = tiny_config(training={"num_epochs": 1}, logging={"every_steps": 3, "progress_bar": False})
     Trainer(cfg, tmp_path / "a", log=quiet).fit()

@@ -100,7 +100,6 @@ def test_every_save_logs_its_figures_and_the_run_says_what_saving_costs(tmp_path
 def test_a_save_due_while_the_previous_is_written_waits_or_is_skipped_and_says_so(tmp_path):
     import time
 
-    from chefgenius.checkpoint import store
     from chefgenius.checkpoint.layout import step_of
 
     trainers: list[Trainer] = []
@@ -116,19 +115,16 @@ def test_a_save_due_while_the_previous_is_written_waits_or_is_skipped_and_says_s
             time.sleep(0.005)
         time.sleep(0.2 if step < 5 else 0)
 
-    store.SAVE_HOOKS.append(outlast_one_step)
-    try:
-        runs = {}
-        for policy in ("wait", "skip"):
-            said: list[str] = []
-            cfg = tiny_config(training={"max_steps": 5, "warmup_steps": 1},
-                              checkpoint={"every_steps": 1, "when_busy": policy, "keep_last": 10},
-                              evaluation={"every_steps": 100, "at_epoch_end": False})
-            trainers.append(Trainer(cfg, tmp_path / policy, log=lambda *a, s=said: s.append(" ".join(map(str, a)))))
-            trainers[-1].fit()
-            runs[policy] = said
-    finally:
-        store.SAVE_HOOKS.remove(outlast_one_step)
+    runs = {}
+    for policy in ("wait", "skip"):
+        said: list[str] = []
+        cfg = tiny_config(training={"max_steps": 5, "warmup_steps": 1},
+                          checkpoint={"every_steps": 1, "when_busy": policy, "keep_last": 10},
+                          evaluation={"every_steps": 100, "at_epoch_end": False})
+        trainers.append(Trainer(cfg, tmp_path / policy, log=lambda *a, s=said: s.append(" ".join(map(str, a))),
+                                on_save_written=outlast_one_step))
+        trainers[-1].fit()
+        runs[policy] = said
     waited = [x for x in runs["wait"] if "waited" in x and "for the save of step" in x]
     assert len(waited) == 4, runs["wait"]  # saves 2..5 each waited for the one before
     assert [c.step for c in list_checkpoints(tmp_path / "wait" / "checkpoints")] == [1, 2, 3, 4, 5]
@@ -296,10 +292,11 @@ def test_the_checkpoints_model_is_what_save_pretrained_writes_digested_on_the_wa
                                                                 DIGEST: file_digest(weights)}
 
 
-def _manager_and_state(root, log=lambda *a: None):
+def _checkpointers(root, log=lambda *a: None, on_written=None):
+    """A background and a synchronous checkpointer over one run's checkpoints, tracking a tiny model."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from chefgenius.checkpoint import CheckpointManager
+    from chefgenius.checkpoint.checkpointer import Checkpointer, ModelState
     from chefgenius.config import CheckpointConfig, TrainingConfig
     from chefgenius.data.loader import ResumableSampler
     from chefgenius.training.optim import build_scheduler
@@ -308,11 +305,16 @@ def _manager_and_state(root, log=lambda *a: None):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    pieces = {"optimizer": opt, "scheduler": build_scheduler(opt, TrainingConfig(), 100),
+    states = {"scheduler": build_scheduler(opt, TrainingConfig(), 100),
               "sampler": ResumableSampler(list(range(1, 51)), batch_size=4, grad_accum=1, seed=0),
               "train_state": TrainState(step=1)}
-    manager = CheckpointManager(root, CheckpointConfig(keep_last=5, keep_best=0), log)
-    return manager, model, pieces
+    out = []
+    for background in (True, False):
+        ck = Checkpointer(root, CheckpointConfig(keep_last=5, keep_best=0, **{"async": background}), log,
+                          on_written=on_written)
+        ck.track(ModelState(model, opt, None), states, {"config": {}})
+        out.append(ck)
+    return out
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="SCHED_IDLE exists on Linux only")
@@ -324,9 +326,6 @@ def test_a_background_save_is_written_at_idle_priority_until_someone_waits_for_i
     import threading
     import time
 
-    from chefgenius.checkpoint import store
-
-    manager, model, pieces = _manager_and_state(tmp_path / "ckpt")
     entered, seen = threading.Event(), []
 
     def hook(directory) -> None:  # noqa: ANN001 - runs in the thread that commits the save
@@ -338,16 +337,13 @@ def test_a_background_save_is_written_at_idle_priority_until_someone_waits_for_i
             time.sleep(0.005)
         seen.append(os.sched_getscheduler(tid))
 
-    store.SAVE_HOOKS.append(hook)
-    try:
-        manager.save_async(1, model=model, tokenizer=None, pieces=pieces, meta={"step": 1})
-        # This thread sleeps, so the idle writer gets a core once nothing else needs it (in a loaded
-        # parallel suite that can take a while: the bound is generous, the test is not about speed).
-        assert entered.wait(300)
-        manager.wait()
-        manager.save(2, model=model, tokenizer=None, pieces=pieces, meta={"step": 2})
-    finally:
-        store.SAVE_HOOKS.remove(hook)
+    background, synchronous = _checkpointers(tmp_path / "ckpt", on_written=hook)
+    background.save(1, val_loss=None)
+    # This thread sleeps, so the idle writer gets a core once nothing else needs it (in a loaded
+    # parallel suite that can take a while: the bound is generous, the test is not about speed).
+    assert entered.wait(300)
+    background.finish()
+    synchronous.save(2, val_loss=None)
     assert seen[:2] == [os.SCHED_IDLE, os.SCHED_OTHER]  # idle while nobody waited, normal once waited for
     assert seen[2:] == [os.SCHED_OTHER, os.SCHED_OTHER]  # the synchronous save, on this thread
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
@@ -365,10 +361,10 @@ def test_a_refused_idle_priority_is_said_once_and_the_saves_still_commit(tmp_pat
 
     monkeypatch.setattr(priority.os, "sched_setscheduler", refuse)
     said: list[str] = []
-    manager, model, pieces = _manager_and_state(tmp_path / "ckpt", log=lambda *a: said.append(" ".join(map(str, a))))
+    background, _ = _checkpointers(tmp_path / "ckpt", log=lambda *a: said.append(" ".join(map(str, a))))
     for step in (1, 2):
-        manager.save_async(step, model=model, tokenizer=None, pieces=pieces, meta={"step": step})
-        manager.wait()
+        background.save(step, val_loss=None)
+        background.finish()
     warned = [x for x in said if "cannot run at idle priority" in x]
     assert len(warned) == 1 and "Operation not permitted" in warned[0] and "checkpoint.async: false" in warned[0]
     assert [c.step for c in list_checkpoints(tmp_path / "ckpt")] == [1, 2]

@@ -567,8 +567,8 @@ def ckpt_export(path: Path, out: Path,
                 ) -> None:
     """Write one Hugging Face model directory (weights and tokenizer; LoRA merged unless --no-merge-lora)."""
     from chefgenius.checkpoint import checkpoint_problem
+    from chefgenius.checkpoint.final import export_directory, write_hf_directory
     from chefgenius.checkpoint.layout import has_manifest
-    from chefgenius.checkpoint.manager import export_directory, write_hf_directory
     from chefgenius.models.builders import load_for_inference
 
     if not path.is_dir():

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from chefgenius.checkpoint.layout import MAX_STATE_JSON_BYTES
 from chefgenius.checkpoint.priority import adopt
 from chefgenius.checkpoint.tensorfile import write_tensors
+from chefgenius.durable.directory import read_json
 from chefgenius.errors import CheckpointFormatError  # re-exported
 
 FORMAT_VERSION = 1
@@ -162,21 +163,6 @@ def write_encoded(directory: Path, name: str, encoded: EncodedState) -> list[Pat
 def save_state(directory: Path, name: str, state: Any) -> list[Path]:
     """Write one state piece; returns the files written."""
     return write_encoded(directory, name, encode_state(name, state))
-
-
-def read_json(path: Path, max_bytes: int) -> Any:
-    """Parse a JSON file of at most ``max_bytes``; anything unreadable is a :class:`CheckpointFormatError`."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise CheckpointFormatError(f"{path} is {size} bytes, more than the {max_bytes} a checkpoint file "
-                                        "of this kind may hold (damaged or foreign)")
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        what = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-        raise CheckpointFormatError(f"{path} is not valid JSON ({what})") from None
-    except OSError as err:
-        raise CheckpointFormatError(f"{path} cannot be read ({err.strerror or err})") from None
 
 
 def load_state(directory: Path, name: str, *, with_tensors: bool = True) -> Any:

@@ -10,8 +10,8 @@ from safetensors import safe_open
 
 from chefgenius.checkpoint.format import CheckpointFormatError, load_state, tensor_files
 from chefgenius.checkpoint.layout import MANIFEST, META, RNG, SAMPLER, TRAIN_STATE
-from chefgenius.checkpoint.manager import checkpoint_problem
-from chefgenius.checkpoint.store import list_checkpoints, read_manifest
+from chefgenius.checkpoint.reading import checkpoint_problem
+from chefgenius.checkpoint.store import list_checkpoints, read_checkpoint_manifest
 
 
 def _dir_bytes(path: Path) -> int:
@@ -63,7 +63,7 @@ def _tensor_summary(path: Path) -> dict[str, int]:
 
 def inspect_checkpoint(ckpt: Path) -> dict[str, Any]:
     """Everything a verified checkpoint holds, summarised; never unpickles. Call only after verify."""
-    manifest = read_manifest(ckpt)
+    manifest = read_checkpoint_manifest(ckpt)
     meta, train_state, sampler = (load_state(ckpt, name) for name in (META, TRAIN_STATE, SAMPLER))
     if not all(isinstance(x, dict) for x in (meta, train_state, sampler)):
         raise CheckpointFormatError(f"{ckpt.name}: meta, train state or sampler is not a mapping (damaged or foreign)")

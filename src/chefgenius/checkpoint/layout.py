@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-MANIFEST = "MANIFEST.json"
+from chefgenius.durable.directory import MANIFEST
+
 SUMMARY = "summary.yaml"  # in final/: written only when training completed
 
 # Named pieces of a training checkpoint. ``ckpt inspect`` reports them under these names.
@@ -27,12 +28,10 @@ RNG = "rng"
 SHARDS = "shards"  # FSDP: this rank's slices of model and optimizer state, in its rank directory
 STATE_PIECES = (OPTIMIZER, SCHEDULER, SCALER, SAMPLER, TRAIN_STATE)
 
-TMP_PREFIX = ".tmp-"
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
 RANK_DIR = re.compile(r"^rank-\d{5,}$")
 
 # Upper bounds on what a reader will parse: a hostile file must not exhaust memory.
-MAX_MANIFEST_BYTES = 8 << 20
 MAX_STATE_JSON_BYTES = 32 << 20
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chefgenius.checkpoint.format import CheckpointFormatError, load_state, save_state
+from chefgenius.checkpoint.format import CheckpointFormatError, load_state
 from chefgenius.checkpoint.layout import RANK_DIR, SHARDS, rank_dir
 from chefgenius.checkpoint.state import ResumeError
 
@@ -16,10 +16,6 @@ from chefgenius.checkpoint.state import ResumeError
 def is_sharded(ckpt: Path) -> bool:
     """Whether the checkpoint holds its model and optimizer as per-rank shards."""
     return (rank_dir(ckpt, 0) / f"{SHARDS}.json").is_file()
-
-
-def write_shards(directory: Path, rank: int, state: dict[str, Any]) -> None:
-    save_state(rank_dir(directory, rank), SHARDS, state)
 
 
 def read_shards(ckpt: Path) -> list[dict[str, Any]]:

@@ -1,8 +1,7 @@
-"""Put every stateful piece of a run into a checkpoint directory under its name, and back.
+"""Load every stateful piece of a run from a checkpoint, by name, refusing anything that does not fit.
 
 Each piece speaks ``state_dict()`` / ``load_state_dict()``; RNG state is per rank and restored
-last, so nothing drawn while loading shifts it. Model and tokenizer are written in Hugging Face
-format (``model/``, ``tokenizer/``) so that a checkpoint is also an inference directory.
+last, so nothing drawn while loading shifts it. (Writing: snapshot.py.)
 """
 
 from __future__ import annotations
@@ -12,28 +11,16 @@ from typing import Any, Protocol
 
 import torch
 
-from chefgenius.checkpoint.format import CheckpointFormatError, encode_state, load_state
+from chefgenius.checkpoint.format import CheckpointFormatError, load_state
 from chefgenius.checkpoint.layout import RNG, rank_dir
-from chefgenius.checkpoint.rng import capture_rng, restore_rng
-from chefgenius.checkpoint.snapshot import take_snapshot, write_rank_pieces, write_snapshot
+from chefgenius.checkpoint.rng import restore_rng
 from chefgenius.errors import ResumeError  # re-exported
+from chefgenius.runtime.devices import seed_everything
 
 
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-def write_training_state(directory: Path, *, model: Any, tokenizer: Any, pieces: dict[str, Stateful],
-                         meta: dict[str, Any], rank: int = 0) -> None:
-    """A synchronous save. ``model`` None: the model is sharded and every rank writes its slice (see sharding.py)."""
-    snapshot = take_snapshot(model=model, pieces=pieces, meta=meta, buffers=None)
-    write_snapshot(directory, snapshot, model=model, tokenizer=tokenizer, rank=rank)
-
-
-def write_rank_state(directory: Path, rank: int) -> None:
-    """What differs between processes: each rank's RNG streams (dropout), under ``rank-NNNNN/``."""
-    write_rank_pieces(directory, {RNG: encode_state(RNG, capture_rng())}, rank)
 
 
 def check_optimizer_matches(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
@@ -86,8 +73,6 @@ def load_training_state(ckpt: Path, *, pieces: dict[str, Stateful], rank: int = 
             raise ResumeError(f"cannot resume: '{name}' state in {ckpt.name} does not load: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if missing_rng_seed is not None and not rank_dir(ckpt, rank).is_dir():
-        from chefgenius.runtime.devices import seed_everything
-
         seed_everything(missing_rng_seed)
         return False
     try:

@@ -56,6 +56,7 @@ from chefgenius.data.sources import (
 from chefgenius.data.split import is_validation
 from chefgenius.data.token_arrays import EncodeJob, EncoderMismatch, TextColumn
 from chefgenius.data.tokenization import tokenizer_digest
+from chefgenius.durable.directory import commit_directory, read_manifest, remove_temporaries, verify_directory
 from chefgenius.durable.files import atomic_write_text, update_from_file
 from chefgenius.errors import PrepareWriteError  # re-exported
 
@@ -203,8 +204,6 @@ def _store_problem(path: Path) -> str | None:
     """Every file's size and XXH3-128 digest against the manifest, and every token id against the
     vocabulary, at every open: a flipped bit anywhere is caught before training reads it. It runs at
     memory speed (the 826 MB store of the 2.2M-row RecipeNLG: ``bench/prepare_speed.py``)."""
-    from chefgenius.checkpoint.store import read_manifest, verify_checkpoint
-
     try:
         doc = read_manifest(path)
     except ValueError as err:
@@ -213,7 +212,7 @@ def _store_problem(path: Path) -> str | None:
         f = path / rel
         if not f.is_file() or f.stat().st_size != entry["size"]:
             return f"{rel} is missing or has the wrong size"
-    problem = verify_checkpoint(path)
+    problem = verify_directory(path)
     if problem:
         return problem
     try:
@@ -358,9 +357,6 @@ class _Spill:
 def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any], *, is_seq2seq: bool,
            tokenizer: Any | None, vocab_size: int | None, log: Callable[[str], None], progress: bool,
            workers: int | None, encoder: str) -> Path:
-    from chefgenius.checkpoint import commit_directory
-    from chefgenius.checkpoint.store import remove_temporaries
-
     root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(root)  # leftovers of a killed preparation: never mistaken for a dataset
     work = root / f".tmp-work-{os.getpid()}"

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chefgenius.checkpoint import Checkpoint, checkpoint_problem, commit_directory
+from chefgenius.checkpoint import Checkpoint, checkpoint_problem
 from chefgenius.checkpoint.checkpointer import Checkpointer, ModelState
 from chefgenius.checkpoint.layout import SAMPLER, SCALER, SCHEDULER, TRAIN_STATE
 from chefgenius.checkpoint.run_directory import RunDirectory, RunDirError
 from chefgenius.config import Config, check_requirements
 from chefgenius.data.loader import ResumableSampler
+from chefgenius.durable.directory import commit_directory
 from chefgenius.models.builders import build_model, config_is_seq2seq
 from chefgenius.runtime import distributed
 from chefgenius.runtime.devices import autocast_for, resume_guarantee, setup_runtime
@@ -58,12 +59,15 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: str = "auto",
                  allow_changes: tuple[str, ...] = (), on_step: Callable[[Trainer], None] | None = None,
-                 log: Callable[..., None] = print0) -> None:
+                 log: Callable[..., None] = print0, on_save_written: Callable[[Path], None] | None = None) -> None:
+        """``on_step(trainer)``: after every step. ``on_save_written(tmp)``: in every process, once it has
+        written its part of a checkpoint into ``tmp`` and before the commit (in the thread that writes)."""
         self.cfg, self.run, self.resume = cfg, RunDirectory(run_dir), resume
         self.allow_changes, self.on_step, self.log = tuple(allow_changes), on_step, log
         self.rank, self.world_size = rank(), world_size()
         check_requirements(cfg)
-        self.checkpointer = Checkpointer(self.run.checkpoints, cfg.checkpoint, self._say, self.rank, self.world_size)
+        self.checkpointer = Checkpointer(self.run.checkpoints, cfg.checkpoint, self._say, self.rank, self.world_size,
+                                         on_written=on_save_written)
         self.stop = StopRequest(self._say)
         self.resumed_from: Checkpoint | None = None
         self._is_set_up = False
