@@ -75,3 +75,31 @@ def test_no_two_packages_import_each_other():
     circles = {tuple(sorted((a, b))) for a, b in edges if (b, a) in edges}
     explained = {tuple(sorted((part_of(m), p))) for m, p in ALLOWED_UPWARD}
     assert circles == explained, circles
+
+
+# Modules whose function-local imports of chefgenius are on purpose, each for the reason its docstring
+# gives: the CLI and the package's API defer torch until a command needs it (a launcher that only execs
+# torchrun never loads it); the server binds before torch loads.
+DEFERRING = {"cli", "__init__", "__main__", "serving.app", "serving.openai_api", "serving.jobs", "serving.streams"}
+
+
+def test_chefgenius_imports_are_at_the_top_except_where_start_up_time_is_saved():
+    hidden = []
+    for name, path in modules().items():
+        if name in DEFERRING:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                hidden += [f"{name}:{n.lineno}" for n in ast.walk(node) if isinstance(n, ast.ImportFrom)
+                           and (n.module or "").startswith("chefgenius")]
+    assert not hidden, f"function-local imports of chefgenius that save nothing: {hidden}"
+
+
+def test_the_server_module_loads_without_torch():
+    """What DEFERRING claims for serving: importing the app does not import torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, chefgenius.serving.app; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

@@ -26,6 +26,7 @@ from chefgenius.checkpoint.layout import META, RNG, model_dir, rank_dir, tokeniz
 from chefgenius.checkpoint.priority import adopt
 from chefgenius.checkpoint.rng import capture_rng
 from chefgenius.checkpoint.tensorfile import file_layout
+from chefgenius.data.tokenizer import save_tokenizer
 from chefgenius.durable.files import digest_and_sync, knows_digest
 
 Metadata = dict[str, str] | None  # a safetensors file's __metadata__
@@ -251,8 +252,6 @@ def _write_hf(directory: Path, snapshot: StateSnapshot, model: Any, tokenizer: A
             if path.is_file() and not knows_digest(path):
                 digest_and_sync(path)  # while the other pieces are still being written
     if tokenizer is not None:
-        from chefgenius.data.tokenizer import save_tokenizer
-
         save_tokenizer(tokenizer, tokenizer_dir(directory))
 
 

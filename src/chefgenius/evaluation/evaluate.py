@@ -7,8 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from chefgenius.checkpoint import checkpoint_problem
+from chefgenius.checkpoint.run_directory import RunDirectory
+from chefgenius.config import ConfigError, build_config
+from chefgenius.data.prepared import prepare_dataset
+from chefgenius.data.tokenization import default_cache_dir
 from chefgenius.evaluation.text_metrics import METRIC_KEYS, paired_bleu, text_metrics
+from chefgenius.generation.decode import GenerationSettings, generate_texts
 from chefgenius.generation.ingredient_coverage import coverage
+from chefgenius.models.builders import load_for_inference
+from chefgenius.training.losses import validation_loss
 
 __all__ = ["METRIC_KEYS", "evaluate_run"]
 
@@ -26,15 +34,6 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
     may be this run's own eval.json.
     """
     import torch
-
-    from chefgenius.checkpoint import checkpoint_problem
-    from chefgenius.checkpoint.run_directory import RunDirectory
-    from chefgenius.config import ConfigError, build_config
-    from chefgenius.data.prepared import prepare_dataset
-    from chefgenius.data.tokenization import default_cache_dir
-    from chefgenius.generation.decode import GenerationSettings
-    from chefgenius.models.builders import load_for_inference
-    from chefgenius.training.losses import validation_loss
 
     if against is not None and num_samples == 0:
         raise ConfigError(f"--against {against} compares generations, and --num-samples 0 makes none; "
@@ -92,8 +91,6 @@ def evaluate_run(run_dir: Path, *, checkpoint: Path | None = None, split: str = 
 
 def _baseline_generations(path: Path) -> list[dict[str, str]]:
     """The generations of an earlier eval.json, checked: one line saying what is wrong otherwise."""
-    from chefgenius.config import ConfigError
-
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -114,8 +111,6 @@ def _generate(model: Any, tokenizer: Any, seq2seq: bool, samples: list[dict[str,
               max_prompt_tokens: int, progress: bool) -> tuple[list, list, list, int, int]:
     """Prompts, generated texts and references of ``samples``; how many prompts were cut, budgets capped."""
     from tqdm.auto import tqdm
-
-    from chefgenius.generation.decode import generate_texts
 
     prompts, hyps, refs, num_cut, num_capped = [], [], [], 0, 0
     for sample in tqdm(samples, desc="generate", disable=not progress or not samples):

@@ -11,6 +11,7 @@ from typing import Any
 from chefgenius.checkpoint.run_directory import RunDirectory
 from chefgenius.config import ConfigError
 from chefgenius.durable.jsonl import read_jsonl
+from chefgenius.evaluation.evaluate import METRIC_KEYS
 
 
 def _plot(path: Path, title: str, series: list[tuple[str, list[float], list[float]]], resumes: list[int],
@@ -89,8 +90,6 @@ def write_report(run_dir: Path) -> Path:
         parts.append(f"<p>best validation loss {best['eval_loss']:.4f} (perplexity {best['eval_perplexity']:.2f}) "
                      f"at step {best['step']}; last {evals[-1]['eval_loss']:.4f}</p>")
     if eval_result:
-        from chefgenius.evaluation.evaluate import METRIC_KEYS
-
         rows = "".join(f"<tr><td>{k}</td><td>{eval_result[k]:.4f}</td></tr>" for k in METRIC_KEYS
                        if k in eval_result)
         parts.append(f"<h2>chefgenius eval ({html.escape(str(eval_result.get('preset')))}, "

@@ -8,9 +8,20 @@ from typing import Any
 
 import torch
 
-from chefgenius.data.recipe_format import TITLE_LABEL, format_prompt, structure_score, title_prefix
+from chefgenius.data.recipe_format import (
+    DIRECTIONS_LABEL,
+    INGREDIENTS_LABEL,
+    TITLE_LABEL,
+    format_prompt,
+    parse_recipe,
+    structure_score,
+    title_prefix,
+)
 from chefgenius.data.tokenization import encode_example
 from chefgenius.errors import GenerationError  # re-exported
+from chefgenius.generation.guard import RecipeGuard
+from chefgenius.generation.ingredient_coverage import coverage, is_used, name_words, text_words
+from chefgenius.generation.recipe_checks import check_recipe
 from chefgenius.models.builders import max_positions
 from chefgenius.runtime.devices import forked_rng
 
@@ -93,8 +104,6 @@ class CoverageProcessor:
 
     def __init__(self, tokenizer: Any, ingredients: list[str], *, start: int, prefix_text: str,
                  strength: float) -> None:
-        from chefgenius.generation.ingredient_coverage import name_words
-
         self.tokenizer, self.ingredients, self.start = tokenizer, ingredients, start
         self.prefix_text, self.strength = prefix_text, strength
         self.variants: dict[str, list[list[int]]] = {}
@@ -111,9 +120,6 @@ class CoverageProcessor:
             self.variants[ing] = seqs
 
     def _missing(self, text: str) -> list[str]:
-        from chefgenius.data.recipe_format import DIRECTIONS_LABEL, INGREDIENTS_LABEL
-        from chefgenius.generation.ingredient_coverage import is_used, text_words
-
         if DIRECTIONS_LABEL in text:
             words = text_words(text.split(DIRECTIONS_LABEL, 1)[1])
             return [i for i in self.variants if not is_used(i, words)]
@@ -236,8 +242,6 @@ def _processors(tokenizer: Any, ingredients: list[str], start: int, prefix_text:
         processors.append(CoverageProcessor(tokenizer, ingredients, start=start, prefix_text=prefix_text,
                                             strength=strength))
     if guard:
-        from chefgenius.generation.guard import RecipeGuard
-
         processors.append(RecipeGuard(tokenizer, start=start, prefix_text=prefix_text, ingredients=ingredients))
     if not processors:
         return None
@@ -262,8 +266,6 @@ def _most_covering(candidates: list[list[str]], ingredients: list[str]) -> list[
     complete structure (title, ingredient list, numbered directions), if any; then the one whose list
     names the most of them (a cook shops from the list: rice cooked in a step but never listed is
     missing); ties go to the least steered one (candidates come in order of increasing steering)."""
-    from chefgenius.generation.ingredient_coverage import coverage
-
     def rank(text: str, k: int) -> tuple:
         cov = coverage(ingredients, text)
         return structure_score(text) == 1.0, cov.recall, cov.share(cov.in_list), -k
@@ -274,12 +276,8 @@ def _most_covering(candidates: list[list[str]], ingredients: list[str]) -> list[
 def recipe_record(ingredients: list[str] | str, text: str) -> dict[str, Any]:
     """A generated recipe as data: its parsed parts and which requested ingredients it used (what
     ``generate --json`` prints)."""
-    from chefgenius.data.recipe_format import parse_recipe
-    from chefgenius.generation.ingredient_coverage import coverage
-
     if isinstance(ingredients, str):
         ingredients = [x.strip() for x in ingredients.split(",")]
-    from chefgenius.generation.recipe_checks import check_recipe
 
     parsed = parse_recipe(text)
     cov = coverage([x for x in ingredients if x], text)

@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
+from chefgenius.checkpoint.layout import checkpoint_name_hint, run_of
 from chefgenius.checkpoint.run_directory import RunDirectory
 from chefgenius.config import ConfigError, build_config
 from chefgenius.generation.decode import GenerationSettings, generate_texts
+from chefgenius.models.builders import load_for_inference
 from chefgenius.runtime.devices import resolve_device
 
 DEFAULT_MAX_PROMPT_TOKENS = 64
@@ -36,8 +38,6 @@ class Generator:
 
 def _run_config_of(path: Path) -> RunDirectory | None:
     """The run a checkpoint or final/ directory belongs to, when it still sits inside it."""
-    from chefgenius.checkpoint.layout import run_of
-
     for candidate in (path, run_of(path)):
         rd = RunDirectory(candidate)
         if rd.config_file.is_file() and rd.checkpoints.is_dir():
@@ -47,9 +47,6 @@ def _run_config_of(path: Path) -> RunDirectory | None:
 
 def load_generator(*, run: Path | None = None, model: str | None = None, device: str = "auto") -> Generator:
     """Exactly one of ``run`` (its final/ model) and ``model`` (a directory or hub id)."""
-    from chefgenius.checkpoint.layout import checkpoint_name_hint
-    from chefgenius.models.builders import load_for_inference
-
     if (run is None) == (model is None):
         raise ConfigError("pass exactly one of --run DIR and --model PATH")
     dev = resolve_device(device)  # before loading anything: a device that is not here is a one-line error

@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from chefgenius.checkpoint.layout import hf_dirs, run_of
 from chefgenius.checkpoint.run_directory import BASE_MODEL_DIR
 from chefgenius.config import Config, ModelConfig
 from chefgenius.data.tokenizer import check_model_source, load_tokenizer
@@ -161,8 +162,6 @@ def load_lora_adapter(base: torch.nn.Module, adapter_dir: Path, trainable: bool)
 
 def find_lora_base(adapter_dir: Path) -> str:
     """The base model of an adapter directory: the run's stored base when it moved with the run."""
-    from chefgenius.checkpoint.layout import run_of
-
     recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     stored = run_of(adapter_dir) / BASE_MODEL_DIR
     if stored.is_dir():
@@ -214,8 +213,6 @@ def model_family(model: torch.nn.Module) -> str:
 
 def load_for_inference(path: str | Path, merge_lora: bool = True) -> tuple[torch.nn.Module, Any, bool]:
     """Model, tokenizer, is_seq2seq from a run's ``final/``, a checkpoint, or a plain HF dir / hub id."""
-    from chefgenius.checkpoint.layout import hf_dirs
-
     check_model_source(path)
     model_dir, tok_dir = hf_dirs(Path(path)) if Path(path).is_dir() else (path, path)
     local = Path(model_dir).is_dir()

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from chefgenius.config import ConfigError, TrainingConfig
+from chefgenius.runtime import distributed
+from chefgenius.runtime.distributed import check_local_devices
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,8 +66,6 @@ def rank_device(name: str, world_size: int, local_rank: int, local_world_size: i
     The layout is checked against what the user configured, before the index is added: ``cuda:K``
     pinned for several local processes is refused, and so are more local processes than GPUs.
     """
-    from chefgenius.runtime.distributed import check_local_devices
-
     device = resolve_device(name)
     if world_size <= 1:
         return device
@@ -77,8 +77,6 @@ def rank_device(name: str, world_size: int, local_rank: int, local_world_size: i
 
 def setup_runtime(cfg: TrainingConfig, rank: int, world_size: int) -> torch.device:
     """The device, the process group (torchrun), threads and determinism, and seeds (``seed + rank``)."""
-    from chefgenius.runtime import distributed
-
     device = rank_device(cfg.device, world_size, distributed.local_rank(), distributed.local_world_size())
     distributed.init(device, cfg.dist_timeout_s)
     apply_runtime(cfg, device)

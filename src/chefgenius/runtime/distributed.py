@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from chefgenius.config import ConfigError
+
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -90,7 +92,6 @@ def check_local_devices(device: torch.device, local: int) -> None:
     """
     if device.type != "cuda":
         return
-    from chefgenius.config import ConfigError
 
     visible = torch.cuda.device_count()
     if local > 1 and device.index is not None:

@@ -13,6 +13,7 @@ import torch
 from chefgenius.config import Config
 from chefgenius.runtime import distributed
 from chefgenius.runtime.devices import is_strict
+from chefgenius.runtime.sharding import shard_model
 
 
 @dataclass
@@ -42,8 +43,6 @@ def parallelize(model: torch.nn.Module, cfg: Config, device: torch.device, world
     tc = cfg.training
     p = Parallel(model, model, model, sharded=world_size > 1 and cfg.model.sharding == "fsdp")
     if p.sharded:
-        from chefgenius.runtime.sharding import shard_model
-
         shard_model(model)
     elif world_size > 1:
         # DDP broadcasts rank 0's parameters here, so every rank starts from the same weights.

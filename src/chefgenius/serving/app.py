@@ -8,6 +8,10 @@ and a shutdown cancel its job, which stops at its next token. Limits are checked
 (body size before parsing, prompt characters before tokenising). Every error is an HTTP status
 with one sentence in the OpenAI error shape, 500 included. Models load lazily by name: ``final``
 (or the model given) and each checkpoint of the run.
+
+Imports of the torch side (generation, models, checkpoints) are inside the functions that use them,
+here and in openai_api.py, jobs.py and streams.py: importing torch and transformers takes about 8 s
+on the 2-core machine, and the server binds and answers ``/healthz`` before then.
 """
 
 from __future__ import annotations
