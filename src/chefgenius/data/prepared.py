@@ -56,7 +56,6 @@ from chefgenius.data.sources import (
 from chefgenius.data.split import is_validation
 from chefgenius.data.token_arrays import EncodeJob, EncoderMismatch, TextColumn
 from chefgenius.data.tokenization import tokenizer_digest
-from chefgenius.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from chefgenius.durable.directory import commit_directory, read_manifest, remove_temporaries, verify_directory
 from chefgenius.durable.files import atomic_write_text, update_from_file
 from chefgenius.errors import PrepareWriteError  # re-exported
@@ -169,6 +168,8 @@ class PreparedDataset:
         return CleanReport.from_dict(self.meta["report"])
 
     def tokenizer(self) -> Any:
+        from chefgenius.data.tokenizer import load_tokenizer  # deferred: transformers (~1 s) only when asked
+
         return load_tokenizer(self.path / "tokenizer")
 
     def title_words(self) -> tuple[str, ...] | None:
@@ -373,6 +374,8 @@ def _build(cfg: DataConfig, root: Path, digest: str, data_fields: dict[str, Any]
             f"kept {report.num_kept}")
         # Stage 2: the tokenizer, trained from a bounded, deterministic sample when none is given.
         if tokenizer is None:
+            from chefgenius.data.tokenizer import train_tokenizer  # deferred: transformers (~1 s) only when needed
+
             sample = orders["train"][:TOKENIZER_SAMPLE]
             log(f"data: training a {vocab_size}-token BPE tokenizer on {len(sample)} training recipes")
             tokenizer = train_tokenizer([readers["prompt"](int(i)) + "\n" + readers["target"](int(i))
@@ -553,6 +556,7 @@ def _write_store(tmp: Path, orders: dict[str, np.ndarray], readers: dict[str, Te
             texts = [{"ingredients": readers["ingredients"](int(i)).split("\x1f"),
                       "target": readers["target"](int(i))} for i in order[:EVAL_TEXTS]]
             (tmp / f"{side}_texts.json").write_text(json.dumps(texts))
+    from chefgenius.data.tokenizer import save_tokenizer  # deferred: transformers (~1 s) only when writing
 
     save_tokenizer(job.tokenizer, tmp / "tokenizer")
     # the words of the training titles, kept with the tokenizer (as many recipes as it learns from)

@@ -11,7 +11,7 @@ from typing import Any
 from chefgenius.checkpoint.run_directory import RunDirectory
 from chefgenius.config import ConfigError
 from chefgenius.durable.jsonl import read_jsonl
-from chefgenius.evaluation.evaluate import METRIC_KEYS
+from chefgenius.evaluation.text_metrics import METRIC_KEYS
 
 
 def _plot(path: Path, title: str, series: list[tuple[str, list[float], list[float]]], resumes: list[int],
