@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("fastapi", reason="chefgenius serve needs the 'serve' extra (fastapi, uvicorn)")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from chefgenius.generation.decode import GenerationSettings, generate_texts, recipe_record  # noqa: E402  
-from chefgenius.serving.app import MAX_INGREDIENTS, Server, Sources, create_app  # noqa: E402  
+from chefgenius.serving.app import MAX_INGREDIENTS, Server, Sources, create_app, generation_threads  # noqa: E402
 
 from .conftest import quiet, tiny_config  # noqa: E402
 
@@ -476,3 +480,66 @@ def test_a_bad_logit_bias_on_a_stream_is_an_http_error_not_an_event(client):
     got = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "stream": True,
                                                "logit_bias": {"99999999": 5}})
     assert got.status_code == 400 and "not a token id of this model" in got.json()["error"]["message"]
+
+
+def test_serve_leaves_a_core_to_the_http_side_by_default(run):
+    """A real ``chefgenius serve``: generation takes every core but one unless --threads says otherwise
+    (with every core, HTTP work preempted the intra-op team: bench/serve_load.py)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "chefgenius", "serve", "--run", str(run), "--port", str(port),
+                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        said = next(line for line in proc.stderr if line.startswith("generation uses"))
+        cores = len(os.sched_getaffinity(0))
+        threads = max(1, cores - 1)
+        assert said.startswith(f"generation uses {threads} CPU thread{'s' if threads > 1 else ''} of {cores} "), said
+        deadline = time.monotonic() + 300  # the model loads before the server binds
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert generation_threads(3) == 3 and generation_threads(None) == threads
+
+
+def test_a_cancel_stops_the_model_at_its_next_layer_not_its_next_token(server):
+    """Within a decoding step: a job cancelled while the model runs never reaches the next layer
+    (the per-token stopping criterion alone would let the whole step finish first)."""
+    import torch
+
+    from chefgenius.serving.jobs import Cancelled, Job
+
+    _, g = server.generator(None)
+    layers = [m for stack in g.model.modules() if isinstance(stack, torch.nn.ModuleList) for m in stack]
+    ran: list[int] = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(layers)]
+    jobs: list[Job] = []
+
+    def cancel_mid_step(module, args, output) -> None:
+        for j in jobs:
+            j.cancel("client")
+
+    handles.append(layers[0].register_forward_hook(cancel_mid_step))
+    ids = torch.tensor([g.tokenizer.encode("Generate a recipe with: egg\nTitle:")])
+    try:
+        with torch.no_grad():
+            g.model(ids)  # outside the worker the check does nothing
+            assert ran == list(range(len(layers))) and len(layers) >= 2
+            ran.clear()
+            job = Job(lambda job: g.model(ids), time.monotonic() + 30)
+            jobs.append(job)
+            server.queue.submit(job)
+            with pytest.raises(Cancelled):
+                job.future.result(30)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0], ran  # the first layer finished, cancelled the job, and nothing ran after it
+    assert server.queue.idle(5)

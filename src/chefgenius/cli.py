@@ -354,6 +354,8 @@ def serve(
     grace: Annotated[float, typer.Option(min=0.0, help="On SIGTERM/Ctrl-C, seconds to let queued requests finish "
                                                        "before cancelling them; a second Ctrl-C exits.")] = 10.0,
     docs: Annotated[bool, typer.Option(help="Serve the OpenAPI pages at /docs (off by default).")] = False,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for generation (default: every core "
+                                                            "but one, which the HTTP side keeps).")] = None,
 ) -> None:
     """A page for cooks, a recipe API (POST /v1/recipes) and OpenAI-compatible completions and chat
     (POST /v1/completions, /v1/chat/completions)."""
@@ -382,7 +384,7 @@ def serve(
     typer.echo(f"serving {default} on http://{host}:{port}/ (recipe API /v1/recipes, OpenAI API /v1/completions "
                "and /v1/chat/completions)")
     run_server(Sources(default.resolve(), run.resolve() if run else None), host=host, port=port, device=device,
-               max_queue=max_queue, timeout_s=timeout, api_key=api_key, grace_s=grace, docs=docs)
+               max_queue=max_queue, timeout_s=timeout, api_key=api_key, grace_s=grace, docs=docs, threads=threads)
 
 
 @app.command()

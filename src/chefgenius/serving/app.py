@@ -135,7 +135,8 @@ class Server:
                 problem = checkpoint_problem(path)
                 if problem:
                     raise ApiError(409, f"model {name!r} does not verify ({problem}); choose another one")
-                self._loaded[name] = load_generator(model=str(path), device=self.device)
+                self._loaded[name] = g = load_generator(model=str(path), device=self.device)
+                self.queue.watch(g.model)
                 while len(self._loaded) > self._cached:
                     self._loaded.popitem(last=False)
             self._loaded.move_to_end(name)
@@ -674,8 +675,21 @@ def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
             "--host 127.0.0.1.")
 
 
+def generation_threads(asked: int | None) -> int:
+    """CPU threads for generation: as asked, else every core this process may use but one.
+
+    The core left over is the HTTP side's (event loop, validation, tokenising the next request). With
+    every core in generation, on the 2-core machine, each burst of HTTP work preempted a member of
+    the intra-op team and the whole step waited for it: a step that takes 3 ms alone took up to 200 ms,
+    an abandoned request ran on for 28-61 ms after its cancel and the worker served 1.46-1.57 requests/s;
+    with one thread, 3.9 ms after a cancel (a step: 4.7 ms) and 1.82 requests/s (bench/serve_load.py).
+    """
+    return asked if asked is not None else max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int, timeout_s: float,
-          api_key: str | None = None, grace_s: float = 10.0, docs: bool = False) -> None:
+          api_key: str | None = None, grace_s: float = 10.0, docs: bool = False, threads: int | None = None) -> None:
+    import torch
     import uvicorn
 
     api_key = api_key or os.environ.get("CHEFGENIUS_API_KEY") or None
@@ -686,6 +700,9 @@ def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     server = Server(sources, max_queue=max_queue, timeout_s=timeout_s, device=device, api_key=api_key,
                     allowed_hosts=list(LOOPBACK) if loopback else None, grace_s=grace_s, docs=docs)
+    torch.set_num_threads(generation_threads(threads))
+    print(f"generation uses {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} "
+          f"of {len(os.sched_getaffinity(0))} (--threads)", file=sys.stderr, flush=True)
     server.generator(None)  # load the default model before accepting requests: a broken one fails here
     uvicorn.run(create_app(server), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=grace_s)

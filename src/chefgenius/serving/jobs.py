@@ -3,8 +3,9 @@
 A request becomes a :class:`Job` with one deadline for all its work (queue wait and every decode
 of a coverage request together). A client that disconnects, a deadline that passes and a shutdown
 all do the same thing: set the job's cancel event. A job cancelled while waiting never starts; a
-running one stops at its next decoding step (:func:`stopping_criteria`, checked once per token), so
-abandoned work costs the worker at most one step. The queue counts what is really waiting and
+running one stops at its next decoding step (:func:`stopping_criteria`, checked once per token) or,
+in a model the queue watches (:meth:`WorkQueue.watch`), at its next layer, so abandoned work costs
+the worker less than one step. The queue counts what is really waiting and
 running, so ``/healthz`` and the 429's ``Retry-After`` tell the truth.
 """
 
@@ -120,6 +121,23 @@ class WorkQueue:
         self._thread.start()
 
     # ----- what callers see ----------------------------------------------------------------------
+
+    def watch(self, model: Any) -> Any:
+        """Let a cancel stop ``model`` inside a decoding step, not only between steps: before each layer
+        of its stacks (every ``nn.ModuleList``), on the worker, a cancelled running job raises
+        :class:`Cancelled`. Elsewhere (another thread, no job running) the check does nothing."""
+        import torch
+
+        def check(module: Any, args: Any) -> None:
+            job = self._running
+            if job is not None and threading.get_ident() == self._thread.ident and job.cancelled:
+                raise Cancelled(job.reason or "cancelled")
+
+        for stack in model.modules():
+            if isinstance(stack, torch.nn.ModuleList):
+                for layer in stack:
+                    layer.register_forward_pre_hook(check)
+        return model
 
     def submit(self, job: Job) -> Job:
         with self._cond:
