@@ -86,7 +86,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+    rng = random.Random(args.seed)
     contenders = [
         ("1 process, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto")),
         ("1 process, 2 threads, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto", threads=2)),
@@ -100,7 +104,7 @@ def main() -> None:
         env = {**os.environ, "CHEFGENIUS_CACHE": str(Path(tmp) / "cache")}
         for rep in range(args.repeats):
             order = list(enumerate(contenders))
-            random.Random(rep).shuffle(order)  # no contender always first (cold caches) or last
+            rng.shuffle(order)  # no contender always first (cold caches) or last
             work = Path(tmp) / f"r{rep}"
             work.mkdir()
             for i, (name, nproc, cfg) in order:
@@ -117,7 +121,8 @@ def main() -> None:
                      "max": round(max(results[name])), "vs_1_process": round(med / base, 3),
                      "vs_ordered": round(med / ordered, 3), "vs_hf_ddp": round(med / hf, 3),
                      "all": [round(x) for x in results[name]]})
-    command = f"python bench/distributed_scale.py --steps {args.steps} --repeats {args.repeats} --preset {args.preset}"
+    command = (f"python bench/distributed_scale.py --steps {args.steps} --repeats {args.repeats} "
+               f"--preset {args.preset} --seed {args.seed}")
     lines = ["# Multi-process scaling (CPU, gloo)", "", f"`{command}`; GPT-2 {args.preset} from scratch, global "
              f"batch 16, one thread per process unless said; median of {args.repeats} runs, training-loop tokens/s "
              "(start-up excluded).", "",

@@ -33,7 +33,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
+    ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+    rng = random.Random(args.seed)
     if args.quick:
         args.steps, args.repeats = tp.WARM + 6, 1
     torch.set_num_threads(1)
@@ -54,7 +58,7 @@ def main() -> None:
             run(name, Path(tmp) / f"warm-{i}")
         for rep in range(args.repeats):
             order = list(runs)
-            random.Random(rep).shuffle(order)
+            rng.shuffle(order)
             for i, name in enumerate(order):
                 runs[name].append(run(name, Path(tmp) / f"r{rep}-{i}"))
             print(f"repeat {rep}: {peer} {runs[peer][-1]:.0f}, chefgenius {runs['chefgenius'][-1]:.0f} tokens/s",
@@ -62,7 +66,7 @@ def main() -> None:
     ratios = [c / b for c, b in zip(runs["chefgenius"], runs[peer])]
     ratio = statistics.median(ratios)
     command = (f"python bench/throughput_pair.py --family {args.family} --preset {args.preset} --steps {args.steps} "
-               f"--repeats {args.repeats}" + (" --against hf" if args.against == "hf" else ""))
+               f"--repeats {args.repeats} --seed {args.seed}" + (" --against hf" if args.against == "hf" else ""))
     name = "GPT-2" if args.family == "gpt2" else "T5"
     lines = [f"# chefgenius against the {peer}, paired: {name} {args.preset}", "",
              f"`{command}`; the runners of throughput.py (same model, data, batches, fp32, CPU, one thread), "
