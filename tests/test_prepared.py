@@ -141,9 +141,10 @@ def test_killed_preparation_leaves_nothing_that_passes_for_complete(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not [p for p in root.iterdir() if len(p.name) == 24]  # no store was committed
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "bytes/token" in done.stdout
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)  # bytes: text mode would hide a \r
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"bytes/token" in done.stdout
+    assert b"\r" not in done.stderr  # stderr is no terminal: no live bars piling up in a log
     stores = [p for p in root.iterdir() if len(p.name) == 24]
     assert len(stores) == 1 and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
     meta = json.loads((stores[0] / "meta.json").read_text())

@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -427,8 +428,6 @@ def _clean_all(cfg: DataConfig, work: Path, progress: bool, num_workers: int, lo
 
 def _clean_pass(cfg: DataConfig, work: Path, progress: bool, num_workers: int, *, arrow: bool
                 ) -> tuple[bytearray, bytearray, CleanReport, dict[str, TextColumn]]:
-    from tqdm.auto import tqdm
-
     spills = {name: _Spill(work / f"{name}.txt") for name in _COLUMNS}
     hashes, sides = bytearray(), bytearray()
     report = CleanReport()
@@ -437,8 +436,8 @@ def _clean_pass(cfg: DataConfig, work: Path, progress: bool, num_workers: int, *
     counter = ByteCounter(source_path) if source_path.is_file() else None
     chunks = _source_chunks(cfg, counter, arrow)
     jobs = ((chunk, cfg.quality.model_dump(), cfg.split_seed, cfg.val_fraction) for chunk in chunks)
-    bar = tqdm(desc="prepare: clean", total=source_path.stat().st_size if counter else None, unit="B", unit_scale=True,
-               disable=not progress, dynamic_ncols=True)  # bytes give the ETA; rows/s in the postfix
+    bar = _bar(progress, desc="prepare: clean", total=source_path.stat().st_size if counter else None, unit="B",
+               unit_scale=True)  # bytes give the ETA; rows/s in the postfix
     t_start, num_rows = time.perf_counter(), 0
     with _pool(num_workers) as pool:
         results = pool.imap(_clean_chunk, jobs) if pool is not None else map(_clean_chunk, jobs)
@@ -538,16 +537,21 @@ def _fingerprint(order: np.ndarray, hashes: bytearray, ner: Callable[[int], str]
     return h.hexdigest()[:16]
 
 
+def _bar(progress: bool, **kwargs: Any) -> Any:
+    """A live progress bar on a terminal only: in a log file (sbatch, nohup, a pipe) its carriage
+    returns would pile up into one unreadable line; the stage lines given to ``log`` say the rest."""
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True, **kwargs)
+
+
 def _write_store(tmp: Path, orders: dict[str, np.ndarray], readers: dict[str, TextColumn], job: EncodeJob,
                  progress: bool, meta: dict[str, Any], num_workers: int) -> None:
     """Token arrays, evaluation texts, the tokenizer and ``meta.json`` of a prepared dataset."""
-    from tqdm.auto import tqdm
-
     arrays = {}
     with _pool(num_workers, token_arrays.init_worker, (job,)) as pool:
         for side, order in orders.items():
-            bar = tqdm(desc=f"prepare: tokenise {side}", total=len(order), unit="recipe", disable=not progress,
-                       dynamic_ncols=True, leave=False)
+            bar = _bar(progress, desc=f"prepare: tokenise {side}", total=len(order), unit="recipe", leave=False)
             tasks = token_arrays.tasks(order)
             results = pool.imap(token_arrays.encode_slice, tasks) if pool is not None else \
                 map(token_arrays.encode_slice, tasks)
