@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import median_interval, verdict, write_result
+from common import median_interval, order_seed, verdict, write_result
 
 DEVICE, PRECISION = "cpu", "fp32"
 
@@ -80,7 +80,7 @@ def main() -> None:
         f"every {args.every} steps, async (default)": (args.every, True),
         f"every {args.every} steps, synchronous": (args.every, False),
     }
-    seed = random.SystemRandom().randrange(2**31)  # a new order every run, recorded with the result
+    seed = order_seed()  # a new order every run, recorded with the result
     times: dict[str, list[float]] = {k: [] for k in contenders}
     saves: dict[str, list[dict]] = {k: [] for k in contenders}
     step_s: list[float] = []

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from common import median_interval, write_result
+from common import median_interval, order_seed, write_result
 
 SIZES = {"base": {"n_embd": 512, "n_layer": 7, "n_head": 8}, "large": {"n_embd": 1024, "n_layer": 12, "n_head": 16}}
 
@@ -422,8 +422,7 @@ def main() -> None:
     ap.add_argument("--memory-mode", choices=["sync", "async"], help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(2**31)
+    args.seed = order_seed(args.seed)
     if args.memory_mode:
         print(json.dumps(memory_mode(args.memory_mode, args.preset)))
         return

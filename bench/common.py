@@ -108,6 +108,14 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def order_seed(asked: int | None = None) -> int:
+    """The seed of a run's contender order: as asked (to repeat a run's order), else a fresh one that the
+    result records (a fixed seed gives every run the same order)."""
+    import random
+
+    return asked if asked is not None else random.SystemRandom().randrange(2**31)
+
+
 def median_interval(ratios: list[float], resamples: int = 5000, seed: int = 0) -> tuple[float, float, float]:
     """The median of paired ratios with its 95% bootstrap interval (percentile), resampling repeats."""
     import random

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import write_result
+from common import order_seed, write_result
 
 HF = "2 processes, Hugging Face Trainer DDP (accelerate, tree all-reduce)"
 
@@ -88,8 +88,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(2**31)
+    args.seed = order_seed(args.seed)
     rng = random.Random(args.seed)
     contenders = [
         ("1 process, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto")),

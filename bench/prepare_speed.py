@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import commit, machine_info, median_interval, spread, verdict, write_result
+from common import commit, machine_info, median_interval, order_seed, spread, verdict, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE_FILES = ("train_src.bin", "train_tgt.bin", "train_src_offsets.bin", "train_tgt_offsets.bin",
@@ -136,8 +136,7 @@ def main() -> int:
     ap.add_argument("--baseline", help="a commit whose `data prepare` must give the same store (run once)")
     ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(2**31)
+    args.seed = order_seed(args.seed)
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -194,8 +193,8 @@ def main() -> int:
     data["ratio_vs_datasets"] = ratio
     paired = [a / b for a, b in zip(walls["chefgenius"], walls["datasets"])]  # repeat by repeat
     mid, lo, hi = median_interval(paired)
-    interval = f", 95% {lo:.2f}-{hi:.2f}" if len(paired) >= 5 else ""
     enough = len(paired) >= 5  # fewer repeats give no interval worth the name: no verdict, no target met
+    interval = f", 95% {lo:.2f}-{hi:.2f}" if enough else ""
     data["paired"] = {"ratios": paired, "median": mid, "low": lo, "high": hi,
                       "verdict": verdict(paired, higher_is_better=False) if enough else "too few repeats"}
     cg = stats["chefgenius"]["median"]

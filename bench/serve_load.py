@@ -30,7 +30,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import write_result
+from common import order_seed, write_result
 
 PROMPTS = [["chicken", "rice", "onion"], ["flour", "sugar", "butter"], ["egg", "milk", "cheese"],
            ["potato", "bacon"], ["salmon", "lemon", "dill"], ["apple", "cinnamon", "oats"]]
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=None, help="of the contenders' order (default: drawn, recorded)")
     args = ap.parse_args()
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    seed = order_seed(args.seed)
     order_rng = random.Random(seed)
     settings: list[int | None] = [None] + ([args.compare_threads] if args.compare_threads else [])
     rows: list[dict] = []

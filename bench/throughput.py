@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import write_result
+from common import order_seed, write_result
 
 WARM = 10
 DEVICE = "cpu"
@@ -272,7 +272,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
     ap.add_argument("--order-seed", type=int, help="the seed of the contenders' order (default: drawn, recorded)")
     args = ap.parse_args()
-    order_seed = args.order_seed if args.order_seed is not None else random.SystemRandom().randrange(2**31)
+    seed = order_seed(args.order_seed)
     global DEVICE, PRECISION
     DEVICE, PRECISION = args.device, args.precision
     if args.quick:
@@ -298,7 +298,7 @@ def main() -> None:
         os.environ["CHEFGENIUS_CACHE"] = str(Path(tmp) / "cache")
         for rep in range(args.repeats):
             order = list(contenders.items())
-            random.Random(order_seed * 1000 + rep).shuffle(order)  # no contender always first (cold caches) or last
+            random.Random(seed * 1000 + rep).shuffle(order)  # no contender always first (cold caches) or last
             for i, (name, fn) in enumerate(order):
                 work = Path(tmp) / f"r{rep}-{i}"
                 work.mkdir()
@@ -339,7 +339,7 @@ def main() -> None:
              f"`{command}`; {name} {args.preset} from scratch ({params / 1e6:.1f}M parameters), batch 8, {precision}, "
              f"{where}; target tokens/s over steps {WARM + 1}-{last_timed_step(args.steps)} (the same batches' "
              f"tokens for every contender, counted by batch), median of {args.repeats}, contenders in an order "
-             f"shuffled each repeat (seed {order_seed}); spread = (max - min) / median{mfu_note}.", "",
+             f"shuffled each repeat (seed {seed}); spread = (max - min) / median{mfu_note}.", "",
              "| contender | tokens/s | min | max | spread | vs HF defaults | vs HF, same batches | vs bare loop "
              "| MFU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -361,7 +361,7 @@ def main() -> None:
     write_result(result, lines, {"command": command, "family": args.family, "preset": args.preset,
                                  "device": where, "precision": args.precision, "parameters": params,
                                  "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
-                                 "peak_tflops": peak, "flops_per_target_token": flops, "order_seed": order_seed,
+                                 "peak_tflops": peak, "flops_per_target_token": flops, "order_seed": seed,
                                  "timed_steps": [WARM + 1, last_timed_step(args.steps)], "rows": rows})
 
 

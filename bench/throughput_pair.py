@@ -22,7 +22,7 @@ from pathlib import Path
 
 import throughput as tp
 import torch
-from common import write_result
+from common import order_seed, write_result
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one short repeat: a smoke test, no timing claims")
     ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(2**31)
+    args.seed = order_seed(args.seed)
     rng = random.Random(args.seed)
     if args.quick:
         args.steps, args.repeats = tp.WARM + 6, 1
