@@ -700,9 +700,10 @@ def serve(sources: Sources, *, host: str, port: int, device: str, max_queue: int
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     server = Server(sources, max_queue=max_queue, timeout_s=timeout_s, device=device, api_key=api_key,
                     allowed_hosts=list(LOOPBACK) if loopback else None, grace_s=grace_s, docs=docs)
-    torch.set_num_threads(generation_threads(threads))
-    print(f"generation uses {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''} "
-          f"of {len(os.sched_getaffinity(0))} (--threads)", file=sys.stderr, flush=True)
+    threads = generation_threads(threads)
+    torch.set_num_threads(threads)
+    print(f"generation uses {threads} CPU thread{'s' if threads > 1 else ''} of {len(os.sched_getaffinity(0))} "
+          "(--threads)", file=sys.stderr, flush=True)
     server.generator(None)  # load the default model before accepting requests: a broken one fails here
     uvicorn.run(create_app(server), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=grace_s)
