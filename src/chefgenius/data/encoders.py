@@ -92,6 +92,11 @@ def tiktoken_encoder(ranks: dict[bytes, int], added: list[str], fallback: Encode
 
     def run(texts: list[str]) -> list[list[int]]:
         out = [encode(t) for t in texts]
+        # One search of the joined batch first: a token without NUL cannot span two texts joined by NUL.
+        if all("\x00" not in a for a in added):
+            joined = "\x00".join(texts)
+            if not any(a in joined for a in added):
+                return out
         special = [i for i, t in enumerate(texts) if any(a in t for a in added)]
         if special:
             for i, ids in zip(special, fallback([texts[i] for i in special])):
