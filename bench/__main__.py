@@ -19,19 +19,25 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Repeats: at least 5 everywhere, 8 where a claim lies within 5% (the training ratios against the HF
+# Trainer and the bare loop). The async target is measured where it binds: N steps lasting about 1.5
+# saves (every 3 steps: 1.8 saves on this machine, the nearest whole number of steps above the edge) and
+# about 3 saves (every 5). On this 2-core machine the whole suite takes about 3.5 hours.
 FULL = [
-    ["throughput.py", "--steps", "80", "--repeats", "5"],
-    ["throughput.py", "--steps", "60", "--repeats", "5", "--preset", "base"],
-    ["throughput.py", "--steps", "60", "--repeats", "5", "--family", "t5"],
+    ["throughput.py", "--steps", "80", "--repeats", "8"],
+    ["throughput.py", "--steps", "60", "--repeats", "8", "--preset", "base"],
+    ["throughput.py", "--steps", "60", "--repeats", "8", "--family", "t5"],
     ["throughput_pair.py", "--family", "t5", "--repeats", "8"],
     ["throughput_pair.py", "--family", "t5", "--repeats", "8", "--against", "hf"],
     ["checkpoint_save.py", "--preset", "large", "--repeats", "5"],
-    ["async_checkpoint.py", "--preset", "large", "--steps", "24", "--every", "4", "--batch-size", "1",
-     "--repeats", "2"],
-    ["io_interference.py", "--gib", "2", "--repeats", "3"],
-    ["optimizer_step.py", "--steps", "20", "--repeats", "3"],
+    ["async_checkpoint.py", "--preset", "large", "--steps", "24", "--every", "3", "--batch-size", "1",
+     "--repeats", "5"],
+    ["async_checkpoint.py", "--preset", "large", "--steps", "24", "--every", "5", "--batch-size", "1",
+     "--repeats", "5"],
+    ["io_interference.py", "--gib", "2", "--repeats", "5"],
+    ["optimizer_step.py", "--steps", "20", "--repeats", "5"],
     ["padding.py"],
-    ["startup.py", "--repeats", "3"],
+    ["startup.py", "--repeats", "5"],
     ["distributed_scale.py", "--steps", "60", "--repeats", "5"],
 ]
 CUDA = [

@@ -10,7 +10,7 @@ of step 1 to the end of ``fit`` (the final checkpoint and final/ included: every
 them). Contenders run in a shuffled order each repeat. Per-save blocked and write times come from
 the run's metrics.jsonl (``event: save``). The async target only applies when N steps take at least
 1.5x a save; the table says whether they did.
-Writes bench/results/async_checkpoint.{md,json} (``large``) or async_checkpoint_PRESET.{md,json}.
+Writes bench/results/async_checkpoint_everyN.{md,json} (``large``) or async_checkpoint_PRESET_everyN.{md,json}.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main() -> None:
               f"time ({lo:.3f}-{hi:.3f}): synchronous {verdict(sync_vs_async, higher_is_better=False)}. "
               f"Contenders in an order shuffled per repeat from seed {seed}."]
     name = ("async_checkpoint" if args.preset == "large" else f"async_checkpoint_{args.preset}") + (
-        f"_cuda_every{args.every}" if args.device == "cuda" else "")
+        f"_cuda_every{args.every}" if args.device == "cuda" else f"_every{args.every}")
     write_result(name, lines, {"command": command, "parameters": params, "rows": rows, "step_s": step, "seed": seed,
                                "interval_vs_save": round(args.every * step / max(save, 1e-9), 3), "load": load})
 

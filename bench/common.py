@@ -20,7 +20,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # The order of the sections in RESULTS.md.
 ORDER = ("throughput", "throughput_gpt2_base", "throughput_t5_tiny", "padding", "optimizer_step", "checkpoint_save",
-         "async_checkpoint", "startup", "distributed_scale", "prepare_scale", "prepare_speed")
+         "async_checkpoint_every3", "async_checkpoint_every5", "startup", "distributed_scale", "prepare_scale",
+         "prepare_speed")
 
 
 def results_dir(experiment: bool = False) -> Path:
@@ -32,8 +33,8 @@ def results_dir(experiment: bool = False) -> Path:
     return out
 
 
-def commit() -> str:
-    """The measured code: HEAD, marked ``+dirty`` when the tree has uncommitted changes.
+def _head() -> str:
+    """HEAD, marked ``+dirty`` when the tree has changes: modified or new files not ignored by git.
 
     Benchmark outputs (``bench/results``, ``bench/RESULTS.*``) are not code: without leaving them out,
     the first section ``python -m bench`` writes would mark every later one dirty.
@@ -44,11 +45,21 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *outputs], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=normal", "--",
+                                ".", *outputs], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+dirty" if dirty else "")
+
+
+_AT_START = _head()  # read when the benchmark starts (it imports this module first), not when it writes
+
+
+def commit() -> str:
+    """The measured code: the tree as the benchmark started; ``+changed`` when it differs at the end
+    (a commit or an edit during the run: the figures then belong to neither)."""
+    now = _head()
+    return _AT_START if now == _AT_START else f"{_AT_START}+changed (now {now})"
 
 
 def _cpu_model() -> str:
@@ -174,7 +185,7 @@ def collect(command: str, run_id: str, scripts: list[str], name: str = "RESULTS"
                                              for d in ours.values())]
     commits = {d.get("commit") for d in ours.values()}
     problems = [f"no section from {', '.join(missing)}"] if missing else []
-    if len(commits) != 1 or any(c is None or "+dirty" in c for c in commits):
+    if len(commits) != 1 or any(c is None or "+" in c for c in commits):
         problems.append(f"sections measured at {', '.join(sorted(map(str, commits))) or 'no commit'}")
     if problems:
         raise MixedResults(f"refusing to write RESULTS.md: {'; '.join(problems)} (one clean commit is needed: "

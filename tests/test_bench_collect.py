@@ -56,6 +56,8 @@ def test_the_gpu_collection_holds_only_its_own_sections_and_leaves_results_md_al
 @pytest.mark.parametrize(("commits", "scripts", "message"), [
     (("abc1234", "def5678"), ["throughput.py", "padding.py"], "sections measured at abc1234, def5678"),
     (("abc1234+dirty", "abc1234+dirty"), ["throughput.py", "padding.py"], "sections measured at abc1234+dirty"),
+    (("abc1234+changed (now def5678)", "abc1234+changed (now def5678)"), ["throughput.py", "padding.py"],
+     "sections measured at abc1234+changed"),
     (("abc1234", "abc1234"), ["throughput.py", "padding.py", "startup.py"], "no section from startup.py"),
 ])
 def test_mixed_dirty_or_missing_sections_are_refused(results, commits, scripts, message):
@@ -86,9 +88,23 @@ def test_benchmark_outputs_do_not_mark_the_code_dirty(tmp_path, monkeypatch):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
     monkeypatch.setattr(common, "ROOT", tmp_path)
     (tmp_path / "bench" / "results" / "throughput.md").write_text("new figures\n")  # what a section writes
-    assert not common.commit().endswith("+dirty")
+    (tmp_path / "bench" / "results" / "new_section.md").write_text("new section\n")
+    clean = common._head()
+    assert not clean.endswith("+dirty")
+    (tmp_path / "helper.py").write_text("new code, not yet added\n")  # an untracked module is code too
+    assert common._head() == clean + "+dirty"
+    (tmp_path / "helper.py").unlink()
     (tmp_path / "train.py").write_text("changed code\n")
-    assert common.commit().endswith("+dirty")
+    assert common._head() == clean + "+dirty"
+
+
+def test_a_tree_that_changes_during_a_run_is_named_as_changed(monkeypatch):
+    """The commit is read when the benchmark starts; a different tree when it writes marks the section."""
+    monkeypatch.setattr(common, "_AT_START", "abc1234")
+    monkeypatch.setattr(common, "_head", lambda: "abc1234")
+    assert common.commit() == "abc1234"
+    monkeypatch.setattr(common, "_head", lambda: "def5678")
+    assert common.commit() == "abc1234+changed (now def5678)"
 
 
 def test_a_median_interval_says_faster_only_when_clear_of_one():
