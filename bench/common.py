@@ -119,6 +119,57 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def train_config(family: str = "gpt2", preset: str = "tiny", vocab_size: int = 1000, **sections: dict) -> dict:
+    """A benchmark's chefgenius config (raw, before validation): a model built from config (nothing
+    downloaded), no evaluation prompts or early stopping, no progress bar; ``sections`` add to or
+    override the fields of each section (``training={"max_steps": 60}``). Every benchmark builds its
+    config here, so what differs between two benchmarks is what each one passes."""
+    raw: dict[str, dict] = {"model": {"from_scratch": family, "preset": preset, "vocab_size": vocab_size},
+                            "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": []},
+                            "logging": {"progress_bar": False}}
+    for name, fields in sections.items():
+        raw[name] = {**raw.get(name, {}), **fields}
+    return raw
+
+
+def gpt2(preset: str, *, vocab_size: int = 8000, n_positions: int = 512, seed: int = 0, **config: Any) -> Any:
+    """A Hugging Face GPT-2 of one of chefgenius's presets, built the way benchmarks that time tensors
+    (saves, optimizer steps) need it: seeded, from config, nothing downloaded."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from chefgenius.models.builders import PRESETS
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=n_positions,
+                                      **PRESETS["gpt2"][preset], **config))
+
+
+def with_adamw_state(model: Any, *, tokens: int = 32) -> Any:
+    """An AdamW over ``model`` after one step on random ids: a checkpoint's full optimizer state."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def shuffled(items: Any, seed: int, rep: int) -> list:
+    """Repeat ``rep``'s order of ``items``, drawn from the run's recorded seed: no contender always runs
+    first (cold caches) or last, and the seed gives a run's orders again. Every benchmark uses this."""
+    import random
+
+    order = list(items)
+    random.Random(seed * 1000 + rep).shuffle(order)
+    return order
+
+
+MIN_REPEATS = 5  # below this a bootstrap interval is too coarse to judge by
+
+
 def order_seed(asked: int | None = None) -> int:
     """The seed of a run's contender order: as asked (to repeat a run's order), else a fresh one that the
     result records (a fixed seed gives every run the same order)."""
@@ -144,6 +195,36 @@ def verdict(ratios: list[float], *, higher_is_better: bool = True) -> str:
     if hi < 1.0:
         return "slower" if higher_is_better else "faster"
     return "parity"
+
+
+def paired(numer: list[float], denom: list[float], *, higher_is_better: bool = True) -> dict[str, Any]:
+    """Repeat-by-repeat ratios ``numer[i] / denom[i]`` (both measured in repeat i): their median, 95%
+    bootstrap interval and verdict; fewer than 5 repeats give no verdict."""
+    return of_ratios([a / b for a, b in zip(numer, denom, strict=True)], higher_is_better=higher_is_better)
+
+
+def of_ratios(ratios: list[float], *, higher_is_better: bool = True) -> dict[str, Any]:
+    """:func:`paired` for ratios already taken repeat by repeat."""
+    mid, lo, hi = median_interval(ratios)
+    word = verdict(ratios, higher_is_better=higher_is_better) if len(ratios) >= MIN_REPEATS else "too few repeats"
+    return {"ratio": round(mid, 3), "lo95": round(lo, 3), "hi95": round(hi, 3), "verdict": word,
+            "repeats": len(ratios)}
+
+
+def said(p: dict[str, Any]) -> str:
+    """A paired ratio as the results say it: ``1.012x (95% 0.981-1.044: parity)``."""
+    return f"{p['ratio']:.3f}x (95% {p['lo95']:.3f}-{p['hi95']:.3f}: {p['verdict']})"
+
+
+def judged(p: dict[str, Any], *, at_least: float | None = None, at_most: float | None = None) -> str:
+    """A target on a paired ratio: met only when the whole interval is on its side (issue 46)."""
+    if p["repeats"] < MIN_REPEATS:
+        return "not judged (fewer than 5 repeats)"
+    spans = "not shown (the interval spans it)"
+    if at_least is not None:
+        return "met" if p["lo95"] >= at_least else "NOT met" if p["hi95"] < at_least else spans
+    assert at_most is not None
+    return "met" if p["hi95"] <= at_most else "NOT met" if p["lo95"] > at_most else spans
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -31,22 +30,19 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from common import order_seed, write_result
+from common import order_seed, paired, said, shuffled, train_config, write_result
 
 HF = "2 processes, Hugging Face Trainer DDP (accelerate, tree all-reduce)"
 
 
 def config(preset: str, steps: int, grad_accum: int, sharding: str, reduction: str, threads: int = 1) -> dict:
-    return {
-        "data": {"max_prompt_tokens": 32, "max_target_tokens": 128, "val_fraction": 0.1},
-        "model": {"from_scratch": "gpt2", "preset": preset, "vocab_size": 1000, "dropout": 0.0,
-                  "sharding": sharding},
-        "training": {"seed": 1, "max_steps": steps, "batch_size": 8, "grad_accum": grad_accum,
-                     "group_by_length": False, "num_threads": threads, "reduction": reduction, "warmup_steps": 5},
-        "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": [], "max_batches": 1},
-        "checkpoint": {"every_steps": 10_000},
-        "logging": {"every_steps": 10, "progress_bar": False},
-    }
+    return train_config(
+        "gpt2", preset, 1000,
+        data={"max_prompt_tokens": 32, "max_target_tokens": 128, "val_fraction": 0.1},
+        model={"dropout": 0.0, "sharding": sharding},
+        training={"seed": 1, "max_steps": steps, "batch_size": 8, "grad_accum": grad_accum, "group_by_length": False,
+                  "num_threads": threads, "reduction": reduction, "warmup_steps": 5},
+        evaluation={"max_batches": 1}, checkpoint={"every_steps": 10_000}, logging={"every_steps": 10})
 
 
 def run_one(name: str, nproc: int, cfg: dict, work: Path, env: dict[str, str]) -> float:
@@ -84,12 +80,11 @@ def run_hf_ddp(name: str, cfg: dict, work: Path, env: dict[str, str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
     args.seed = order_seed(args.seed)
-    rng = random.Random(args.seed)
     contenders = [
         ("1 process, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto")),
         ("1 process, 2 threads, accumulation 2", 1, config(args.preset, args.steps, 2, "ddp", "auto", threads=2)),
@@ -102,8 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CHEFGENIUS_CACHE": str(Path(tmp) / "cache")}
         for rep in range(args.repeats):
-            order = list(enumerate(contenders))
-            rng.shuffle(order)  # no contender always first (cold caches) or last
+            order = shuffled(enumerate(contenders), args.seed, rep)
             work = Path(tmp) / f"r{rep}"
             work.mkdir()
             for i, (name, nproc, cfg) in order:
@@ -129,12 +123,18 @@ def main() -> None:
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['contender']} | {r['median_tokens_per_s']} | {r['min']} | {r['max']} | {r['vs_1_process']} | "
               f"{r['vs_ordered']} | {r['vs_hf_ddp']} |" for r in rows]
-    tree = statistics.median(results["2 processes DDP, tree all-reduce"])
-    lines += ["", f"Like for like (2 processes, random batches, tree all-reduce): chefgenius {tree / hf:.3f}x the "
-              f"Hugging Face Trainer with DDP; with the default on CPU (rank-order sum, bit-exact resume with any "
-              f"number of processes; at 2 processes the same all-reduce) {ordered / hf:.3f}x."]
+    vs = {"tree_vs_hf_ddp": paired(results["2 processes DDP, tree all-reduce"], results[HF]),
+          "ordered_vs_hf_ddp": paired(results["2 processes DDP, ordered (CPU default)"], results[HF]),
+          "fsdp2_vs_hf_ddp": paired(results["2 processes FSDP2"], results[HF]),
+          "ordered_vs_1_process": paired(results["2 processes DDP, ordered (CPU default)"], results[contenders[0][0]])}
+    lines += ["", "Like for like, paired repeat by repeat (tokens/s ratios, 95% bootstrap interval): 2 processes, "
+              f"random batches, tree all-reduce: chefgenius {said(vs['tree_vs_hf_ddp'])} the Hugging Face Trainer "
+              f"with DDP; with the default on CPU (rank-order sum, bit-exact resume with any number of processes; "
+              f"at 2 processes the same all-reduce) {said(vs['ordered_vs_hf_ddp'])}; FSDP2 "
+              f"{said(vs['fsdp2_vs_hf_ddp'])}. Two processes against one: {said(vs['ordered_vs_1_process'])}."]
     write_result("distributed_scale", lines, {"command": command, "preset": args.preset, "steps": args.steps,
-                                              "repeats": args.repeats, "global_batch": 16, "rows": rows})
+                                              "repeats": args.repeats, "global_batch": 16, "rows": rows,
+                                              "paired": vs, "seed": args.seed})
 
 if __name__ == "__main__":
     main()

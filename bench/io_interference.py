@@ -1,7 +1,7 @@
 """What a disk write costs computation running beside it, on this machine: the floor under any
 background save.
 
-    python bench/io_interference.py [--gib 2] [--repeats 3]
+    python bench/io_interference.py [--gib 2] [--repeats 5] [--seed N]
 
 A matrix-multiply loop (the work a training step does, torch's default threads) is timed alone and
 while another process writes ``--gib`` GiB of incompressible bytes with ``O_DIRECT`` and fsyncs them
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_result
+from common import ROOT, order_seed, paired, said, shuffled, write_result
 
 _WRITER = """
 import os, sys
@@ -99,26 +98,26 @@ def measure(condition: str, threads: int, gib: float, workdir: Path, seconds: fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=2.0)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: drawn, recorded)")
     args = ap.parse_args()
+    args.seed = order_seed(args.seed)
     cores = len(os.sched_getaffinity(0))
     thread_counts = sorted({cores, max(1, cores - 1)}, reverse=True)
-    rng = random.Random(args.seed)
     rows: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # the disk checkpoints go to, not a tmpfs
         sleep_s = 6.0
-        for _ in range(args.repeats):
-            plan = [(c, t) for c in ("write", "sleep") for t in thread_counts]
-            rng.shuffle(plan)
+        for rep in range(args.repeats):
+            plan = shuffled([(c, t) for c in ("write", "sleep") for t in thread_counts], args.seed, rep)
             for condition, threads in plan:
                 r = measure(condition, threads, args.gib, Path(tmp), sleep_s)
                 if condition == "write":
                     sleep_s = r["wall_s"]  # the control sleeps as long as a write lasts
                 rows.setdefault(f"{condition}|{threads}", []).append(r)
                 print(condition, threads, {k: round(v, 2) for k, v in r.items()}, flush=True)
+    command = f"python bench/io_interference.py --gib {args.gib:g} --repeats {args.repeats} --seed {args.seed}"
     lines = ["# What a disk write costs computation beside it", "",
-             f"`python bench/io_interference.py --gib {args.gib:g} --repeats {args.repeats}`: a matrix-multiply "
+             f"`{command}`: a matrix-multiply "
              f"loop timed alone and while another process writes {args.gib:g} GiB with O_DIRECT + fsync (or only "
              "sleeps as long); medians of the repeats, conditions shuffled per repeat.", "",
              "| beside the loop | loop threads | slowdown | write wall | user | system | iowait | idle | steal |",
@@ -135,9 +134,14 @@ def main() -> None:
                      f"({each}) | {med['wall_s']:.1f} s | "
                      f"{med['user_pct']:.0f}% | {med['system_pct']:.0f}% | {med['iowait_pct']:.0f}% | "
                      f"{med['idle_pct']:.0f}% | {med['steal_pct']:.0f}% |")
-    write_result("io_interference", lines, {"command": " ".join(["python", "bench/io_interference.py", *sys.argv[1:]]),
-                                            "gib": args.gib, "repeats": args.repeats, "cores": cores,
-                                            "rows": summary})
+    # the write against the sleeping control of the same repeat: what the write itself costs the loop
+    vs = {t: paired([r["slowdown"] for r in rows[f"write|{t}"]], [r["slowdown"] for r in rows[f"sleep|{t}"]],
+                    higher_is_better=False) for t in thread_counts}
+    lines += ["", "Paired repeat by repeat (the loop's slowdown beside the write over its slowdown beside the sleep, "
+              "95% bootstrap interval): " + "; ".join(f"{t} loop thread(s): {said(v)}" for t, v in vs.items()) + "."]
+    write_result("io_interference", lines, {"command": command, "gib": args.gib, "repeats": args.repeats,
+                                            "cores": cores, "rows": summary, "seed": args.seed,
+                                            "paired_write_vs_sleep": {str(t): v for t, v in vs.items()}})
 
 
 if __name__ == "__main__":

@@ -16,15 +16,11 @@ import statistics
 import time
 
 import torch
-from common import write_result
+from common import gpt2, order_seed, paired, said, shuffled, write_result
 
 
 def params(seed: int = 0) -> list[torch.nn.Parameter]:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=8000, n_positions=512, n_embd=512, n_layer=7, n_head=8))
-    out = [p for p in model.parameters()]
+    out = [p for p in gpt2("base", seed=seed).parameters()]
     g = torch.Generator().manual_seed(1)
     for p in out:
         p.grad = torch.randn(p.shape, generator=g) * 1e-3
@@ -47,14 +43,16 @@ def time_steps(kind: str, steps: int) -> tuple[list[float], list[torch.Tensor]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--order-seed", type=int, help="the seed of the order (default: drawn, recorded)")
     args = ap.parse_args()
+    seed = order_seed(args.order_seed)
     torch.set_num_threads(1)
     kinds = ("for-loop", "foreach", "fused")
     per_step: dict[str, list[float]] = {k: [] for k in kinds}
     final: dict[str, list[torch.Tensor]] = {}
-    for _ in range(args.repeats):
-        for kind in kinds:
+    for rep in range(args.repeats):
+        for kind in shuffled(kinds, seed, rep):
             times, final[kind] = time_steps(kind, args.steps)
             per_step[kind].append(statistics.median(times))
     n = sum(p.numel() for p in final["foreach"])
@@ -64,14 +62,18 @@ def main() -> None:
              "min_ms": round(min(v) * 1000, 2), "max_ms": round(max(v) * 1000, 2),
              "vs_foreach": round(statistics.median(v) / base, 3), "max_abs_diff_vs_foreach": diff[k]}
             for k, v in per_step.items()]
-    command = f"python bench/optimizer_step.py --steps {args.steps} --repeats {args.repeats}"
+    vs = {k: paired(per_step[k], per_step["foreach"], higher_is_better=False) for k in kinds if k != "foreach"}
+    command = f"python bench/optimizer_step.py --steps {args.steps} --repeats {args.repeats} --order-seed {seed}"
     lines = ["# AdamW step on CPU", "", f"`{command}`; {n / 1e6:.1f}M parameters, one thread, median per step "
-             f"of {args.steps} steps, median of {args.repeats} repeats.", "",
+             f"of {args.steps} steps, median of {args.repeats} repeats in an order shuffled each repeat.", "",
              "| implementation | ms/step | min | max | vs foreach | max abs difference vs foreach |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['implementation']} | {r['median_ms']} | {r['min_ms']} | {r['max_ms']} | {r['vs_foreach']} | "
               f"{r['max_abs_diff_vs_foreach']:.2e} |" for r in rows]
-    write_result("optimizer_step", lines, {"command": command, "parameters": n, "rows": rows})
+    lines += ["", "Paired repeat by repeat (time per step against foreach, 95% bootstrap interval): "
+              + "; ".join(f"{k} {said(v)}" for k, v in vs.items()) + "."]
+    write_result("optimizer_step", lines, {"command": command, "parameters": n, "rows": rows, "paired": vs,
+                                           "order_seed": seed})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, write_result
+from common import ROOT, train_config, write_result
 
 
 def lengths_of(path: str | None) -> np.ndarray:
@@ -27,9 +27,8 @@ def lengths_of(path: str | None) -> np.ndarray:
     from chefgenius.data.prepared import prepare_dataset
     from chefgenius.data.tokenization import default_cache_dir
 
-    cfg = build_config({"data": {"path": path, "max_prompt_tokens": 48, "max_target_tokens": 192,
-                                 "val_fraction": 0.1},
-                        "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 1000}})
+    cfg = build_config(train_config("gpt2", "tiny", 1000, data={"path": path, "max_prompt_tokens": 48,
+                                                                "max_target_tokens": 192, "val_fraction": 0.1}))
     data = prepare_dataset(cfg.data, is_seq2seq=False, tokenizer=None, vocab_size=1000,
                            cache_dir=default_cache_dir(None), log=lambda *a: None, progress=False)
     return np.asarray([len(data.train.example(i)[0]) for i in range(len(data.train))])  # tokens per sequence

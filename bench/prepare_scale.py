@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import os
-import random
 import re
 import shutil
 import statistics
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import write_result
+from common import order_seed, shuffled, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,14 +114,17 @@ def main() -> int:
     ap.add_argument("--skip-prepare", action="store_true",
                     help="reuse the prepared dataset in the workdir cache (no preparation figures then)")
     ap.add_argument("--repeats", type=int, default=3, help="start-up measurements per corpus, shuffled order")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: drawn, recorded)")
     args = ap.parse_args()
+    args.seed = order_seed(args.seed)
     work = args.workdir
     if not args.skip_prepare:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CHEFGENIUS_CACHE": str(work / "cache")}
-    results: dict[str, object] = {"command": " ".join(["python", "bench/prepare_scale.py", *sys.argv[1:]])}
+    results: dict[str, object] = {"command": " ".join(["python", "bench/prepare_scale.py",
+                                                       *[a for a in sys.argv[1:] if a != "--seed"]]
+                                                      ) + f" --seed {args.seed}"}
 
     results["plain_read_s"], rows = plain_read(args.big)
     results["rows"] = rows
@@ -148,10 +150,8 @@ def main() -> int:
         move_checkpoint_to(resumed, 1_000_000, 40)
         first_step_seconds(work / f"{name}.yaml", work / f"warm-{name}", env, 0, [])  # page cache, once
     samples: dict[str, dict[str, list[float]]] = {n: {"fresh": [], "resume": []} for n in corpora}
-    rng = random.Random(args.seed)
-    for _ in range(args.repeats):
-        plan = [(n, kind) for n in corpora for kind in ("fresh", "resume")]
-        rng.shuffle(plan)
+    for rep in range(args.repeats):
+        plan = shuffled([(n, kind) for n in corpora for kind in ("fresh", "resume")], args.seed, rep)
         for name, kind in plan:
             cfg_path = work / f"{name}.yaml"
             if kind == "fresh":

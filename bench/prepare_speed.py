@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import commit, machine_info, median_interval, order_seed, spread, verdict, write_result
+from common import commit, machine_info, median_interval, order_seed, shuffled, spread, verdict, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE_FILES = ("train_src.bin", "train_tgt.bin", "train_src_offsets.bin", "train_tgt_offsets.bin",
@@ -157,10 +156,8 @@ def main() -> int:
         tokenizer = Path(res["store"]) / "tokenizer"
     else:
         tokenizer = None
-    rng = random.Random(args.seed)
     for rep in range(args.repeats):
-        order = ["chefgenius", "datasets"]
-        rng.shuffle(order)
+        order = shuffled(["chefgenius", "datasets"], args.seed, rep)
         if tokenizer is None:  # the peer needs chefgenius's tokenizer: without a baseline, chefgenius goes first
             order = ["chefgenius", "datasets"]
         for name in order:

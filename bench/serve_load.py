@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import order_seed, write_result
+from common import order_seed, shuffled, write_result
 
 PROMPTS = [["chicken", "rice", "onion"], ["flour", "sugar", "butter"], ["egg", "milk", "cheese"],
            ["potato", "bacon"], ["salmon", "lemon", "dill"], ["apple", "cinnamon", "oats"]]
@@ -125,11 +124,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="of the contenders' order (default: drawn, recorded)")
     args = ap.parse_args()
     seed = order_seed(args.seed)
-    order_rng = random.Random(seed)
     settings: list[int | None] = [None] + ([args.compare_threads] if args.compare_threads else [])
     rows: list[dict] = []
     for rep in range(args.repeats):
-        for threads in order_rng.sample(settings, len(settings)):
+        for threads in shuffled(settings, seed, rep):
             rows.append({"repeat": rep, **measure(args, threads)})
             print(rows[-1], flush=True)
     command = (f"python bench/serve_load.py --run {args.run} --requests {args.requests} --concurrency "

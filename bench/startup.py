@@ -1,7 +1,7 @@
 """Start-up: process start -> end of the first optimizer step, chefgenius (fresh and resuming) vs the
 Hugging Face Trainer.
 
-    python bench/startup.py [--repeats 3]
+    python bench/startup.py [--repeats 5] [--order-seed N]
 
 Each contender is a fresh ``python`` process timed from ``Popen`` to the moment its first step is
 on record (chefgenius: the metrics.jsonl line of that step; HF: a callback's marker file), then
@@ -15,6 +15,7 @@ Writes bench/results/startup.{md,json}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import write_result
+from common import judged, order_seed, paired, said, shuffled, train_config, write_result
 from prepare_scale import move_checkpoint_to
 
 HF_SCRIPT = r'''
@@ -61,14 +62,9 @@ Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callb
 
 
 def chefgenius_config(work: Path) -> Path:
-    cfg = {
-        "data": {"max_prompt_tokens": 48, "max_target_tokens": 192},
-        "model": {"from_scratch": "gpt2", "preset": "tiny", "vocab_size": 1000},
-        "training": {"seed": 1, "max_steps": 1_000_000, "batch_size": 8, "num_threads": 1},
-        "evaluation": {"every_steps": None, "early_stopping_patience": None, "prompts": []},
-        "checkpoint": {"every_steps": 10},
-        "logging": {"every_steps": 1, "progress_bar": False},
-    }
+    cfg = train_config("gpt2", "tiny", 1000, data={"max_prompt_tokens": 48, "max_target_tokens": 192},
+                       training={"seed": 1, "max_steps": 1_000_000, "batch_size": 8, "num_threads": 1},
+                       checkpoint={"every_steps": 10}, logging={"every_steps": 1})
     path = work / "cg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -113,8 +109,10 @@ def resumable_copy(base: Path, run: Path, step: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--order-seed", type=int, help="the seed of the contenders' order (default: drawn, recorded)")
     args = ap.parse_args()
+    seed = order_seed(args.order_seed)
     resume_steps = (10, 1_000, 100_000)
     res: dict[str, list[float]] = {"chefgenius, fresh": [], **{f"chefgenius, resuming at step {s:,}": []
                                                                for s in resume_steps},
@@ -143,20 +141,28 @@ def main() -> None:
         (work / "hf.py").write_text(HF_SCRIPT)
         # A run with a checkpoint at step 10 to resume from (copied fresh for every repeat).
         timed([*cg, "-o", str(work / "base")], lambda: checkpoint_dir(work / "base" / "checkpoints", 10).is_dir(), env)
-        for rep in range(args.repeats):
+        def fresh(rep: int) -> float:
             run = work / f"fresh{rep}"
-            res["chefgenius, fresh"].append(timed([*cg, "-o", str(run)], lambda r=run: logged_step(r) >= 1, env))
-            for step in resume_steps:
-                resume = resumable_copy(work / "base", work / f"resume{rep}-{step}", step)
-                res[f"chefgenius, resuming at step {step:,}"].append(
-                    timed([*cg, "-o", str(resume)], lambda r=resume, s=step: logged_step(r) > s and _resumed(r), env))
+            return timed([*cg, "-o", str(run)], lambda: logged_step(run) >= 1, env)
+
+        def resumed(rep: int, step: int) -> float:
+            resume = resumable_copy(work / "base", work / f"resume{rep}-{step}", step)
+            return timed([*cg, "-o", str(resume)], lambda: logged_step(resume) > step and _resumed(resume), env)
+
+        def hf(rep: int) -> float:
             hf_dir = work / f"hf{rep}"
             hf_dir.mkdir()
             for name in ("rows.json", "meta.json"):
                 (hf_dir / name).write_text((work / name).read_text())
-            res["Hugging Face Trainer, fresh"].append(
-                timed([sys.executable, str(work / "hf.py"), str(hf_dir)], lambda d=hf_dir: (d / "first_step").exists(),
-                      env))
+            return timed([sys.executable, str(work / "hf.py"), str(hf_dir)], lambda: (hf_dir / "first_step").exists(),
+                         env)
+
+        runners = {"chefgenius, fresh": fresh, "Hugging Face Trainer, fresh": hf,
+                   **{f"chefgenius, resuming at step {s:,}": functools.partial(resumed, step=s) for s in resume_steps}}
+        for rep in range(args.repeats):
+            order = shuffled(runners, seed, rep)
+            for name in order:
+                res[name].append(runners[name](rep))
             print({k: round(v[-1], 2) for k, v in res.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
     hf = med["Hugging Face Trainer, fresh"]
@@ -164,15 +170,22 @@ def main() -> None:
     rows_out = [{"contender": k, "median_s": round(v, 2), "min_s": round(min(res[k]), 2),
                  "max_s": round(max(res[k]), 2), "vs_hf": round(v / hf, 3), "vs_fresh": round(v / fresh, 3),
                  "all_s": [round(x, 2) for x in res[k]]} for k, v in med.items()]
-    command = f"python bench/startup.py --repeats {args.repeats}"
+    vs_hf = paired(res["chefgenius, fresh"], res["Hugging Face Trainer, fresh"], higher_is_better=False)
+    vs_fresh = {f"resuming at step {s:,}": paired(res[f"chefgenius, resuming at step {s:,}"], res["chefgenius, fresh"],
+                                                 higher_is_better=False) for s in resume_steps}
+    command = f"python bench/startup.py --repeats {args.repeats} --order-seed {seed}"
     lines = ["# Start-up: process start -> first optimizer step", "", f"`{command}`; GPT-2 tiny, bundled corpus "
-             f"(prepared once beforehand), one thread, median of {args.repeats}. Target: <= 0.8x the HF Trainer; "
-             "resuming flat within noise.", "",
+             f"(prepared once beforehand), one thread, median of {args.repeats}, contenders in an order shuffled each "
+             "repeat. Target: <= 0.8x the HF Trainer; resuming flat within noise.", "",
              "| contender | median s | min | max | vs HF Trainer | vs chefgenius fresh |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['contender']} | {r['median_s']} | {r['min_s']} | {r['max_s']} | {r['vs_hf']} | {r['vs_fresh']} |"
               for r in rows_out]
-    write_result("startup", lines, {"command": command, "repeats": args.repeats, "rows": rows_out})
+    lines += ["", f"Paired repeat by repeat (time ratios, 95% bootstrap interval): chefgenius fresh {said(vs_hf)} the "
+              f"time of the HF Trainer, target <= 0.8: {judged(vs_hf, at_most=0.8)}. Against chefgenius fresh: "
+              + "; ".join(f"{k} {said(v)}" for k, v in vs_fresh.items()) + "."]
+    write_result("startup", lines, {"command": command, "repeats": args.repeats, "order_seed": seed, "rows": rows_out,
+                                    "paired": {"fresh_vs_hf": vs_hf, **vs_fresh}})
 
 
 def _resumed(run: Path) -> bool:

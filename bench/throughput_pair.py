@@ -6,7 +6,7 @@
 throughput.py runs six contenders per repeat, so minutes pass between chefgenius and the bare loop
 of one repeat, and this VM's speed drifts by 5-15% over minutes: a 3% difference between two
 medians cannot be told from the drift. Here only the two run, back to back, in a shuffled order
-each repeat, and the result is the median of the per-repeat ratios with their range. Same runners,
+each repeat, and the result is the median of the per-repeat ratios with its 95% bootstrap interval. Same runners,
 model, data and settings as throughput.py (CPU, one thread); the HF Trainer gets chefgenius's exact
 batches. Writes bench/results/throughput_pair_FAMILY_PRESET[_hf].{md,json}.
 """
@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import statistics
 import tempfile
 from pathlib import Path
 
 import throughput as tp
 import torch
-from common import order_seed, write_result
+from common import MIN_REPEATS, judged, order_seed, paired, said, shuffled, write_result
 
 
 def main() -> None:
@@ -36,7 +34,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None, help="the order's seed (default: a fresh one, recorded)")
     args = ap.parse_args()
     args.seed = order_seed(args.seed)
-    rng = random.Random(args.seed)
     if args.quick:
         args.steps, args.repeats = tp.WARM + 6, 1
     torch.set_num_threads(1)
@@ -56,14 +53,14 @@ def main() -> None:
         for i, name in enumerate(runs):  # warm-up: a process's first training pays for lazy imports and allocations
             run(name, Path(tmp) / f"warm-{i}")
         for rep in range(args.repeats):
-            order = list(runs)
-            rng.shuffle(order)
+            order = shuffled(runs, args.seed, rep)
             for i, name in enumerate(order):
                 runs[name].append(run(name, Path(tmp) / f"r{rep}-{i}"))
             print(f"repeat {rep}: {peer} {runs[peer][-1]:.0f}, chefgenius {runs['chefgenius'][-1]:.0f} tokens/s",
                   flush=True)
     ratios = [c / b for c, b in zip(runs["chefgenius"], runs[peer])]
-    ratio = statistics.median(ratios)
+    vs = paired(runs["chefgenius"], runs[peer])
+    floor_beaten = args.against == "bare" and vs["lo95"] > 1.0 and vs["repeats"] >= MIN_REPEATS
     command = (f"python bench/throughput_pair.py --family {args.family} --preset {args.preset} --steps {args.steps} "
                f"--repeats {args.repeats} --seed {args.seed}" + (" --against hf" if args.against == "hf" else ""))
     name = "GPT-2" if args.family == "gpt2" else "T5"
@@ -73,15 +70,16 @@ def main() -> None:
              "", f"| repeat | {peer} tokens/s | chefgenius tokens/s | chefgenius / {peer} |", "|---:|---:|---:|---:|"]
     lines += [f"| {i} | {b:.0f} | {c:.0f} | {c / b:.3f} |"
               for i, (b, c) in enumerate(zip(runs[peer], runs["chefgenius"]))]
-    lines += ["", f"Median of the paired ratios: chefgenius **{ratio:.3f}x** the {peer} (repeats {min(ratios):.3f}-"
-              f"{max(ratios):.3f}; target >= {target}); faster in {sum(r > 1 for r in ratios)} of {len(ratios)} "
-              "repeats." + (" **chefgenius beats its bare-loop floor by more than 3%: the floor is wrong.**"
-                            if args.against == "bare" and ratio > 1.03 and not args.quick else "")]
+    lines += ["", f"Paired repeat by repeat: chefgenius **{said(vs)}** the {peer} (95% bootstrap interval of the "
+              f"median ratio); target >= {target}: {judged(vs, at_least=target)}."
+              + (" **chefgenius beats its bare-loop floor (interval clear of 1.0): the floor is wrong.**"
+                 if floor_beaten else "")]
     write_result(f"throughput_pair_{args.family}_{args.preset}" + ("_hf" if args.against == "hf" else ""), lines,
                  {"command": command, "against": args.against, "family": args.family, "preset": args.preset,
                   "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
                   "peer": [round(x) for x in runs[peer]], "chefgenius": [round(x) for x in runs["chefgenius"]],
-                  "ratios": [round(r, 4) for r in ratios], "median_ratio": round(ratio, 4)})
+                  "ratios": [round(r, 4) for r in ratios], "median_ratio": vs["ratio"], "paired": vs,
+                  "floor_beaten": floor_beaten})
 
 
 if __name__ == "__main__":

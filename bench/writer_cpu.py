@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PRESETS = {"large": {"n_embd": 1024, "n_layer": 12, "n_head": 16}, "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2}}
 
 
 def measure(preset: str, writes: int) -> list[dict]:
@@ -34,17 +32,12 @@ def measure(preset: str, writes: int) -> list[dict]:
     import tempfile
     import time
 
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from common import gpt2, with_adamw_state
 
     from chefgenius.checkpoint.snapshot import TensorBuffers, take_snapshot, write_snapshot
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=8000, n_positions=1024, **PRESETS[preset]))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = torch.randint(0, 8000, (1, 16))
-    model(input_ids=ids, labels=ids).loss.backward()
-    opt.step()
+    model = gpt2(preset, n_positions=1024)
+    opt = with_adamw_state(model, tokens=16)
 
     class Optimizer:
         def state_dict(self) -> dict:
@@ -78,7 +71,7 @@ def commit_of(checkout: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--against", type=Path, required=True, help="another checkout (its src/ is imported)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="large")
+    ap.add_argument("--preset", choices=("micro", "tiny", "small", "base", "large"), default="large")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--writes", type=int, default=2, help="timed writes per process")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
@@ -86,13 +79,14 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.preset, args.writes)))
         return
-    from common import write_result
+    from common import order_seed, paired, said, shuffled, write_result
 
     checkouts = {"this checkout": HERE.parent, "against": args.against.resolve()}
     names = {k: f"{k} ({commit_of(path)})" for k, path in checkouts.items()}
     samples: dict[str, list[dict]] = {k: [] for k in checkouts}
-    for _ in range(args.repeats):
-        for key in random.sample(list(checkouts), len(checkouts)):
+    seed = order_seed()
+    for rep in range(args.repeats):
+        for key in shuffled(checkouts, seed, rep):
             env = {**os.environ, "PYTHONPATH": str(checkouts[key] / "src")}
             done = subprocess.run([sys.executable, __file__, "--against", str(args.against), "--preset", args.preset,
                                    "--writes", str(args.writes), "--measure", "1"], env=env, capture_output=True,
@@ -112,9 +106,17 @@ def main() -> None:
         lines.append(f"| {names[k]} | {med[k]['cpu_s']:.3f} | {min(cpu):.3f} | {max(cpu):.3f} | "
                      f"{med[k]['wall_s']:.2f} | {med[k]['bytes']:,.0f} | {per_gb:.3f} |")
     ratio = med["this checkout"]["cpu_s"] / med["against"]["cpu_s"]
-    lines += ["", f"This checkout's writer takes {ratio:.2f}x the CPU of the other's per save."]
-    write_result("writer_cpu", lines, {"command": command, "contenders": names, "samples": samples, "medians": med,
-                                       "cpu_ratio": round(ratio, 3)})
+
+    def per_process(key: str) -> list[float]:  # each repeat's process: the median of its writes
+        cpu = [s["cpu_s"] for s in samples[key]]
+        return [statistics.median(cpu[i:i + args.writes]) for i in range(0, len(cpu), args.writes)]
+
+    vs = paired(per_process("this checkout"), per_process("against"), higher_is_better=False)
+    lines += ["", f"This checkout's writer takes {ratio:.2f}x the CPU of the other's per save (medians); paired "
+              f"process by process: {said(vs)}."]
+    write_result("writer_cpu", lines, {"command": command + f" (order seed {seed})", "contenders": names,
+                                       "samples": samples, "medians": med, "cpu_ratio": round(ratio, 3),
+                                       "paired": vs, "seed": seed})
 
 
 if __name__ == "__main__":

@@ -117,3 +117,19 @@ def test_a_median_interval_says_faster_only_when_clear_of_one():
     _, lo8, hi8 = common.median_interval([0.98, 1.02] * 4)
     _, lo64, hi64 = common.median_interval([0.98, 1.02] * 32)
     assert hi64 - lo64 <= hi8 - lo8
+
+
+def test_a_target_is_met_only_when_the_whole_interval_is_on_its_side():
+    clear = common.paired([1.10, 1.12, 1.08, 1.11, 1.09], [1.0] * 5)
+    assert clear["verdict"] == "faster" and common.judged(clear, at_least=1.0) == "met"
+    assert common.judged(clear, at_most=1.05) == "NOT met"
+    spans = common.paired([0.95, 1.06, 0.99, 1.04, 0.97], [1.0] * 5)
+    assert spans["lo95"] < 1.0 < spans["hi95"]
+    assert common.judged(spans, at_least=1.0).startswith("not shown")
+    # times: lower is better, so a ratio clear below 1 is "faster"
+    assert common.paired([0.7, 0.72, 0.69, 0.71, 0.7], [1.0] * 5, higher_is_better=False)["verdict"] == "faster"
+    few = common.paired([1.2, 1.3], [1.0, 1.0])
+    assert few["verdict"] == "too few repeats" and common.judged(few, at_least=1.0).startswith("not judged")
+    with pytest.raises(ValueError):
+        common.paired([1.0, 1.0], [1.0])  # unpaired lists are an error, not a silent zip
+    assert common.said(clear) == f"1.100x (95% {clear['lo95']:.3f}-{clear['hi95']:.3f}: faster)"
