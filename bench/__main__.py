@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Repeats: at least 5 everywhere, 8 where a claim lies within 5% (the training ratios against the HF
 # Trainer and the bare loop). The async target is measured where it binds: N steps lasting about 1.5
-# saves (every 3 steps: 1.8 saves on this machine, the nearest whole number of steps above the edge) and
+# saves (every 3 steps: 1.8-2.0 saves on this machine, the nearest whole number of steps above the edge) and
 # about 3 saves (every 5). On this 2-core machine the whole suite should take about 3.5 hours (estimated
 # from the 598b52f run: 2 h 4 min with fewer repeats, 75 min of it GPT-2 base at 6 contenders x 5).
 FULL = [
