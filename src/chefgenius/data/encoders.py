@@ -89,11 +89,12 @@ def tiktoken_encoder(ranks: dict[bytes, int], added: list[str], fallback: Encode
         return None
     enc = tiktoken.Encoding("chefgenius-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
     encode = enc.encode_ordinary
+    # One search of a batch joined by NUL first: a token without NUL cannot span two texts.
+    joinable = all("\x00" not in a for a in added)
 
     def run(texts: list[str]) -> list[list[int]]:
         out = [encode(t) for t in texts]
-        # One search of the joined batch first: a token without NUL cannot span two texts joined by NUL.
-        if all("\x00" not in a for a in added):
+        if joinable:
             joined = "\x00".join(texts)
             if not any(a in joined for a in added):
                 return out

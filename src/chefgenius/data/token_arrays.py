@@ -48,17 +48,18 @@ class TextColumn:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
 
-    def __call__(self, i: int) -> str:
+    def _descriptor(self) -> int:
         if self._pid != os.getpid():  # a forked worker opens its own descriptor
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def __call__(self, i: int) -> str:
         offs = self.offsets
-        return os.pread(self._fd, offs[i + 1] - offs[i], offs[i]).decode("utf-8")
+        return os.pread(self._descriptor(), offs[i + 1] - offs[i], offs[i]).decode("utf-8")
 
     def many_bytes(self, indices: Iterable[int]) -> list[bytes]:
         """The UTF-8 bytes of the texts at ``indices``, in that order."""
-        if self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        offs, fd, pread = self.offsets, self._fd, os.pread
+        offs, fd, pread = self.offsets, self._descriptor(), os.pread
         return [pread(fd, offs[i + 1] - offs[i], offs[i]) for i in indices]
 
     def many(self, indices: Iterable[int]) -> list[str]:
