@@ -208,7 +208,14 @@ def of_ratios(ratios: list[float], *, higher_is_better: bool = True) -> dict[str
     mid, lo, hi = median_interval(ratios)
     word = verdict(ratios, higher_is_better=higher_is_better) if len(ratios) >= MIN_REPEATS else "too few repeats"
     return {"ratio": round(mid, 3), "lo95": round(lo, 3), "hi95": round(hi, 3), "verdict": word,
-            "repeats": len(ratios)}
+            "repeats": len(ratios), "ratios": [round(r, 4) for r in ratios]}
+
+
+def of_values(values: list[float]) -> dict[str, Any]:
+    """An absolute figure (seconds against a fixed target, not a peer): the median of the repeats with
+    its 95% bootstrap interval, in the shape :func:`judged` reads."""
+    mid, lo, hi = median_interval(values)
+    return {"median": round(mid, 3), "lo95": round(lo, 3), "hi95": round(hi, 3), "repeats": len(values)}
 
 
 def said(p: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import order_seed, shuffled, write_result
+from common import order_seed, shuffled, train_config, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,12 +52,13 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float | str]:
 
 
 def config(data_path: str | None, max_steps: int) -> dict:
-    return {"data": {"path": data_path},
-            "training": {"max_steps": max_steps, "warmup_steps": 10, "num_threads": 2},
-            # A capped validation: the full 334k-recipe split would dominate a start-up measurement.
-            "evaluation": {"every_steps": 10**9, "prompts": [], "early_stopping_patience": None, "max_batches": 4},
-            "checkpoint": {"every_steps": 10**9, "keep_last": 1, "keep_best": 0},
-            "logging": {"every_steps": 1, "progress_bar": False}}
+    """The default user's model (GPT-2 tiny, the default 2,048-token vocabulary) on ``data_path``."""
+    return train_config(vocab_size=2048, data={"path": data_path},
+                        training={"max_steps": max_steps, "warmup_steps": 10, "num_threads": 2},
+                        # A capped validation: the full 334k-recipe split would dominate a start-up measurement.
+                        evaluation={"every_steps": 10**9, "max_batches": 4},
+                        checkpoint={"every_steps": 10**9, "keep_last": 1, "keep_best": 0},
+                        logging={"every_steps": 1})
 
 
 def first_step_seconds(cfg_path: Path, run: Path, env: dict[str, str], after: int, extra: list[str]) -> float:

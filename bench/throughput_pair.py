@@ -58,7 +58,6 @@ def main() -> None:
                 runs[name].append(run(name, Path(tmp) / f"r{rep}-{i}"))
             print(f"repeat {rep}: {peer} {runs[peer][-1]:.0f}, chefgenius {runs['chefgenius'][-1]:.0f} tokens/s",
                   flush=True)
-    ratios = [c / b for c, b in zip(runs["chefgenius"], runs[peer])]
     vs = paired(runs["chefgenius"], runs[peer])
     floor_beaten = args.against == "bare" and vs["lo95"] > 1.0 and vs["repeats"] >= MIN_REPEATS
     command = (f"python bench/throughput_pair.py --family {args.family} --preset {args.preset} --steps {args.steps} "
@@ -78,7 +77,7 @@ def main() -> None:
                  {"command": command, "against": args.against, "family": args.family, "preset": args.preset,
                   "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
                   "peer": [round(x) for x in runs[peer]], "chefgenius": [round(x) for x in runs["chefgenius"]],
-                  "ratios": [round(r, 4) for r in ratios], "median_ratio": vs["ratio"], "paired": vs,
+                  "ratios": vs["ratios"], "median_ratio": vs["ratio"], "paired": vs,
                   "floor_beaten": floor_beaten})
 
 

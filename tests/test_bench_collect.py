@@ -133,3 +133,65 @@ def test_a_target_is_met_only_when_the_whole_interval_is_on_its_side():
     with pytest.raises(ValueError):
         common.paired([1.0, 1.0], [1.0])  # unpaired lists are an error, not a silent zip
     assert common.said(clear) == f"1.100x (95% {clear['lo95']:.3f}-{clear['hi95']:.3f}: faster)"
+
+
+FAKE = """import json, os, sys
+from pathlib import Path
+name = Path(__file__).stem
+out = Path(os.environ["BENCH_RESULTS_DIR"])
+with open(out.parent / "ran.log", "a") as log:
+    log.write(f"{name} {os.environ['BENCH_RUN_ID']}\\n")
+if (out.parent / f"fail_{name}").exists():
+    sys.exit(1)
+(out / f"{name}.json").write_text(json.dumps({"commit": "abc1234", "command": f"python bench/{name}.py",
+                                              "run_id": os.environ["BENCH_RUN_ID"]}))
+(out / f"{name}.md").write_text(f"# {name}\\n\\nfigures\\n")
+"""
+
+
+def _suite(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_main", Path(common.__file__).with_name("__main__.py"))
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("fake_a", "fake_b"):
+        (scripts / f"{name}.py").write_text(FAKE)
+    monkeypatch.setattr(suite, "HERE", scripts)
+    monkeypatch.setattr(suite, "FULL", [["fake_a.py", "--repeats", "5"], ["fake_b.py"]])
+    monkeypatch.setattr(common, "commit", lambda: "abc1234")
+    return suite
+
+
+def _run(suite, monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    suite.main()
+
+
+def test_an_interrupted_suite_resumes_with_only_what_is_left_under_the_same_run(results, tmp_path, monkeypatch):
+    suite = _suite(tmp_path, monkeypatch)
+    (tmp_path / "fail_fake_b").touch()
+    with pytest.raises(SystemExit, match=r"failed: fake_b.py .*--resume"):
+        _run(suite, monkeypatch)
+    assert json.loads((results / "suite.progress").read_text())["done"] == ["fake_a.py --repeats 5"]
+    (tmp_path / "fail_fake_b").unlink()
+    _run(suite, monkeypatch, "--resume")
+    ran = [line.split() for line in (tmp_path / "ran.log").read_text().splitlines()]
+    assert [name for name, _ in ran] == ["fake_a", "fake_b", "fake_b"]  # fake_a did not run again
+    assert len({run for _, run in ran}) == 1
+    assert "at commit abc1234" in (tmp_path / "RESULTS.md").read_text()
+    assert not (results / "suite.progress").exists()
+
+
+def test_a_suite_resumes_only_at_the_commit_it_started_at(results, tmp_path, monkeypatch):
+    suite = _suite(tmp_path, monkeypatch)
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        _run(suite, monkeypatch, "--resume")
+    (tmp_path / "fail_fake_a").touch()
+    with pytest.raises(SystemExit, match="failed"):
+        _run(suite, monkeypatch)
+    monkeypatch.setattr(common, "commit", lambda: "def5678")
+    with pytest.raises(SystemExit, match="cannot resume: the interrupted run was `python -m bench` at abc1234"):
+        _run(suite, monkeypatch, "--resume")
