@@ -78,6 +78,13 @@ def _started(suite: list[list[str]], name: str, resume: bool) -> tuple[str, list
 
     at, progress = commit(), _progress_file()
     if not resume:
+        if "+" in at:
+            print(f"warning: the tree is not a clean commit ({at}): every section will say so and RESULTS.md will "
+                  "be refused (commit first to get one)", flush=True)
+        if progress.is_file():
+            old = json.loads(progress.read_text())
+            print(f"an unfinished run at {old.get('commit')} ({len(old.get('done', []))} benchmarks done) is replaced "
+                  "(`python -m bench --resume` would have continued it)", flush=True)
         run = {"run_id": uuid.uuid4().hex, "suite": name, "commit": at, "done": []}
         progress.write_text(json.dumps(run, indent=2) + "\n")
         return run["run_id"], []
