@@ -2,7 +2,7 @@
 ``bench/RESULTS.md`` (+ JSON).
 
 Run it on an idle machine: two trainings at once on 2 cores make every figure meaningless.
-``--quick`` is a smoke test (about a minute, run by CI): every benchmark path once with few steps,
+``--quick`` is a smoke test (about two minutes, run by CI): every benchmark path once with few steps,
 no timing claims, results written to a temporary directory and left out of RESULTS.md.
 ``--device cuda``: the GPU rows (training throughput in bf16 against the Hugging Face Trainer and a
 bare loop on identical batches, with MFU and the cost of strict determinism; GPT-2 tiny and ~160M),
@@ -26,9 +26,8 @@ HERE = Path(__file__).resolve().parent
 # Repeats: at least 5 everywhere, 8 where a claim lies within 5% (the training ratios against the HF
 # Trainer and the bare loop). The async target is measured where it binds: N steps lasting about 1.5
 # saves (every 3 steps: 1.8-2.0 saves on this machine, the nearest whole number of steps above the edge) and
-# about 3 saves (every 5). On this 2-core machine the whole suite should take about 2.5 hours (estimated
-# from the 598b52f run: 2 h 4 min with fewer repeats, 75 min of it GPT-2 base at 6 contenders x 5; base
-# now runs its 3 target contenders x 8).
+# about 3 saves (every 5). On this 2-core machine the whole suite took 1 h 53 min at a5697f9 (38 min of it
+# GPT-2 base, 3 contenders x 8; 27 min the multi-process rows).
 FULL = [
     ["throughput.py", "--steps", "80", "--repeats", "8"],
     ["throughput.py", "--steps", "60", "--repeats", "8", "--family", "t5"],
