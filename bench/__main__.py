@@ -23,6 +23,9 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402  (bench/ is a folder of scripts: its helpers are imported by path)
+
 # Repeats: at least 5 everywhere, 8 where a claim lies within 5% (the training ratios against the HF
 # Trainer and the bare loop). The async target is measured where it binds: N steps lasting about 1.5
 # saves (every 3 steps: 1.8-2.0 saves on this machine, the nearest whole number of steps above the edge) and
@@ -43,7 +46,7 @@ FULL = [
     ["padding.py"],
     ["startup.py", "--repeats", "5"],
     ["distributed_scale.py", "--steps", "60", "--repeats", "5"],
-    # Last, the slowest (about an hour here): only the three contenders its targets compare.
+    # Last, the slowest (38 min at a5697f9): only the three contenders its targets compare.
     ["throughput.py", "--steps", "60", "--repeats", "8", "--preset", "base", "--core"],
 ]
 CUDA = [
@@ -64,18 +67,20 @@ QUICK = [
 
 
 def _progress_file() -> Path:
-    sys.path.insert(0, str(HERE))
-    from common import results_dir
+    return common.results_dir() / "suite.progress"
 
-    return results_dir() / "suite.progress"
+
+def _record(run: dict) -> None:
+    """Write the progress file whole or not at all: an interruption mid-write must not lose the run."""
+    progress = _progress_file()
+    tmp = progress.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=2) + "\n")
+    os.replace(tmp, progress)
 
 
 def _started(suite: list[list[str]], name: str, resume: bool) -> tuple[str, list[str]]:
     """The run id and the benchmarks already done: a new run, or the recorded one when resuming."""
-    sys.path.insert(0, str(HERE))
-    from common import commit
-
-    at, progress = commit(), _progress_file()
+    at, progress = common.commit(), _progress_file()
     if not resume:
         if "+" in at:
             print(f"warning: the tree is not a clean commit ({at}): every section will say so and RESULTS.md will "
@@ -85,7 +90,7 @@ def _started(suite: list[list[str]], name: str, resume: bool) -> tuple[str, list
             print(f"an unfinished run at {old.get('commit')} ({len(old.get('done', []))} benchmarks done) is replaced "
                   "(`python -m bench --resume` would have continued it)", flush=True)
         run = {"run_id": uuid.uuid4().hex, "suite": name, "commit": at, "done": []}
-        progress.write_text(json.dumps(run, indent=2) + "\n")
+        _record(run)
         return run["run_id"], []
     if not progress.is_file():
         raise SystemExit(f"nothing to resume: {progress} is missing (start with `python -m bench`)")
@@ -99,12 +104,9 @@ def _started(suite: list[list[str]], name: str, resume: bool) -> tuple[str, list
 
 
 def _done(entry: list[str]) -> None:
-    progress = _progress_file()
-    run = json.loads(progress.read_text())
+    run = json.loads(_progress_file().read_text())
     run["done"].append(" ".join(entry))
-    tmp = progress.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run, indent=2) + "\n")
-    os.replace(tmp, progress)
+    _record(run)
 
 
 def main() -> None:
@@ -118,7 +120,7 @@ def main() -> None:
     if cuda and quick:
         raise SystemExit("--quick runs the CPU smoke test; for a short GPU check use scripts/gpu_check.sh")
     if quick and resume:
-        raise SystemExit("--resume continues an interrupted full run; --quick takes a minute: run it again")
+        raise SystemExit("--resume continues an interrupted full run; --quick takes two minutes: run it again")
     suite = QUICK if quick else CUDA if cuda else FULL
     name = "python -m bench" + (" --device cuda" if cuda else "")
     run_id, done = (uuid.uuid4().hex, []) if quick else _started(suite, name, resume)
@@ -139,14 +141,11 @@ def main() -> None:
         raise SystemExit(f"failed: {', '.join(failed)}" + ("" if quick else " (`python -m bench --resume` reruns "
                                                            "only what is left)"))
     if not quick:
-        sys.path.insert(0, str(HERE))
-        from common import MixedResults, collect
-
         try:
-            written = collect(name, run_id, sorted({s for s, *_ in suite}),
+            written = common.collect(name, run_id, sorted({s for s, *_ in suite}),
                               name="RESULTS_CUDA" if cuda else "RESULTS", join_others=not cuda)
             print(f"wrote {written}", flush=True)
-        except MixedResults as e:
+        except common.MixedResults as e:
             raise SystemExit(str(e)) from None
         _progress_file().unlink()
 

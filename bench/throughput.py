@@ -324,8 +324,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else ""
     peak = args.peak_tflops or (next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
                                 if args.precision == "bf16" else None)
-    same = ("bare PyTorch loop (same batches as chefgenius)", "chefgenius (defaults: length-grouped)",
-            "HF Trainer, chefgenius's batches", FASTEST)
+    same = (*CORE, FASTEST)  # the contenders that train on identical batches
     hf_default, hf_same = med.get("HF Trainer (defaults: random batches)"), med["HF Trainer, chefgenius's batches"]
     bare = med["bare PyTorch loop (same batches as chefgenius)"]
     rows = [{"contender": k, "median_tokens_per_s": round(v), "min": round(min(results[k])),
