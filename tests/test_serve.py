@@ -151,6 +151,28 @@ def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
     assert client.post("/v1/recipes", json={"ingredients": ["egg"], "max_new_tokens": 5}).status_code == 200
 
 
+def test_a_slot_is_free_when_its_answer_arrives():
+    # A client that sends its next request the moment it has an answer must never meet a 429 from the
+    # job it just got back. What the queue counts is read at the instant the answer is handed over (a
+    # done-callback runs right then), for an answer and for an error.
+    from chefgenius.serving.jobs import Job, QueueFull, WorkQueue
+
+    queue = WorkQueue(limit=1)
+    try:
+        for fn in (lambda job: "a recipe", lambda job: 1 / 0):
+            job, seen = Job(fn, time.monotonic() + 30), []
+            job.future.add_done_callback(lambda _, seen=seen: seen.append(queue.counts()))
+            queue.submit(job)
+            assert job.future.exception(30) is not None or job.future.result() == "a recipe"
+            assert seen == [{"queued": 0, "running": 0}]
+            try:
+                queue.submit(Job(lambda job: None, time.monotonic() + 30)).future.result(30)
+            except QueueFull as full:
+                raise AssertionError(f"answered while its slot was still counted: {full}") from None
+    finally:
+        queue.close(grace_s=5)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian package 'chromium')")
 def test_the_page_in_a_real_browser_streams_a_recipe_and_marks_the_ingredients(run, tmp_path, monkeypatch):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

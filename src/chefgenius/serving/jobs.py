@@ -218,14 +218,13 @@ class WorkQueue:
 
     def _work(self) -> None:
         while (job := self._next()) is not None:
+            result, error = None, None
             try:
                 job.check()
                 result = job.fn(job)
                 job.check()  # stopped early by the criterion: its partial result is not an answer
             except BaseException as err:  # noqa: BLE001 - handed to the request that waits
-                job.future.set_exception(Cancelled(job.reason or "cancelled") if job.cancelled else err)
-            else:
-                job.future.set_result(result)
+                error = Cancelled(job.reason or "cancelled") if job.cancelled else err
             finally:
                 end, end_cpu = time.monotonic(), time.thread_time()
                 job.worker_clock = None
@@ -245,3 +244,9 @@ class WorkQueue:
                         self._service_s = took if self._service_s is None else 0.7 * self._service_s + 0.3 * took
                     self._running = None
                     self._cond.notify_all()
+            # Answered only once its slot is free: a client that sends its next request on the answer
+            # must not find the queue still counting this one (a spurious 429 at limit 1).
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
