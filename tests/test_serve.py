@@ -135,6 +135,7 @@ def test_malformed_json_and_overlong_prompts_are_refused(client):
 
 def test_a_full_queue_answers_429_with_retry_after_and_recovers(client, server):
     gate, jobs = threading.Event(), []
+    assert server.queue.idle(30)  # the module's server: nothing of an earlier test still in it
     for _ in range(server.max_queue):  # the worker held on one job, the rest waiting behind it
         jobs.append(server.submit(lambda job: gate.wait(30)))
     try:
