@@ -160,11 +160,14 @@ def test_a_slot_is_free_when_its_answer_arrives():
 
     queue = WorkQueue(limit=1)
     try:
-        for fn in (lambda job: "a recipe", lambda job: 1 / 0):
+        for fn, failure in ((lambda job: "a recipe", None), (lambda job: 1 / 0, ZeroDivisionError)):
             job, seen = Job(fn, time.monotonic() + 30), []
             job.future.add_done_callback(lambda _, seen=seen: seen.append(queue.counts()))
             queue.submit(job)
-            assert job.future.exception(30) is not None or job.future.result() == "a recipe"
+            if failure is None:
+                assert job.future.result(30) == "a recipe"
+            else:
+                assert isinstance(job.future.exception(30), failure)
             assert seen == [{"queued": 0, "running": 0}]
             try:
                 queue.submit(Job(lambda job: None, time.monotonic() + 30)).future.result(30)
